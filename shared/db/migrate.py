@@ -1,0 +1,58 @@
+"""Run Alembic migrations programmatically (`dropwatch migrate`).
+
+Migrations are the only way the schema is created or changed. A session-level advisory lock
+makes concurrent migrators (several pods starting at once) wait for each other.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, text
+
+from shared.db.engine import unavailable_as_error
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+_MIGRATE_LOCK_KEY = 0x64770002
+
+
+def alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return config
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Bring the database to `revision` (default: the newest)."""
+    _run(engine, "upgrade", revision)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    _run(engine, "downgrade", revision)
+
+
+def _run(engine: Engine, action: str, revision: str) -> None:
+    config = alembic_config()
+    with unavailable_as_error(), engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _MIGRATE_LOCK_KEY})
+        conn.commit()
+        try:
+            config.attributes["connection"] = conn
+            getattr(command, action)(config, revision)
+            conn.commit()
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _MIGRATE_LOCK_KEY})
+            conn.commit()
+
+
+def current_revision(engine: Engine) -> str | None:
+    with unavailable_as_error(), engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()

@@ -1,0 +1,263 @@
+"""The one PostgreSQL schema of dropwatch, as typed SQLAlchemy 2.0 models.
+
+Names follow the scalability review (the shared vocabulary operators query by). Alembic
+migrations in `shared/db/migrations` create and change this schema; a test proves both agree.
+
+Design in short (the why is in docs/architecture.md):
+- `drop_events` is range-partitioned by `bucket_date` (one partition per reservation day), so
+  retention drops whole partitions instead of deleting rows.
+- `open_slots` is the current state (the snapshot) of every live bucket, kept by the poller in
+  the same transaction as its events: still-open is an index scan and CLOSED needs no lookup.
+- `baseline_slots` holds the slots that were open when a bucket was first seen (never drops).
+- Leases and due-ness live on `discovery_buckets`, so poller replicas share work safely.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Date,
+    DateTime,
+    Double,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    SmallInteger,
+    String,
+    Text,
+    Time,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+EVENT_NEW_DROP = "NEW_DROP"
+EVENT_CLOSED = "CLOSED"
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+TZ = DateTime(timezone=True)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class DiscoveryBucket(Base):
+    """One unit of polling: a reservation date and an anchor time, plus its poll state."""
+
+    __tablename__ = "discovery_buckets"
+
+    bucket_id: Mapped[str] = mapped_column(String(16), primary_key=True)  # YYYY-MM-DD_HH:MM
+    market: Mapped[str] = mapped_column(String(32))
+    date_str: Mapped[str] = mapped_column(String(10), index=True)  # YYYY-MM-DD
+    bucket_date: Mapped[dt.date] = mapped_column(Date)
+    time_slot: Mapped[str] = mapped_column(String(5))  # anchor HH:MM
+    created_at: Mapped[dt.datetime] = mapped_column(TZ, server_default=func.now())
+    # Scheduling and leases (shared by every poller replica).
+    next_poll_at: Mapped[dt.datetime] = mapped_column(TZ, server_default=func.now())
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(TZ)
+    # Snapshot bookkeeping: the version increases with every committed healthy poll.
+    snapshot_version: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    baseline_polls: Mapped[int] = mapped_column(SmallInteger, server_default=text("0"))
+    last_polled_at: Mapped[dt.datetime | None] = mapped_column(TZ)
+    last_healthy_poll_at: Mapped[dt.datetime | None] = mapped_column(TZ)
+    last_outcome: Mapped[str | None] = mapped_column(String(32))
+    last_slot_count: Mapped[int | None] = mapped_column(Integer)
+    suspect_polls: Mapped[int] = mapped_column(SmallInteger, server_default=text("0"))
+
+    __table_args__ = (Index("ix_discovery_buckets_due", "next_poll_at"),)
+
+
+class Venue(Base):
+    """A restaurant as the provider describes it; upserted by the poller."""
+
+    __tablename__ = "venues"
+
+    venue_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    provider: Mapped[str] = mapped_column(String(16), server_default=text("'resy'"))
+    name: Mapped[str] = mapped_column(Text)
+    neighborhood: Mapped[str | None] = mapped_column(Text)
+    price_range: Mapped[int | None] = mapped_column(SmallInteger)
+    url_slug: Mapped[str | None] = mapped_column(Text)
+    location_code: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[dt.datetime] = mapped_column(TZ, server_default=func.now())
+
+
+class BaselineSlot(Base):
+    """A slot that was open when its bucket was first seen: never reported as a drop."""
+
+    __tablename__ = "baseline_slots"
+
+    bucket_id: Mapped[str] = mapped_column(
+        String(16), ForeignKey("discovery_buckets.bucket_id", ondelete="CASCADE")
+    )
+    slot_id: Mapped[str] = mapped_column(String(32))
+
+    __table_args__ = (PrimaryKeyConstraint("bucket_id", "slot_id"),)
+
+
+class OpenSlot(Base):
+    """A slot open at the bucket's last healthy poll (the snapshot), with its drop if any."""
+
+    __tablename__ = "open_slots"
+
+    bucket_id: Mapped[str] = mapped_column(
+        String(16), ForeignKey("discovery_buckets.bucket_id", ondelete="CASCADE")
+    )
+    slot_id: Mapped[str] = mapped_column(String(32))
+    venue_id: Mapped[int] = mapped_column(BigInteger)
+    slot_date: Mapped[dt.date] = mapped_column(Date)
+    slot_time: Mapped[dt.time] = mapped_column(Time)
+    seating_type: Mapped[str] = mapped_column(Text)
+    party_sizes: Mapped[list[int]] = mapped_column(ARRAY(SmallInteger))
+    time_slot: Mapped[str] = mapped_column(String(5))
+    first_seen_at: Mapped[dt.datetime] = mapped_column(TZ)
+    # Set when the slot opened as a NEW_DROP; NULL for baseline and pre-existing slots.
+    drop_event_id: Mapped[int | None] = mapped_column(BigInteger)
+    opened_at: Mapped[dt.datetime | None] = mapped_column(TZ)
+
+    __table_args__ = (
+        PrimaryKeyConstraint("bucket_id", "slot_id"),
+        # Feed: newest drops first, and "is there a newer drop for this venue and date?".
+        Index(
+            "ix_open_slots_opened_at",
+            text("opened_at DESC"),
+            postgresql_where=text("drop_event_id IS NOT NULL"),
+        ),
+        Index(
+            "ix_open_slots_venue_date_opened",
+            "venue_id",
+            "slot_date",
+            text("opened_at DESC"),
+            postgresql_where=text("drop_event_id IS NOT NULL"),
+        ),
+    )
+
+
+class DropEvent(Base):
+    """A NEW_DROP (a slot opened) or CLOSED (a dropped slot went away) event.
+
+    Partitioned by `bucket_date`; the primary key and the dedupe key therefore include it
+    (PostgreSQL requires the partition key in every unique index). `dedupe_key` itself embeds
+    the bucket id, so it is unique on its own.
+    """
+
+    __tablename__ = "drop_events"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False))
+    bucket_date: Mapped[dt.date] = mapped_column(Date)
+    bucket_id: Mapped[str] = mapped_column(String(16), index=True)
+    market: Mapped[str] = mapped_column(String(32))
+    provider: Mapped[str] = mapped_column(String(16))
+    slot_id: Mapped[str] = mapped_column(String(32), index=True)
+    venue_id: Mapped[int] = mapped_column(BigInteger)
+    event_type: Mapped[str] = mapped_column(String(10), index=True)
+    opened_at: Mapped[dt.datetime] = mapped_column(TZ, index=True)
+    closed_at: Mapped[dt.datetime | None] = mapped_column(TZ)
+    drop_duration_seconds: Mapped[float | None] = mapped_column(Double)
+    slot_date: Mapped[dt.date] = mapped_column(Date)
+    slot_time: Mapped[dt.time] = mapped_column(Time)
+    seating_type: Mapped[str] = mapped_column(Text)
+    party_sizes: Mapped[list[int]] = mapped_column(ARRAY(SmallInteger))
+    time_slot: Mapped[str] = mapped_column(String(5))
+    time_bucket: Mapped[str] = mapped_column(String(8))  # prime | off_peak
+    dedupe_key: Mapped[str] = mapped_column(String(160))
+    # For CLOSED: the NEW_DROP event it closes.
+    drop_event_id: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[dt.datetime] = mapped_column(TZ, server_default=func.now())
+
+    __table_args__ = (
+        PrimaryKeyConstraint("id", "bucket_date"),
+        UniqueConstraint("bucket_date", "dedupe_key", name="uq_drop_events_dedupe_key"),
+        CheckConstraint("event_type IN ('NEW_DROP', 'CLOSED')", name="event_type"),
+        CheckConstraint("time_bucket IN ('prime', 'off_peak')", name="time_bucket"),
+        Index("ix_drop_events_event_type_opened_at", "event_type", text("opened_at DESC")),
+        # Review P2: per-bucket NEW_DROP, most recent first.
+        Index(
+            "ix_drop_events_bucket_id_event_type_opened_at",
+            "bucket_id",
+            "event_type",
+            text("opened_at DESC"),
+        ),
+        {"postgresql_partition_by": "RANGE (bucket_date)"},
+    )
+
+
+class VenueMetrics(Base):
+    """Daily figures per venue; `window_date` is the reservation date of the slots."""
+
+    __tablename__ = "venue_metrics"
+
+    venue_id: Mapped[int] = mapped_column(BigInteger)
+    window_date: Mapped[dt.date] = mapped_column(Date)
+    new_drop_count: Mapped[int] = mapped_column(Integer)
+    closed_count: Mapped[int] = mapped_column(Integer)
+    prime_drop_count: Mapped[int] = mapped_column(Integer)
+    off_peak_drop_count: Mapped[int] = mapped_column(Integer)
+    avg_drop_duration_seconds: Mapped[float | None] = mapped_column(Double)
+    median_drop_duration_seconds: Mapped[float | None] = mapped_column(Double)
+    scarcity_score: Mapped[float] = mapped_column(Double)
+    updated_at: Mapped[dt.datetime] = mapped_column(TZ, server_default=func.now())
+
+    __table_args__ = (
+        PrimaryKeyConstraint("venue_id", "window_date"),
+        Index("ix_venue_metrics_window_date", "window_date"),
+    )
+
+
+class MarketMetrics(Base):
+    """Daily figures per market."""
+
+    __tablename__ = "market_metrics"
+
+    market: Mapped[str] = mapped_column(String(32))
+    window_date: Mapped[dt.date] = mapped_column(Date)
+    total_drops: Mapped[int] = mapped_column(Integer)
+    total_closes: Mapped[int] = mapped_column(Integer)
+    venues_with_drops: Mapped[int] = mapped_column(Integer)
+    avg_drop_duration_seconds: Mapped[float | None] = mapped_column(Double)
+    median_drop_duration_seconds: Mapped[float | None] = mapped_column(Double)
+    weekday: Mapped[int] = mapped_column(SmallInteger)  # ISO: 1 = Monday
+    drops_by_hour: Mapped[dict[str, int]] = mapped_column(JSONB)
+    updated_at: Mapped[dt.datetime] = mapped_column(TZ, server_default=func.now())
+
+    __table_args__ = (PrimaryKeyConstraint("market", "window_date"),)
+
+
+class VenueRollingMetrics(Base):
+    """Per venue, the 14 days up to `as_of_date`."""
+
+    __tablename__ = "venue_rolling_metrics"
+
+    venue_id: Mapped[int] = mapped_column(BigInteger)
+    as_of_date: Mapped[dt.date] = mapped_column(Date)
+    total_drops: Mapped[int] = mapped_column(Integer)
+    days_with_drops: Mapped[int] = mapped_column(Integer)
+    drops_per_day: Mapped[float] = mapped_column(Double)
+    rarity_score: Mapped[float] = mapped_column(Double)
+    last7_drops: Mapped[int] = mapped_column(Integer)
+    prev7_drops: Mapped[int] = mapped_column(Integer)
+    trend: Mapped[float | None] = mapped_column(Double)
+    availability_rate: Mapped[float] = mapped_column(Double)
+    updated_at: Mapped[dt.datetime] = mapped_column(TZ, server_default=func.now())
+
+    __table_args__ = (
+        PrimaryKeyConstraint("venue_id", "as_of_date"),
+        Index("ix_venue_rolling_metrics_as_of_date", "as_of_date"),
+    )

@@ -1,0 +1,80 @@
+"""Assemble and run a poller replica: metrics, health, provider, scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+
+import grpc
+
+from services.poller.metrics import PollerMetrics
+from services.poller.poll import PollContext, PollOutcome
+from services.poller.ratelimit import RequestBudget
+from services.poller.resy import ResyProvider
+from services.poller.scheduler import Scheduler
+from services.poller.settings import PollerSettings
+from shared.db.engine import make_async_engine
+from shared.health import Health
+from shared.metrics_http import serve_metrics
+
+log = logging.getLogger(__name__)
+
+HEALTH_SERVICE = "dropwatch.poller"
+
+
+def replica_id() -> str:
+    """Unique per process: host, pid and a random suffix (pids repeat across pods)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def build_context(settings: PollerSettings, database_url: str) -> PollContext:
+    metrics = PollerMetrics()
+    engine = make_async_engine(settings, name="poller", metrics=metrics.pool, url=database_url)
+    provider = ResyProvider(
+        settings,
+        RequestBudget(settings.requests_per_second),
+        observe=lambda status_class: metrics.upstream_requests.labels(status_class).inc(),
+    )
+    return PollContext(settings, engine, provider, metrics, replica_id())
+
+
+async def run_poller(settings: PollerSettings, database_url: str, stop: asyncio.Event) -> None:
+    """Serve health and metrics and poll until `stop` is set; then shut down in order."""
+    ctx = build_context(settings, database_url)
+    metrics_server = serve_metrics(ctx.metrics.registry, settings.metrics_port)
+    health = Health((HEALTH_SERVICE,))
+    server = grpc.aio.server()
+    health.add_to(server)
+    port = server.add_insecure_port(f"[::]:{settings.health_port}")
+    await server.start()
+    log.info(
+        "poller %s: gRPC health on port %d, provider %s", ctx.owner, port, settings.resy_base_url
+    )
+
+    async def on_health(ok: bool) -> None:
+        await health.set(ok)
+
+    scheduler = Scheduler(ctx, on_health=on_health)
+    try:
+        await scheduler.run(stop)
+    finally:
+        await health.shutdown()
+        await server.stop(grace=1)
+        await ctx.provider.aclose()
+        await ctx.engine.dispose()
+        metrics_server.stop()
+        log.info("poller stopped")
+
+
+async def poll_once(
+    settings: PollerSettings, database_url: str, bucket_id: str | None
+) -> list[PollOutcome]:
+    ctx = build_context(settings, database_url)
+    try:
+        return await Scheduler(ctx).poll_once(bucket_id)
+    finally:
+        await ctx.provider.aclose()
+        await ctx.engine.dispose()

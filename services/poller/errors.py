@@ -1,0 +1,68 @@
+"""Why a fetch from the provider failed. Each carries the `reason` label used in metrics."""
+
+from __future__ import annotations
+
+from shared.errors import DropwatchError
+
+
+class FetchError(DropwatchError):
+    """The provider did not give a complete, well-formed answer; the poll must change nothing."""
+
+    reason = "error"
+    retryable = False
+
+
+class AuthExpiredError(FetchError):
+    """401, or a plain 403: the API key or user token is no longer accepted."""
+
+    reason = "auth"
+
+
+class BlockedError(FetchError):
+    """403 with a captcha/challenge body: an anti-bot block."""
+
+    reason = "blocked"
+
+
+class RateLimitedError(FetchError):
+    """429; `retry_after` is the server's Retry-After in seconds, if it sent one."""
+
+    reason = "rate_limited"
+    retryable = True
+
+    def __init__(self, message: str, retry_after: float | None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class UpstreamServerError(FetchError):
+    """5xx or 412 (412/500 usually mean Resy changed a header requirement)."""
+
+    reason = "server_error"
+    retryable = True
+
+
+class UpstreamTimeoutError(FetchError):
+    """The request (or the whole poll's deadline) ran out of time."""
+
+    reason = "timeout"
+    retryable = True
+
+
+class TransportError(FetchError):
+    """The connection failed (refused, reset, DNS)."""
+
+    reason = "transport"
+    retryable = True
+
+
+class MalformedResponseError(FetchError):
+    """The body was not JSON, or its shape drifted from what we know."""
+
+    reason = "malformed"
+
+
+class IncompleteFetchError(FetchError):
+    """A page was missing or there were more pages than we may read."""
+
+    reason = "incomplete"

@@ -1,0 +1,66 @@
+"""The poller's Prometheus metrics (plus the shared pool metrics in the same registry)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from shared.db.pool_metrics import PoolMetrics
+
+POLL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60)
+
+
+class PollerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.pool = PoolMetrics(self.registry)
+        self.poll_duration = Histogram(
+            "dropwatch_poller_poll_duration_seconds",
+            "Wall time of one bucket poll (fetch + write), by outcome.",
+            ["outcome"],
+            buckets=POLL_BUCKETS,
+            registry=self.registry,
+        )
+        self.events_written = Counter(
+            "dropwatch_poller_events_written",
+            "Drop events committed, by type.",
+            ["event_type"],
+            registry=self.registry,
+        )
+        self.fetch_outcomes = Counter(
+            "dropwatch_poller_fetch_outcomes",
+            "Bucket fetches by outcome (healthy, or the reason they changed nothing).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.upstream_requests = Counter(
+            "dropwatch_poller_upstream_requests",
+            "Requests to the provider by HTTP status class (error = no response).",
+            ["status_class"],
+            registry=self.registry,
+        )
+        self.last_healthy_poll = Gauge(
+            "dropwatch_poller_bucket_last_healthy_poll_timestamp_seconds",
+            "Unix time of each live bucket's last healthy poll.",
+            ["bucket_id"],
+            registry=self.registry,
+        )
+        self.lease_conflicts = Counter(
+            "dropwatch_poller_lease_conflicts",
+            "Polls discarded because another writer changed the bucket first.",
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "dropwatch_poller_buckets_in_flight",
+            "Bucket polls running now in this replica.",
+            registry=self.registry,
+        )
+        for reason in ("healthy", "suspect_soft_block"):
+            self.fetch_outcomes.labels(reason)
+        for event_type in ("NEW_DROP", "CLOSED"):
+            self.events_written.labels(event_type)
+
+    def forget_buckets(self, live: set[str]) -> None:
+        """Drop the freshness series of buckets that are no longer live."""
+        for labels in list(self.last_healthy_poll._metrics):
+            if labels[0] not in live:
+                self.last_healthy_poll.remove(*labels)

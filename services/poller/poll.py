@@ -1,0 +1,149 @@
+"""One poll of one bucket: fetch outside any transaction, judge, then write atomically.
+
+A fetch that failed, was partial, or looks like a soft block changes nothing but the bucket's
+bookkeeping (outcome, suspect count, next due time): the snapshot stays, no event is written.
+A healthy fetch is written in one transaction guarded by the lease and snapshot version, so a
+crash at any point either commits the whole poll or none of it, and a concurrent writer is
+detected instead of merged.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.poller import store
+from services.poller.errors import FetchError
+from services.poller.judge import judge
+from services.poller.metrics import PollerMetrics
+from services.poller.provider import BucketSpec, Provider
+from services.poller.settings import PollerSettings
+from services.poller.store import LeasedBucket, LeaseLostError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PollOutcome:
+    bucket_id: str
+    outcome: str
+    applied: bool
+    new_drops: int = 0
+    closed: int = 0
+    open_slots: int = 0
+
+
+@dataclass
+class PollContext:
+    """What every poll of a replica shares."""
+
+    settings: PollerSettings
+    engine: AsyncEngine
+    provider: Provider
+    metrics: PollerMetrics
+    owner: str
+
+    def spec_for(self, leased: LeasedBucket) -> BucketSpec:
+        return BucketSpec(
+            bucket_id=leased.bucket_id,
+            day=leased.bucket_date,
+            anchor=dt.time.fromisoformat(leased.time_slot),
+            party_sizes=self.settings.party_sizes,
+            window=dt.timedelta(hours=self.settings.search_window_hours),
+        )
+
+
+async def poll_bucket(ctx: PollContext, leased: LeasedBucket) -> PollOutcome:
+    started = time.monotonic()
+    outcome = await _poll(ctx, leased, started + ctx.settings.poll_deadline_seconds)
+    ctx.metrics.poll_duration.labels(outcome.outcome).observe(time.monotonic() - started)
+    ctx.metrics.fetch_outcomes.labels(outcome.outcome).inc()
+    return outcome
+
+
+async def _poll(ctx: PollContext, leased: LeasedBucket, deadline: float) -> PollOutcome:
+    settings = ctx.settings
+    try:
+        fetch = await ctx.provider.fetch_bucket(ctx.spec_for(leased), deadline)
+    except FetchError as exc:
+        log.warning("bucket %s: fetch failed (%s): %s", leased.bucket_id, exc.reason, exc)
+        await _record_unhealthy(ctx, leased, exc.reason, suspect=False)
+        return PollOutcome(leased.bucket_id, exc.reason, applied=False)
+
+    verdict = judge(
+        len(fetch.slots),
+        leased.last_slot_count,
+        leased.suspect_polls,
+        min_previous=settings.soft_block_min_previous,
+        shrink_ratio=settings.soft_block_shrink_ratio,
+    )
+    if not verdict.apply:
+        log.warning(
+            "bucket %s: %d slots after %s, held as a suspected soft block",
+            leased.bucket_id,
+            len(fetch.slots),
+            leased.last_slot_count,
+        )
+        await _record_unhealthy(ctx, leased, verdict.outcome, suspect=True)
+        return PollOutcome(leased.bucket_id, verdict.outcome, applied=False)
+
+    now = dt.datetime.now(dt.UTC)
+    try:
+        async with ctx.engine.begin() as conn:
+            await store.check_lease(conn, leased, ctx.owner)
+            await store.upsert_venues(conn, fetch, ctx.provider.name)
+            result = await store.write_healthy_poll(
+                conn,
+                leased,
+                fetch,
+                market=settings.market,
+                provider=ctx.provider.name,
+                prime=leased.time_slot in settings.prime_anchors,
+                outcome=verdict.outcome,
+                now=now,
+                next_poll_at=now + dt.timedelta(seconds=settings.cooldown_seconds),
+            )
+    except LeaseLostError as exc:
+        ctx.metrics.lease_conflicts.inc()
+        log.warning("bucket %s: poll discarded: %s", leased.bucket_id, exc)
+        return PollOutcome(leased.bucket_id, "lease_conflict", applied=False)
+
+    ctx.metrics.events_written.labels("NEW_DROP").inc(result.new_drops)
+    ctx.metrics.events_written.labels("CLOSED").inc(result.closed)
+    ctx.metrics.last_healthy_poll.labels(leased.bucket_id).set(now.timestamp())
+    if result.new_drops or result.closed:
+        log.info(
+            "bucket %s: %d new drops, %d closed, %d open",
+            leased.bucket_id,
+            result.new_drops,
+            result.closed,
+            result.open_slots,
+        )
+    return PollOutcome(
+        leased.bucket_id,
+        verdict.outcome,
+        applied=True,
+        new_drops=result.new_drops,
+        closed=result.closed,
+        open_slots=result.open_slots,
+    )
+
+
+async def _record_unhealthy(
+    ctx: PollContext, leased: LeasedBucket, outcome: str, *, suspect: bool
+) -> None:
+    now = dt.datetime.now(dt.UTC)
+    async with ctx.engine.begin() as conn:
+        await store.record_unhealthy(
+            conn,
+            leased,
+            ctx.owner,
+            outcome=outcome,
+            suspect=suspect,
+            now=now,
+            next_poll_at=now + dt.timedelta(seconds=ctx.settings.cooldown_seconds),
+        )

@@ -1,0 +1,266 @@
+"""The Resy provider: paged venue search with availability, through httpx.
+
+Headers are those real clients send (Resy answers 412/500 without them). The API key and
+token come from settings and only ever live in request headers; they are never logged, and
+error messages carry status codes and reasons, not bodies or headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from services.poller.errors import (
+    AuthExpiredError,
+    BlockedError,
+    FetchError,
+    IncompleteFetchError,
+    MalformedResponseError,
+    RateLimitedError,
+    TransportError,
+    UpstreamServerError,
+    UpstreamTimeoutError,
+)
+from services.poller.provider import BucketSpec
+from services.poller.ratelimit import RequestBudget
+from services.poller.settings import PollerSettings
+from services.poller.slots import BucketFetch, Slot, VenueInfo, parse_local_start, slot_id_for
+
+log = logging.getLogger(__name__)
+
+SEARCH_PATH = "/3/venuesearch/search"
+USER_AGENT = (
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/126.0 Safari/537.36"
+)
+_CHALLENGE_WORDS = ("captcha", "challenge", "perimeterx", "px-captcha", "blocked")
+
+# Called with the status class ("2xx", "4xx", "5xx", "error") of every upstream request.
+RequestObserver = Callable[[str], None]
+
+
+class ResyProvider:
+    """Fetches one bucket: every party size, the anchor time filter, every page."""
+
+    name = "resy"
+
+    def __init__(
+        self,
+        settings: PollerSettings,
+        budget: RequestBudget,
+        observe: RequestObserver | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._settings = settings
+        self._budget = budget
+        self._observe = observe or (lambda _status_class: None)
+        headers = {
+            "User-Agent": USER_AGENT,
+            "Origin": "https://widgets.resy.com",
+            "Referer": "https://widgets.resy.com/",
+            "Accept": "application/json",
+        }
+        if settings.resy_api_key is not None:
+            key = settings.resy_api_key.get_secret_value()
+            headers["Authorization"] = f'ResyAPI api_key="{key}"'
+        if settings.resy_auth_token is not None:
+            headers["X-Resy-Auth-Token"] = settings.resy_auth_token.get_secret_value()
+        self._client = httpx.AsyncClient(
+            base_url=settings.resy_base_url,
+            headers=headers,
+            timeout=settings.request_timeout_seconds,
+            transport=transport,
+            limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def fetch_bucket(self, spec: BucketSpec, deadline: float) -> BucketFetch:
+        result = BucketFetch()
+        for party_size in spec.party_sizes:
+            page, total_pages = 1, 1
+            while page <= total_pages:
+                body = await self._search(spec, party_size, page, deadline)
+                result.requests += 1
+                hits, total_pages = _parse_page(body, page)
+                if total_pages > self._settings.max_pages:
+                    raise IncompleteFetchError(
+                        f"{total_pages} pages exceed the limit of {self._settings.max_pages}"
+                    )
+                for hit in hits:
+                    self._collect(hit, spec, party_size, result)
+                page += 1
+        return result
+
+    def _collect(
+        self, hit: dict[str, Any], spec: BucketSpec, party_size: int, result: BucketFetch
+    ) -> None:
+        venue = _parse_venue(hit)
+        result.venues[venue.venue_id] = venue
+        for raw in _slots_of(hit):
+            start, seating = _parse_slot(raw)
+            if not spec.contains(start):
+                continue
+            slot_id = slot_id_for(self.name, venue.venue_id, start, seating)
+            result.add(Slot(slot_id, venue.venue_id, start, seating), party_size)
+
+    async def _search(self, spec: BucketSpec, party_size: int, page: int, deadline: float) -> Any:
+        payload = {
+            "query": "",
+            "types": ["venue"],
+            "availability": True,
+            "order_by": "availability",
+            "page": page,
+            "per_page": self._settings.per_page,
+            "geo": {"bounding_box": list(self._settings.market_bbox)},
+            "slot_filter": {
+                "day": spec.day.isoformat(),
+                "party_size": party_size,
+                "time_filter": spec.anchor.strftime("%H:%M"),
+            },
+        }
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self._post_once(payload, deadline)
+            except FetchError as exc:
+                if not exc.retryable or attempt >= self._settings.max_attempts:
+                    raise
+                delay = self._backoff(attempt, exc)
+                if time.monotonic() + delay >= deadline:
+                    raise
+                log.debug("retrying %s page %d in %.2fs (%s)", spec.bucket_id, page, delay, exc)
+                await asyncio.sleep(delay)
+
+    def _backoff(self, attempt: int, exc: FetchError) -> float:
+        """Exponential backoff with full jitter; a server's Retry-After wins when larger."""
+        base = self._settings.backoff_base_seconds * (2 ** (attempt - 1))
+        delay = random.uniform(base / 2, base)
+        if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
+            delay = max(delay, exc.retry_after)
+        return delay
+
+    async def _post_once(self, payload: dict[str, Any], deadline: float) -> Any:
+        if not await self._budget.acquire(deadline):
+            raise UpstreamTimeoutError("request budget exhausted before the poll deadline")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise UpstreamTimeoutError("poll deadline passed")
+        try:
+            response = await self._client.post(
+                SEARCH_PATH,
+                json=payload,
+                timeout=min(remaining, self._settings.request_timeout_seconds),
+            )
+        except httpx.TimeoutException as exc:
+            self._observe("error")
+            raise UpstreamTimeoutError(f"request timed out ({type(exc).__name__})") from None
+        except httpx.TransportError as exc:
+            self._observe("error")
+            raise TransportError(f"connection failed ({type(exc).__name__})") from None
+        self._observe(f"{response.status_code // 100}xx")
+        _raise_for_status(response)
+        try:
+            return response.json()
+        except ValueError:
+            raise MalformedResponseError("response body is not JSON") from None
+
+
+def _raise_for_status(response: httpx.Response) -> None:
+    status = response.status_code
+    if status == 200:
+        return
+    if status == 401:
+        raise AuthExpiredError("401: the API key or token was rejected")
+    if status == 403:
+        body = response.text[:2000].lower()
+        if any(word in body for word in _CHALLENGE_WORDS):
+            raise BlockedError("403 with a challenge page: anti-bot block")
+        raise AuthExpiredError("403: not authorised")
+    if status == 429:
+        raise RateLimitedError("429: rate limited", _retry_after(response))
+    if status >= 500 or status == 412:
+        raise UpstreamServerError(f"{status} from the provider")
+    raise MalformedResponseError(f"unexpected status {status}")
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def _parse_page(body: Any, page: int) -> tuple[list[dict[str, Any]], int]:
+    """The hits of one page and the total number of pages; shape drift is an error."""
+    if not isinstance(body, dict) or not isinstance(body.get("search"), dict):
+        raise MalformedResponseError("response has no 'search' object")
+    hits = body["search"].get("hits")
+    if not isinstance(hits, list) or not all(isinstance(h, dict) for h in hits):
+        raise MalformedResponseError("'search.hits' is not a list of venues")
+    meta = body.get("meta")
+    if not isinstance(meta, dict):
+        meta = {}
+    total_pages = meta.get("total_pages")
+    if not isinstance(total_pages, int):
+        total = body["search"].get("nbHits")
+        per_page = meta.get("per_page") or len(hits) or 1
+        if not isinstance(total, int) or not isinstance(per_page, int):
+            raise MalformedResponseError("response carries neither total_pages nor nbHits")
+        total_pages = max(1, -(-total // per_page))
+    if page > 1 and not hits:
+        raise IncompleteFetchError(f"page {page} of {total_pages} came back empty")
+    return hits, max(1, total_pages)
+
+
+def _parse_venue(hit: dict[str, Any]) -> VenueInfo:
+    try:
+        venue_id = int(hit["id"]["resy"])
+        name = str(hit["name"])
+    except (KeyError, TypeError, ValueError):
+        raise MalformedResponseError("a venue hit has no id.resy or name") from None
+    location = hit.get("location")
+    price = hit.get("price_range_id")
+    return VenueInfo(
+        venue_id=venue_id,
+        name=name,
+        neighborhood=_opt_str(hit.get("neighborhood")),
+        price_range=price if isinstance(price, int) and 1 <= price <= 4 else None,
+        url_slug=_opt_str(hit.get("url_slug")),
+        location_code=_opt_str(location.get("code")) if isinstance(location, dict) else None,
+    )
+
+
+def _slots_of(hit: dict[str, Any]) -> list[dict[str, Any]]:
+    availability = hit.get("availability")
+    if availability is None:
+        return []
+    slots = availability.get("slots") if isinstance(availability, dict) else None
+    if not isinstance(slots, list) or not all(isinstance(s, dict) for s in slots):
+        raise MalformedResponseError("'availability.slots' is not a list")
+    return slots
+
+
+def _parse_slot(raw: dict[str, Any]) -> tuple[dt.datetime, str]:
+    try:
+        start = parse_local_start(str(raw["date"]["start"]))
+        seating = str(raw["config"].get("type") or "Unknown")
+    except (KeyError, TypeError, AttributeError, ValueError):
+        raise MalformedResponseError("a slot has no parseable date.start / config") from None
+    return start, seating
+
+
+def _opt_str(value: Any) -> str | None:
+    return str(value) if isinstance(value, str | int) and str(value) else None

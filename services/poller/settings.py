@@ -1,0 +1,48 @@
+"""Settings of the poller: the provider, scheduling, request budget and health thresholds."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import ENV_PREFIX, Settings
+
+
+class PollerSettings(Settings):
+    """Everything the poller reads from `DROPWATCH_*` variables."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
+
+    metrics_port: int = Field(default=9101, ge=0, le=65535)
+    health_port: int = Field(default=50052, ge=0, le=65535, description="gRPC health service.")
+
+    # --- provider -------------------------------------------------------------------------
+    provider: str = Field(default="resy", pattern=r"^resy$")
+    resy_base_url: str = Field(default="https://api.resy.com", pattern=r"^https?://")
+    resy_api_key: SecretStr | None = None
+    resy_auth_token: SecretStr | None = None
+    per_page: int = Field(default=100, ge=1, le=200)
+    max_pages: int = Field(default=5, ge=1, le=50)
+    search_window_hours: int = Field(default=2, ge=0, le=12, description="anchor +/- hours.")
+    request_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    requests_per_second: float = Field(default=5.0, gt=0, le=1000, description="Per replica.")
+    max_attempts: int = Field(default=4, ge=1, le=10, description="Tries per request.")
+    backoff_base_seconds: float = Field(default=0.5, gt=0, le=30)
+
+    # --- scheduling -----------------------------------------------------------------------
+    cooldown_seconds: float = Field(default=30.0, gt=0, le=3600)
+    concurrency: int = Field(default=8, ge=1, le=64, description="Buckets in flight.")
+    tick_seconds: float = Field(default=2.0, gt=0, le=60)
+    poll_deadline_seconds: float = Field(default=20.0, gt=0, le=600)
+    lease_seconds: float = Field(default=25.0, gt=0, le=3600)
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=300)
+
+    # --- fetch plausibility (soft-block detection) -----------------------------------------
+    soft_block_min_previous: int = Field(default=10, ge=1)
+    soft_block_shrink_ratio: float = Field(default=0.5, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _lease_outlives_poll(self) -> PollerSettings:
+        if self.lease_seconds <= self.poll_deadline_seconds:
+            raise ValueError("lease_seconds: must be longer than DROPWATCH_POLL_DEADLINE_SECONDS")
+        return self

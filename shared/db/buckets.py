@@ -1,0 +1,59 @@
+"""The live discovery buckets: which exist, and making sure they do.
+
+A bucket is a reservation date and an anchor time, `YYYY-MM-DD_HH:MM`. "Today" is always
+computed in the market's time zone (the original computed it in UTC and was wrong for hours
+every evening). Both the poller (at start-up and every tick) and the daily maintenance run call
+`ensure_live_buckets`, so a fresh database works without waiting for the daily job.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Connection, text
+
+from shared.db.partitions import ensure_partitions
+
+
+def bucket_id_for(day: dt.date, anchor: str) -> str:
+    return f"{day.isoformat()}_{anchor}"
+
+
+def market_today(zone: ZoneInfo, now: dt.datetime | None = None) -> dt.date:
+    """Today's date in the market's zone (`now` must be timezone-aware)."""
+    moment = now if now is not None else dt.datetime.now(dt.UTC)
+    return moment.astimezone(zone).date()
+
+
+def live_days(today: dt.date, window_days: int) -> list[dt.date]:
+    return [today + dt.timedelta(days=offset) for offset in range(window_days)]
+
+
+def ensure_live_buckets(
+    conn: Connection,
+    *,
+    market: str,
+    today: dt.date,
+    window_days: int,
+    anchors: tuple[str, ...],
+) -> int:
+    """Create the missing live buckets (and their event partitions); return how many."""
+    days = live_days(today, window_days)
+    ensure_partitions(conn, days)
+    ids = [bucket_id_for(day, anchor) for day in days for anchor in anchors]
+    dates = [day for day in days for _ in anchors]
+    slots = [anchor for _ in days for anchor in anchors]
+    result = conn.execute(
+        text(
+            """
+            INSERT INTO discovery_buckets (bucket_id, market, date_str, bucket_date, time_slot)
+            SELECT b.id, :market, to_char(b.day, 'YYYY-MM-DD'), b.day, b.anchor
+            FROM unnest(CAST(:ids AS text[]), CAST(:dates AS date[]), CAST(:slots AS text[]))
+                 AS b(id, day, anchor)
+            ON CONFLICT (bucket_id) DO NOTHING
+            """
+        ),
+        {"market": market, "ids": ids, "dates": dates, "slots": slots},
+    )
+    return int(result.rowcount)

@@ -62,6 +62,38 @@ def _cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    if args.component == "poller":
+        from services.poller.__main__ import serve
+
+        return serve(args.metrics_port, args.health_port)
+    raise DropwatchError(f"unknown component {args.component!r}")
+
+
+def _cmd_poll(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from services.poller.app import poll_once
+    from services.poller.settings import PollerSettings
+
+    settings = load_settings(PollerSettings)
+    configure_logging(settings.log_level, settings.secret_values())
+    database = open_database(settings)
+    try:
+        outcomes = asyncio.run(poll_once(settings, database.url, args.bucket))
+    finally:
+        database.close()
+    if args.bucket and not outcomes:
+        raise DropwatchError(f"bucket {args.bucket} does not exist or another poller holds it")
+    for o in outcomes:
+        print(
+            f"{o.bucket_id}  {o.outcome:<20} new_drops={o.new_drops} closed={o.closed} "
+            f"open={o.open_slots}"
+        )
+    print(f"{len(outcomes)} bucket(s) polled")
+    return 0 if all(o.applied for o in outcomes) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dropwatch",
@@ -75,6 +107,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("up", help="start the local stack (PostgreSQL + migrations)")
     p.set_defaults(func=_cmd_up)
+
+    p = sub.add_parser("serve", help="run one long-running component")
+    p.add_argument("component", choices=["poller"], help="which component")
+    p.add_argument("--metrics-port", type=int, help="port of /metrics (0 = any free port)")
+    p.add_argument("--health-port", type=int, help="poller: port of the gRPC health service")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser(
+        "poll", help="poll every due bucket once (or one bucket, ignoring its cooldown)"
+    )
+    p.add_argument("--once", action="store_true", required=True, help="one pass, then exit")
+    p.add_argument("--bucket", metavar="BUCKET_ID", help="only this bucket, e.g. 2026-12-03_19:00")
+    p.set_defaults(func=_cmd_poll)
     return parser
 
 

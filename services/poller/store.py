@@ -137,8 +137,12 @@ async def check_lease(conn: AsyncConnection, leased: LeasedBucket, owner: str) -
 
 
 async def upsert_venues(conn: AsyncConnection, fetch: BucketFetch, provider: str) -> None:
-    """Insert new venues and update changed ones, in one statement."""
-    venues = list(fetch.venues.values())
+    """Insert new venues and update changed ones, in one statement.
+
+    Rows go in venue-id order so concurrent pollers lock them in the same order and cannot
+    deadlock each other.
+    """
+    venues = sorted(fetch.venues.values(), key=lambda v: v.venue_id)
     await conn.execute(
         text(
             """
@@ -147,7 +151,8 @@ async def upsert_venues(conn: AsyncConnection, fetch: BucketFetch, provider: str
             SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:providers AS text[]),
                                  CAST(:names AS text[]), CAST(:hoods AS text[]),
                                  CAST(:prices AS smallint[]), CAST(:slugs AS text[]),
-                                 CAST(:codes AS text[]))
+                                 CAST(:codes AS text[])) AS n(venue_id)
+            ORDER BY n.venue_id
             ON CONFLICT (venue_id) DO UPDATE
             SET name = excluded.name, neighborhood = excluded.neighborhood,
                 price_range = excluded.price_range, url_slug = excluded.url_slug,

@@ -13,7 +13,9 @@ from services.poller.settings import PollerSettings
 TODAY = dt.date(2026, 12, 1)
 
 
-def poller_settings(db_url: str, base_url: str = "http://127.0.0.1:9", **extra: Any) -> PollerSettings:
+def poller_settings(
+    db_url: str, base_url: str = "http://127.0.0.1:9", **extra: Any
+) -> PollerSettings:
     values: dict[str, Any] = {
         "database_url": SecretStr(db_url),
         "resy_base_url": base_url,

@@ -48,8 +48,15 @@ async def _poll(aengine: AsyncEngine, fetch: BucketFetch, now: dt.datetime) -> s
         await store.check_lease(conn, leased, OWNER)
         await store.upsert_venues(conn, fetch, "resy")
         return await store.write_healthy_poll(
-            conn, leased, fetch, market="nyc", provider="resy", prime=True,
-            outcome="healthy", now=now, next_poll_at=now + dt.timedelta(seconds=30),
+            conn,
+            leased,
+            fetch,
+            market="nyc",
+            provider="resy",
+            prime=True,
+            outcome="healthy",
+            now=now,
+            next_poll_at=now + dt.timedelta(seconds=30),
         )
 
 
@@ -98,7 +105,9 @@ async def test_new_drops_then_closed_with_duration(aengine: AsyncEngine, engine:
     assert open_slot_ids(engine, BUCKET) == set(_fetch(3).slots)
 
 
-async def test_rewriting_the_same_answer_writes_nothing(aengine: AsyncEngine, engine: Engine) -> None:
+async def test_rewriting_the_same_answer_writes_nothing(
+    aengine: AsyncEngine, engine: Engine
+) -> None:
     t0 = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
     await _poll(aengine, _fetch(2), t0)
     await _poll(aengine, _fetch(4), t0 + dt.timedelta(seconds=30))

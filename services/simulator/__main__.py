@@ -1,0 +1,71 @@
+"""Run the simulator as a process: `python -m services.simulator --port 8765`.
+
+It logs one "simulator listening on URL" line (so a parent process can read the port when
+--port 0 picked one) and exits 0 on SIGINT or SIGTERM after closing every connection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+
+from services.simulator.server import Simulator
+
+# Simulated minutes per real minute for local runs. At speed 1 the 300-venue model already
+# changes a few hundred slot states a minute across 28 buckets x 2 party sizes; 5 keeps the
+# feed lively and shortens the quickest prime-time flips to about 6 real minutes.
+DEFAULT_SPEED = 5.0
+
+log = logging.getLogger("dropwatch.simulator")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m services.simulator",
+        description="A local stand-in for Resy's venue-search API.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8765, help="port; 0 picks a free one")
+    parser.add_argument("--venues", type=int, default=300, help="venues in the model")
+    parser.add_argument("--seed", type=int, default=7, help="seed of the availability model")
+    parser.add_argument("--api-key", default=None, help="require this Resy API key")
+    parser.add_argument(
+        "--speed",
+        type=float,
+        default=DEFAULT_SPEED,
+        help=f"simulated seconds per real second (default {DEFAULT_SPEED:g})",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        sim = Simulator(venues=args.venues, seed=args.seed, api_key=args.api_key, speed=args.speed)
+        url = sim.start(host=args.host, port=args.port)
+    except (ValueError, OSError) as exc:
+        print(f"simulator: {exc}", file=sys.stderr)
+        return 2
+    log.info("simulator listening on %s", url)
+    try:
+        stop.wait()
+    finally:
+        sim.stop()
+    log.info("simulator stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

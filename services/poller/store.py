@@ -139,8 +139,10 @@ async def check_lease(conn: AsyncConnection, leased: LeasedBucket, owner: str) -
 async def upsert_venues(conn: AsyncConnection, fetch: BucketFetch, provider: str) -> None:
     """Insert new venues and update changed ones, in one statement.
 
-    Rows go in venue-id order so concurrent pollers lock them in the same order and cannot
-    deadlock each other.
+    Unchanged venues are filtered out before `ON CONFLICT`, which would otherwise lock every
+    conflicting row until commit and make polls of different buckets (which share venues)
+    queue behind each other. Rows go in venue-id order so concurrent writers lock in the same
+    order and cannot deadlock.
     """
     venues = sorted(fetch.venues.values(), key=lambda v: v.venue_id)
     await conn.execute(
@@ -148,10 +150,19 @@ async def upsert_venues(conn: AsyncConnection, fetch: BucketFetch, provider: str
             """
             INSERT INTO venues AS v (venue_id, provider, name, neighborhood, price_range,
                                      url_slug, location_code)
-            SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:providers AS text[]),
-                                 CAST(:names AS text[]), CAST(:hoods AS text[]),
-                                 CAST(:prices AS smallint[]), CAST(:slugs AS text[]),
-                                 CAST(:codes AS text[])) AS n(venue_id)
+            SELECT n.* FROM unnest(CAST(:ids AS bigint[]), CAST(:providers AS text[]),
+                                   CAST(:names AS text[]), CAST(:hoods AS text[]),
+                                   CAST(:prices AS smallint[]), CAST(:slugs AS text[]),
+                                   CAST(:codes AS text[]))
+                 AS n(venue_id, provider, name, neighborhood, price_range, url_slug,
+                      location_code)
+            WHERE NOT EXISTS (
+                SELECT 1 FROM venues o
+                WHERE o.venue_id = n.venue_id
+                  AND (o.name, o.neighborhood, o.price_range, o.url_slug, o.location_code)
+                      IS NOT DISTINCT FROM
+                      (n.name, n.neighborhood, n.price_range, n.url_slug, n.location_code)
+            )
             ORDER BY n.venue_id
             ON CONFLICT (venue_id) DO UPDATE
             SET name = excluded.name, neighborhood = excluded.neighborhood,

@@ -43,9 +43,19 @@ OFF_PEAK_PERIOD_S = (2 * 3600.0, 24 * 3600.0)
 TEMPLATE_PERIOD_S = 300.0
 # How many (day, party size) pairs the model remembers state for (28 live buckets need 28).
 MEMO_DAYS = 128
-# (shortest period, longest/shortest ratio), the form the hot loop wants.
-_PRIME_PERIOD = (PRIME_PERIOD_S[0], PRIME_PERIOD_S[1] / PRIME_PERIOD_S[0])
-_OFF_PEAK_PERIOD = (OFF_PEAK_PERIOD_S[0], OFF_PEAK_PERIOD_S[1] / OFF_PEAK_PERIOD_S[0])
+# (lowest odds, odds span, shortest period, longest/shortest): the form the hot loop wants.
+_PRIME = (
+    PRIME_OPEN_P[0],
+    PRIME_OPEN_P[1] - PRIME_OPEN_P[0],
+    PRIME_PERIOD_S[0],
+    PRIME_PERIOD_S[1] / PRIME_PERIOD_S[0],
+)
+_OFF_PEAK = (
+    OFF_PEAK_OPEN_P[0],
+    OFF_PEAK_OPEN_P[1] - OFF_PEAK_OPEN_P[0],
+    OFF_PEAK_PERIOD_S[0],
+    OFF_PEAK_PERIOD_S[1] / OFF_PEAK_PERIOD_S[0],
+)
 
 LUNCH_SERVICE_ID = 1
 DINNER_SERVICE_ID = 2
@@ -310,20 +320,21 @@ def slot_state(slot_key: int, minute: int, t: int) -> tuple[bool, int, int]:
     Period length, phase and odds all come from the slot's key. The bounds are pulled in by
     a second, so float rounding can never make a remembered state disagree with a fresh one.
     """
-    prime = PRIME_FIRST_MINUTE <= minute <= PRIME_LAST_MINUTE
-    p_lo, p_hi = PRIME_OPEN_P if prime else OFF_PEAK_OPEN_P
-    l_lo, l_ratio = _PRIME_PERIOD if prime else _OFF_PEAK_PERIOD
+    p_lo, p_span, l_lo, l_ratio = _PRIME if _is_prime(minute) else _OFF_PEAK
     # Three independent 21-bit uniforms from one 64-bit key.
     u_p = (slot_key & 0x1FFFFF) / 0x200000
     u_len = ((slot_key >> 21) & 0x1FFFFF) / 0x200000
     u_phase = ((slot_key >> 42) & 0x1FFFFF) / 0x200000
-    p_open = p_lo + (p_hi - p_lo) * u_p
     length = l_lo * l_ratio**u_len
     period = math.floor(t / length + u_phase)
-    is_open = mix64(slot_key ^ (period & _MASK64)) < p_open * 2.0**64
+    is_open = mix64(slot_key ^ (period & _MASK64)) < (p_lo + p_span * u_p) * 2.0**64
     first = math.ceil((period - u_phase) * length) + 1
     last = math.floor((period + 1 - u_phase) * length) - 1
     return is_open, first, last
+
+
+def _is_prime(minute: int) -> bool:
+    return PRIME_FIRST_MINUTE <= minute <= PRIME_LAST_MINUTE
 
 
 @dataclass(frozen=True)
@@ -342,11 +353,15 @@ class _VenueDay:
 def _venue_day(venue: Venue, day_ordinal: int, party_size: int, t: int) -> _VenueDay:
     valid_from, valid_until = -(2**63), 2**63
     open_slots = []
+    seatings = range(len(venue.seating_types))
     for minute in range(venue.first_minute, LAST_SLOT_MINUTE + 1, SLOT_STEP_MINUTES):
-        for index in range(len(venue.seating_types)):
+        for index in seatings:
             key = _slot_key(venue.key, day_ordinal, minute, index, party_size)
             is_open, first, last = slot_state(key, minute, t)
-            valid_from, valid_until = max(valid_from, first), min(valid_until, last)
+            if first > valid_from:
+                valid_from = first
+            if last < valid_until:
+                valid_until = last
             if is_open:
                 open_slots.append((minute, index))
     return _VenueDay(valid_from, valid_until, tuple(open_slots))

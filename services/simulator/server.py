@@ -51,6 +51,8 @@ MAX_PER_PAGE = 200
 MAX_PARTY_SIZE = 20
 MAX_BODY_BYTES = 1 << 20
 REQUEST_LOG_SIZE = 1000
+# How often the accept loop checks for stop(): the upper bound on how long stop() waits.
+SHUTDOWN_POLL_S = 0.01
 # The box searched around a {"latitude", "longitude"} point, in degrees.
 POINT_BOX_HALF_SPAN = (0.05, 0.06)
 
@@ -283,7 +285,9 @@ class Simulator:
         server = _HTTPServer((host, port), _Handler, self)
         self._server = server
         self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="resy-simulator"
+            target=server.serve_forever,
+            kwargs={"poll_interval": SHUTDOWN_POLL_S},
+            name="resy-simulator",
         )
         self._thread.daemon = True
         self._thread.start()

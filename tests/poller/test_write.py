@@ -127,3 +127,19 @@ async def test_stale_version_is_detected_not_merged(aengine: AsyncEngine, engine
         async with aengine.begin() as conn:
             await store.check_lease(conn, leased, OWNER)
     await aengine.dispose()
+
+
+async def test_unchanged_venues_are_not_locked(aengine: AsyncEngine) -> None:
+    """Polls of different buckets share venues; an unchanged venue must not block them."""
+    fetch = _fetch(8)
+    async with aengine.begin() as conn:
+        await store.upsert_venues(conn, fetch, "resy")
+    async with aengine.connect() as first, aengine.connect() as second:
+        await first.begin()
+        await store.upsert_venues(first, fetch, "resy")  # still open: holds its locks
+        await second.begin()
+        await second.execute(text("SET LOCAL lock_timeout = '300ms'"))
+        await store.upsert_venues(second, fetch, "resy")  # would time out if locked
+        await second.commit()
+        await first.commit()
+    await aengine.dispose()

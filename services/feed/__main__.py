@@ -1,0 +1,62 @@
+"""`python -m services.feed`: serve the feed until SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+
+from services.feed.server import start_feed
+from services.feed.settings import FeedSettings
+from shared.db.database import open_database
+from shared.errors import DropwatchError
+from shared.logs import configure_logging
+from shared.metrics_http import serve_metrics
+from shared.settings import load_settings
+
+
+def serve(port: int | None = None, metrics_port: int | None = None) -> int:
+    overrides: dict[str, int] = {}
+    if port is not None:
+        overrides["feed_port"] = port
+    if metrics_port is not None:
+        overrides["metrics_port"] = metrics_port
+    settings = load_settings(FeedSettings, **overrides)
+    configure_logging(settings.log_level, settings.secret_values())
+    database = open_database(settings)
+    try:
+        asyncio.run(_main(settings, database.url))
+    finally:
+        database.close()
+    return 0
+
+
+async def _main(settings: FeedSettings, url: str) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    feed = await start_feed(settings, url)
+    metrics = serve_metrics(feed.registry, settings.metrics_port)
+    try:
+        await stop.wait()
+    finally:
+        await feed.stop(settings.shutdown_grace_seconds)
+        metrics.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.feed")
+    parser.add_argument("--port", type=int, help="gRPC port (default DROPWATCH_FEED_PORT, 50051)")
+    parser.add_argument("--metrics-port", type=int, help="default DROPWATCH_METRICS_PORT (9102)")
+    args = parser.parse_args(argv)
+    try:
+        return serve(args.port, args.metrics_port)
+    except DropwatchError as exc:
+        print(f"dropwatch feed: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

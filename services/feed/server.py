@@ -1,0 +1,91 @@
+"""Build and run the feed's gRPC server: FeedService, health, reflection, metrics.
+
+Concurrency is bounded (`maximum_concurrent_rpcs`): excess calls get RESOURCE_EXHAUSTED at
+once instead of queueing without bound. SIGTERM marks health NOT_SERVING and drains in-flight
+calls within the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from dataclasses import dataclass
+
+import grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
+
+from services.feed.cache import DefaultAnswerCache
+from services.feed.metrics import GrpcServerMetrics, MetricsInterceptor
+from services.feed.paging import PageTokens
+from services.feed.servicer import FeedServicer
+from services.feed.settings import FeedSettings
+from shared.db.engine import make_async_engine
+from shared.db.pool_metrics import PoolMetrics
+from shared.gen.dropwatch.feed.v1 import feed_pb2, feed_pb2_grpc
+from shared.health import Health
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = feed_pb2.DESCRIPTOR.services_by_name["FeedService"].full_name
+
+
+@dataclass
+class FeedServer:
+    server: grpc.aio.Server
+    port: int
+    servicer: FeedServicer
+    health: Health
+    registry: CollectorRegistry
+    _listener: asyncio.Task[None]
+    _stop_listener: asyncio.Event
+
+    async def stop(self, grace: float) -> None:
+        await self.health.shutdown()
+        await self.server.stop(grace)
+        self._stop_listener.set()
+        self._listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._listener
+        await self.servicer.engine.dispose()
+
+
+async def start_feed(
+    settings: FeedSettings, database_url: str, registry: CollectorRegistry | None = None
+) -> FeedServer:
+    registry = registry if registry is not None else CollectorRegistry()
+    pool = PoolMetrics(registry)
+    engine = make_async_engine(
+        settings,
+        name="feed",
+        metrics=pool,
+        url=database_url,
+        server_settings={"plan_cache_mode": "force_custom_plan"},
+    )
+    if settings.page_token_secret is not None:
+        secret = settings.page_token_secret.get_secret_value().encode()
+    else:
+        log.warning("DROPWATCH_PAGE_TOKEN_SECRET unset: page tokens only work on this replica")
+        secret = secrets.token_bytes(32)
+    cache = DefaultAnswerCache(settings.cache_ttl_seconds, registry)
+    servicer = FeedServicer(settings, engine, PageTokens(secret), cache)
+
+    server = grpc.aio.server(
+        interceptors=[MetricsInterceptor(GrpcServerMetrics(registry))],
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+    )
+    feed_pb2_grpc.add_FeedServiceServicer_to_server(servicer, server)
+    health = Health((SERVICE_NAME,))
+    health.add_to(server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, "grpc.health.v1.Health", reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(f"[::]:{settings.feed_port}")
+    await server.start()
+    await health.set(True)
+    stop_listener = asyncio.Event()
+    listener = asyncio.create_task(cache.listen(database_url, stop_listener))
+    log.info("feed serving %s on port %d", SERVICE_NAME, port)
+    return FeedServer(server, port, servicer, health, registry, listener, stop_listener)

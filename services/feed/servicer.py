@@ -1,0 +1,169 @@
+"""The FeedService RPCs: validate, read (or serve the cache), build the response.
+
+Domain errors are mapped to gRPC status codes here and only here (`_STATUS`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.feed import store
+from services.feed.cache import DefaultAnswerCache
+from services.feed.errors import InvalidArgumentError
+from services.feed.paging import Cursor, PageTokens
+from services.feed.query import FeedQuery, from_just_opened, from_still_open
+from services.feed.settings import FeedSettings
+from shared.db.buckets import market_today
+from shared.db.engine import unavailable_as_error
+from shared.errors import DatabaseUnavailableError, DropwatchError
+from shared.gen.dropwatch.feed.v1 import feed_pb2, feed_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+Response = TypeVar("Response", feed_pb2.JustOpenedResponse, feed_pb2.StillOpenResponse)
+
+
+class DeadlineError(DropwatchError):
+    """The answer could not be ready before the client's deadline (or the server's bound)."""
+
+
+_STATUS: dict[type[DropwatchError], grpc.StatusCode] = {
+    InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
+    DatabaseUnavailableError: grpc.StatusCode.UNAVAILABLE,
+    DeadlineError: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
+    def __init__(
+        self,
+        settings: FeedSettings,
+        engine: AsyncEngine,
+        tokens: PageTokens,
+        cache: DefaultAnswerCache,
+        clock: Callable[[], dt.datetime] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.tokens = tokens
+        self.cache = cache
+        self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
+
+    async def JustOpened(
+        self, request: feed_pb2.JustOpenedRequest, context: Context
+    ) -> feed_pb2.JustOpenedResponse:
+        try:
+            query = from_just_opened(request)
+            if query.is_default:
+                cached = self.cache.get()
+                if cached is not None:
+                    return cached
+                generation, started = self.cache.generation(), time.monotonic()
+                answer = await self._answer(query, context, feed_pb2.JustOpenedResponse())
+                self.cache.put(answer, generation, started)
+                return answer
+            return await self._answer(query, context, feed_pb2.JustOpenedResponse())
+        except DropwatchError as exc:
+            await _abort(context, exc)
+            raise  # unreachable: abort raises
+
+    async def StillOpen(
+        self, request: feed_pb2.StillOpenRequest, context: Context
+    ) -> feed_pb2.StillOpenResponse:
+        try:
+            query = from_still_open(request)
+            return await self._answer(query, context, feed_pb2.StillOpenResponse())
+        except DropwatchError as exc:
+            await _abort(context, exc)
+            raise
+
+    async def _answer(self, query: FeedQuery, context: Context, response: Response) -> Response:
+        cursor = (
+            self.tokens.read(query.page_token, query.fingerprint()) if query.page_token else None
+        )
+        snapshot = cursor.snapshot if cursor else self.clock()
+        today = market_today(self.settings.zone, self.clock())
+        timeout_ms = self._timeout_ms(context)
+        try:
+            with unavailable_as_error():
+                async with self.engine.connect() as conn, conn.begin():
+                    await conn.execute(
+                        text("SELECT set_config('statement_timeout', :ms, true)"),
+                        {"ms": str(timeout_ms)},
+                    )
+                    rows = await store.fetch_feed(
+                        conn, query, today=today, snapshot=snapshot, cursor=cursor
+                    )
+                    as_of = await store.data_as_of(conn, today)
+        except sa_exc.OperationalError as exc:
+            if getattr(exc.orig, "sqlstate", None) == "57014":  # query_canceled
+                raise DeadlineError("the query did not finish in time") from exc
+            raise
+        page = rows[: query.limit]
+        self._fill(response, page, query)
+        response.applied_limit = query.limit
+        response.limit_capped = query.limit_capped
+        response.truncated = len(rows) > query.limit
+        if response.truncated:
+            last = page[-1]
+            response.next_page_token = self.tokens.issue(
+                query.fingerprint(), Cursor(snapshot, last.opened_at, last.event_id)
+            )
+        if as_of is not None:
+            response.as_of.FromDatetime(as_of)
+        return response
+
+    def _timeout_ms(self, context: Context) -> int:
+        """The statement timeout for this request: the client's deadline, capped by ours."""
+        bound = self.settings.db_statement_timeout_ms or 60_000
+        remaining = context.time_remaining()
+        if remaining is None:
+            return bound
+        if remaining <= 0.001:
+            raise DeadlineError("the deadline had passed before the query started")
+        return max(1, min(bound, int(remaining * 1000)))
+
+    def _fill(self, response: Response, rows: list[store.FeedRow], query: FeedQuery) -> None:
+        prime = set(self.settings.prime_anchors)
+        for row in rows:
+            item = response.items.add()
+            item.event_id = row.event_id
+            item.slot_id = row.slot_id
+            item.bucket_id = row.bucket_id
+            item.reservation_date = row.slot_date.isoformat()
+            item.slot_time = row.slot_time.strftime("%H:%M")
+            item.seating_type = row.seating_type
+            item.party_sizes.extend(row.party_sizes)
+            item.time_slot = row.time_slot
+            item.time_bucket = (
+                feed_pb2.TIME_BUCKET_PRIME
+                if row.time_slot in prime
+                else feed_pb2.TIME_BUCKET_OFF_PEAK
+            )
+            item.opened_at.FromDatetime(row.opened_at)
+            venue = item.venue
+            venue.id = row.venue_id
+            venue.name = row.venue_name or ""
+            venue.neighborhood = row.neighborhood or ""
+            venue.price_range = row.price_range or 0
+            if row.url_slug and row.location_code:
+                venue.url = f"https://resy.com/cities/{row.location_code}/{row.url_slug}"
+                seats = min(row.party_sizes) if row.party_sizes else 2
+                item.booking_url = f"{venue.url}?date={row.slot_date.isoformat()}&seats={seats}"
+
+
+async def _abort(context: Context, exc: DropwatchError) -> None:
+    code = _STATUS.get(type(exc), grpc.StatusCode.INTERNAL)
+    if code is grpc.StatusCode.INTERNAL:
+        log.error("feed request failed: %s", exc)
+    await context.abort(code, str(exc))

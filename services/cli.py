@@ -64,10 +64,18 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     if args.component == "poller":
-        from services.poller.__main__ import serve
+        from services.poller.__main__ import serve as serve_poller
 
-        return serve(args.metrics_port, args.health_port)
-    raise DropwatchError(f"unknown component {args.component!r}")
+        return serve_poller(args.metrics_port, args.health_port)
+    from services.feed.__main__ import serve as serve_feed
+
+    return serve_feed(args.port, args.metrics_port)
+
+
+def _cmd_feed(args: argparse.Namespace) -> int:
+    from services.feed import client
+
+    return client.call(args.kind, args, max_age=args.max_age, min_age=args.min_age)
 
 
 def _cmd_poll(args: argparse.Namespace) -> int:
@@ -109,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_up)
 
     p = sub.add_parser("serve", help="run one long-running component")
-    p.add_argument("component", choices=["poller"], help="which component")
+    p.add_argument("component", choices=["poller", "feed"], help="which component")
+    p.add_argument("--port", type=int, help="feed: gRPC port (default 50051)")
     p.add_argument("--metrics-port", type=int, help="port of /metrics (0 = any free port)")
     p.add_argument("--health-port", type=int, help="poller: port of the gRPC health service")
     p.set_defaults(func=_cmd_serve)
@@ -120,6 +129,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", required=True, help="one pass, then exit")
     p.add_argument("--bucket", metavar="BUCKET_ID", help="only this bucket, e.g. 2026-12-03_19:00")
     p.set_defaults(func=_cmd_poll)
+
+    from services.feed import client
+
+    p = sub.add_parser("feed", help="call the feed: just-opened or still-open")
+    feed_sub = p.add_subparsers(dest="kind", required=True, metavar="LIST")
+    q = feed_sub.add_parser("just-opened", help="drops opened in the last minutes")
+    client.add_arguments(q)
+    q.add_argument("--max-age", type=int, default=0, help="seconds (0 = server default 600)")
+    q.set_defaults(func=_cmd_feed, min_age=None)
+    q = feed_sub.add_parser("still-open", help="older drops whose slot is still open")
+    client.add_arguments(q)
+    q.add_argument("--min-age", type=int, default=None, help="seconds (default 600)")
+    q.set_defaults(func=_cmd_feed, max_age=0)
     return parser
 
 

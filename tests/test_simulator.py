@@ -173,6 +173,15 @@ def test_search_answers_resy_shapes_inside_the_requested_box_and_window(
             assert datetime(2026, 12, 3, 17, 0) <= start <= datetime(2026, 12, 3, 21, 0)
 
 
+def test_a_point_search_places_venues_around_the_point(client: httpx.Client) -> None:
+    payload = body()
+    payload["geo"] = {"latitude": 40.75, "longitude": -73.98}
+    hits = client.post(SEARCH, json=payload).json()["search"]["hits"]
+    assert hits
+    assert all(abs(h["_geoloc"]["lat"] - 40.75) < 0.05 for h in hits)
+    assert all(abs(h["_geoloc"]["lng"] + 73.98) < 0.06 for h in hits)
+
+
 def check_slot(slot: dict[str, Any], venue_id: int, day: date, party_size: int) -> None:
     token = TOKEN.match(slot["config"]["token"])
     assert token is not None, slot["config"]["token"]
@@ -490,12 +499,14 @@ def test_scripted_slot_validates_its_time() -> None:
 def test_rate_limit_sends_retry_after(sim: Simulator, client: httpx.Client) -> None:
     sim.faults.add(faults.RATE_LIMIT, retry_after=7)
     sim.faults.add(faults.RATE_LIMIT)
+    sim.faults.add(faults.RATE_LIMIT, retry_after=0.2)
 
-    first, second, third = search(client), search(client), search(client)
+    first, second, third, fourth = (search(client) for _ in range(4))
 
     assert (first.status_code, first.headers["Retry-After"]) == (429, "7")
     assert (second.status_code, second.headers["Retry-After"]) == (429, "1")
-    assert third.status_code == 200
+    assert (third.status_code, third.headers["Retry-After"]) == (429, "0.2")
+    assert fourth.status_code == 200
 
 
 @pytest.mark.parametrize(
@@ -639,17 +650,19 @@ def test_control_endpoints(sim: Simulator, client: httpx.Client) -> None:
 def test_request_count_and_log(sim: Simulator, client: httpx.Client) -> None:
     search(client, party_size=4)
     client.post(SEARCH, content=b"{broken")
+    with http(sim.base_url, headers={}) as bare:
+        assert bare.post(SEARCH, json=body(party_size=6)).status_code == 412
     client.get("/_sim/health")
 
-    assert sim.request_count == 2, "search requests only, whatever their answer"
-    assert sim.requests == [body(party_size=4)]
+    assert sim.request_count == 3, "search requests only, whatever their answer"
+    assert sim.requests == [body(party_size=4), body(party_size=6)], "every parseable body"
 
     lower_case_headers = {k.lower(): v for k, v in HEADERS.items()}
     for i in range(1005):
         sim.handle("POST", SEARCH, lower_case_headers, json.dumps({"n": i}).encode())
     assert len(sim.requests) == 1000
     assert sim.requests[-1] == {"n": 1004}
-    assert sim.request_count == 1007
+    assert sim.request_count == 1008
 
 
 def test_concurrent_requests_are_all_counted(sim: Simulator) -> None:

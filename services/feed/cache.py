@@ -42,6 +42,7 @@ class DefaultAnswerCache:
         )
         self.requests.labels("hit")
         self.requests.labels("miss")
+        self.listening = asyncio.Event()
 
     def get(self) -> feed_pb2.JustOpenedResponse | None:
         if self._answer is not None and time.monotonic() - self._built_at < self.ttl:
@@ -78,6 +79,7 @@ class DefaultAnswerCache:
                 ) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     self.invalidate()  # we may have missed notifications while away
+                    self.listening.set()
                     delay = 0.5
                     async for _note in conn.notifies():
                         self.invalidate()
@@ -86,6 +88,7 @@ class DefaultAnswerCache:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # connection lost: TTL still bounds staleness
+                self.listening.clear()
                 log.warning("cache listener disconnected (%s); retrying", type(exc).__name__)
             try:
                 await asyncio.wait_for(stop.wait(), timeout=delay)

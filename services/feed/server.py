@@ -29,6 +29,7 @@ from shared.health import Health
 
 log = logging.getLogger(__name__)
 
+LISTEN_WAIT_SECONDS = 3.0
 SERVICE_NAME = feed_pb2.DESCRIPTOR.services_by_name["FeedService"].full_name
 
 
@@ -87,5 +88,9 @@ async def start_feed(
     await health.set(True)
     stop_listener = asyncio.Event()
     listener = asyncio.create_task(cache.listen(database_url, stop_listener))
+    # Serve once invalidations can reach the cache (bounded: a down database must not stop
+    # the server from starting and answering UNAVAILABLE).
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(cache.listening.wait(), timeout=LISTEN_WAIT_SECONDS)
     log.info("feed serving %s on port %d", SERVICE_NAME, port)
     return FeedServer(server, port, servicer, health, registry, listener, stop_listener)

@@ -27,7 +27,7 @@ EMPTY = "empty"  # 200 with zero hits and nbHits 0: a soft block
 KINDS = frozenset(
     {LATENCY, RATE_LIMIT, SERVER_ERROR, CHALLENGE, AUTH, MALFORMED, DRIFTED, MISSING_PAGE, EMPTY}
 )
-# Request facts a fault can be matched on (see `request_facts` in server.py).
+# Request facts a fault can be matched on (`SearchQuery.facts` in server.py).
 MATCH_KEYS = frozenset({"page", "per_page", "day", "party_size", "time_filter"})
 
 DEFAULT_RETRY_AFTER = 1
@@ -49,8 +49,10 @@ class Fault:
 
     @property
     def retry_after_header(self) -> str:
+        """Whole seconds as HTTP has them ("7"); a fraction ("0.2") is kept so fast tests
+        need not sleep a whole second, and shows a client parses more than integers."""
         value = DEFAULT_RETRY_AFTER if self.retry_after is None else self.retry_after
-        return str(int(value)) if float(value).is_integer() else str(value)
+        return str(int(value)) if float(value).is_integer() else repr(float(value))
 
     @property
     def delay(self) -> float:

@@ -112,10 +112,6 @@ def parse_hhmm(text: str) -> int:
     return int(m.group(1)) * 60 + int(m.group(2))
 
 
-def format_hhmm(minute: int) -> str:
-    return f"{minute // 60:02d}:{minute % 60:02d}"
-
-
 def simulated_seconds(now: datetime, speed: float) -> float:
     """Simulated time: the wall clock scaled by speed (naive datetimes are taken as UTC)."""
     if now.tzinfo is None:

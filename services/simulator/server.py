@@ -35,6 +35,7 @@ from services.simulator.model import (
     Slot,
     TimeWindow,
     VenueAvailability,
+    parse_hhmm,
     scripted_search,
 )
 
@@ -157,32 +158,40 @@ def parse_search(body: Any) -> SearchQuery:
     slot_filter = body.get("slot_filter")
     if not isinstance(slot_filter, dict):
         raise BadRequest("slot_filter is required")
-    day_text = slot_filter.get("day")
-    try:
-        if not isinstance(day_text, str) or not _DAY.match(day_text):
-            raise ValueError
-        day = date.fromisoformat(day_text)
-    except ValueError:
-        raise BadRequest("slot_filter.day must be YYYY-MM-DD") from None
-    party_size = slot_filter.get("party_size")
-    if isinstance(party_size, bool) or not isinstance(party_size, int):
-        raise BadRequest("slot_filter.party_size must be an integer")
-    if not 1 <= party_size <= MAX_PARTY_SIZE:
-        raise BadRequest(f"slot_filter.party_size must be 1..{MAX_PARTY_SIZE}")
-    time_filter = slot_filter.get("time_filter")
-    if time_filter is not None:
-        try:
-            TimeWindow.around(time_filter if isinstance(time_filter, str) else "")
-        except ValueError:
-            raise BadRequest("slot_filter.time_filter must be HH:MM") from None
     return SearchQuery(
-        day=day,
-        party_size=party_size,
-        time_filter=time_filter,
+        day=_parse_day(slot_filter.get("day")),
+        party_size=_parse_party_size(slot_filter.get("party_size")),
+        time_filter=_parse_time_filter(slot_filter.get("time_filter")),
         page=_int_field(body, "page", 1),
         per_page=min(_int_field(body, "per_page", DEFAULT_PER_PAGE), MAX_PER_PAGE),
         bbox=_parse_bbox(body.get("geo")),
     )
+
+
+def _parse_day(value: Any) -> date:
+    if isinstance(value, str) and _DAY.match(value):
+        with contextlib.suppress(ValueError):
+            return date.fromisoformat(value)
+    raise BadRequest("slot_filter.day must be YYYY-MM-DD")
+
+
+def _parse_party_size(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest("slot_filter.party_size must be an integer")
+    if not 1 <= value <= MAX_PARTY_SIZE:
+        raise BadRequest(f"slot_filter.party_size must be 1..{MAX_PARTY_SIZE}")
+    return value
+
+
+def _parse_time_filter(value: Any) -> str | None:
+    """HH:MM, or None for the whole day."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            parse_hhmm(value)
+            return value
+    raise BadRequest("slot_filter.time_filter must be HH:MM")
 
 
 def _stamp(fmt: str, day: date, minute: int) -> str:
@@ -378,18 +387,21 @@ class Simulator:
         return handler()
 
     def _search(self, headers: Mapping[str, str], raw: bytes) -> Response:
+        """Count and log the request, reject it like Resy would, apply a fault, or answer."""
+        try:
+            body, valid_json = json.loads(raw or b"null"), True
+        except ValueError:
+            body, valid_json = None, False
         with self._lock:
             self._request_count += 1
             number = self._request_count
+            if valid_json:
+                self._requests.append(body)
         rejected = self._check_headers(headers)
         if rejected is not None:
             return rejected
-        try:
-            body = json.loads(raw or b"null")
-        except ValueError:
+        if not valid_json:
             return _error(400, "body must be JSON")
-        with self._lock:
-            self._requests.append(body)
         try:
             query = parse_search(body)
         except BadRequest as exc:
@@ -540,10 +552,13 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch()
 
     def _dispatch(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY_BYTES:
-            self._send(_error(413, "Payload Too Large"))
-            self.close_connection = True
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_BODY_BYTES:
+            self._send(_error(413 if length > 0 else 400, "bad Content-Length"))
+            self.close_connection = True  # the unread body would corrupt the next request
             return
         body = self.rfile.read(length) if length > 0 else b""
         headers = {name.lower(): value for name, value in self.headers.items()}

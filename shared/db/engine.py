@@ -70,8 +70,11 @@ class InstrumentedAsyncPool(_TimedCheckout, AsyncAdaptedQueuePool):
     """The asyncio flavour of `InstrumentedQueuePool`."""
 
 
-def _engine_options(settings: Settings, application_name: str) -> dict[str, Any]:
-    options = f"-c statement_timeout={settings.db_statement_timeout_ms}"
+def _engine_options(
+    settings: Settings, application_name: str, server_settings: dict[str, str] | None = None
+) -> dict[str, Any]:
+    values = {"statement_timeout": str(settings.db_statement_timeout_ms), **(server_settings or {})}
+    options = " ".join(f"-c {name}={value}" for name, value in values.items())
     return {
         "pool_size": settings.db_pool_size,
         "max_overflow": settings.db_max_overflow,
@@ -119,12 +122,17 @@ def make_async_engine(
     name: str,
     metrics: PoolMetrics | None = None,
     url: str | None = None,
+    server_settings: dict[str, str] | None = None,
 ) -> AsyncEngine:
-    """An asyncio engine named `name`, for the gRPC and polling event loops."""
+    """An asyncio engine named `name`, for the gRPC and polling event loops.
+
+    `server_settings` are PostgreSQL settings for every connection (e.g. the feed's
+    `plan_cache_mode`).
+    """
     engine = create_async_engine(
         _url(settings, url),
         poolclass=InstrumentedAsyncPool,
-        **_engine_options(settings, f"dropwatch-{name}"),
+        **_engine_options(settings, f"dropwatch-{name}", server_settings),
     )
     _attach(engine.sync_engine, name, metrics)
     return engine

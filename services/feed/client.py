@@ -1,0 +1,99 @@
+"""`dropwatch feed just-opened|still-open`: call the feed and print a table or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+from rich.console import Console
+from rich.table import Table
+
+from shared.errors import DropwatchError
+from shared.gen.dropwatch.feed.v1 import feed_pb2, feed_pb2_grpc
+
+DEFAULT_ADDR = "127.0.0.1:50051"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--addr",
+        default=os.environ.get("DROPWATCH_FEED_ADDR", DEFAULT_ADDR),
+        help="feed address host:port (default DROPWATCH_FEED_ADDR, else 127.0.0.1:50051)",
+    )
+    parser.add_argument("--date", action="append", default=[], help="YYYY-MM-DD (repeatable)")
+    parser.add_argument("--party-size", type=int, action="append", default=[], help="repeatable")
+    parser.add_argument("--time-from", default="", help="HH:MM, slot start at or after")
+    parser.add_argument("--time-to", default="", help="HH:MM, slot start at or before")
+    parser.add_argument("--time-slot", action="append", default=[], help="anchor HH:MM")
+    parser.add_argument("--venue", type=int, action="append", default=[], help="venue id")
+    parser.add_argument("--all-slots", action="store_true", help="no de-duplication by venue")
+    parser.add_argument("--limit", type=int, default=0, help="0 = server default")
+    parser.add_argument("--page-token", default="")
+    parser.add_argument("--json", action="store_true", help="print the response as JSON")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds")
+
+
+def call(kind: str, args: argparse.Namespace, max_age: int = 0, min_age: int | None = None) -> int:
+    filt = feed_pb2.FeedFilter(
+        reservation_dates=args.date,
+        party_sizes=args.party_size,
+        time_from=args.time_from,
+        time_to=args.time_to,
+        time_slots=args.time_slot,
+        venue_ids=args.venue,
+        all_slots_per_venue=args.all_slots,
+    )
+    try:
+        with grpc.insecure_channel(args.addr) as channel:
+            stub = feed_pb2_grpc.FeedServiceStub(channel)
+            response: Any
+            if kind == "just-opened":
+                response = stub.JustOpened(
+                    feed_pb2.JustOpenedRequest(
+                        filter=filt,
+                        limit=args.limit,
+                        page_token=args.page_token,
+                        max_age_seconds=max_age,
+                    ),
+                    timeout=args.timeout,
+                )
+            else:
+                request = feed_pb2.StillOpenRequest(
+                    filter=filt, limit=args.limit, page_token=args.page_token
+                )
+                if min_age is not None:
+                    request.min_age_seconds = min_age
+                response = stub.StillOpen(request, timeout=args.timeout)
+    except grpc.RpcError as exc:
+        code = exc.code().name if hasattr(exc, "code") else "ERROR"
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        raise DropwatchError(f"feed at {args.addr}: {code}: {details}") from None
+    if args.json:
+        print(json.dumps(MessageToDict(response, preserving_proto_field_name=True), indent=2))
+    else:
+        _table(response, kind)
+    return 0
+
+
+def _table(response: Any, kind: str) -> None:
+    table = Table(title=f"{kind}: {len(response.items)} items (limit {response.applied_limit})")
+    for column in ("opened (UTC)", "venue", "date", "time", "seating", "sizes", "bucket"):
+        table.add_column(column)
+    for item in response.items:
+        table.add_row(
+            item.opened_at.ToDatetime().strftime("%m-%d %H:%M:%S"),
+            f"{item.venue.name} ({item.venue.id})",
+            item.reservation_date,
+            item.slot_time,
+            item.seating_type,
+            ",".join(map(str, item.party_sizes)),
+            item.bucket_id,
+        )
+    console = Console()
+    console.print(table)
+    if response.truncated:
+        console.print(f"more: --page-token {response.next_page_token}")

@@ -1,0 +1,57 @@
+"""`dropwatch feed ...` against a real feed server."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import sys
+
+from services.feed.server import FeedServer
+from tests.conftest import REPO_ROOT
+from tests.feed.conftest import NOW, TODAY
+from tests.seeding import Seeder, SeedSlot
+
+ONE_SECOND = dt.timedelta(seconds=1)
+
+
+async def _cli(*args: str) -> tuple[int, str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DROPWATCH_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.cli",
+        *args,
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_just_opened_json_and_table(seeder: Seeder, feed: FeedServer) -> None:
+    await seeder.open([SeedSlot(9, TODAY, "19:15", party_sizes=(2,))], at=NOW - ONE_SECOND)
+    addr = f"127.0.0.1:{feed.port}"
+    code, out, err = await _cli("feed", "just-opened", "--addr", addr, "--json")
+    assert code == 0, err
+    body = json.loads(out)
+    assert body["items"][0]["venue"]["id"] == "9"
+    assert body["applied_limit"] == 500
+    code, out, err = await _cli(
+        "feed", "still-open", "--addr", addr, "--min-age", "0", "--party-size", "2"
+    )
+    assert code == 0, err
+    assert "Venue 9" in out and "19:15" in out
+
+
+async def test_invalid_values_are_one_line_errors(feed: FeedServer) -> None:
+    addr = f"127.0.0.1:{feed.port}"
+    code, _, err = await _cli("feed", "just-opened", "--addr", addr, "--party-size", "40")
+    assert code == 2
+    assert err.strip().count("\n") == 0 and "Traceback" not in err
+    assert "INVALID_ARGUMENT" in err and "filter.party_sizes" in err
+    code, _, err = await _cli("feed", "still-open", "--addr", "127.0.0.1:1", "--timeout", "2")
+    assert code == 2 and "UNAVAILABLE" in err and "Traceback" not in err

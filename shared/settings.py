@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     prime_anchors: CsvStr = Field(default=("19:00",), description="Anchors counted as prime.")
     party_sizes: CsvInt = Field(default=(2, 4))
     window_days: int = Field(default=14, ge=1, le=60, description="Live days of buckets.")
+    cutoff_time: str = Field(
+        default="15:00", description="Buckets before today HH:MM (market time) are past."
+    )
 
     @field_validator("market_bbox", "anchors", "prime_anchors", "party_sizes", mode="before")
     @classmethod
@@ -99,6 +102,13 @@ class Settings(BaseSettings):
         south, west, north, east = value
         if not (-90 <= south < north <= 90 and -180 <= west < east <= 180):
             raise ValueError("must satisfy south < north and west < east")
+        return value
+
+    @field_validator("cutoff_time")
+    @classmethod
+    def _valid_cutoff(cls, value: str) -> str:
+        if not _HHMM.match(value):
+            raise ValueError(f"{value!r} is not HH:MM")
         return value
 
     @field_validator("anchors", "prime_anchors")

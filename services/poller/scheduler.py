@@ -63,6 +63,7 @@ class Scheduler:
                     today=today,
                     window_days=settings.window_days,
                     anchors=settings.anchors,
+                    cutoff_time=settings.cutoff_time,
                 )
             )
         self._ensured_day, self._ensured_at = today, time.monotonic()
@@ -90,6 +91,7 @@ class Scheduler:
                 lease_seconds=settings.lease_seconds,
                 first_day=today,
                 last_day=today + dt.timedelta(days=settings.window_days - 1),
+                cutoff_bucket_id=bucket_id_for(today, settings.cutoff_time),
             )
 
     # --- one pass, for `dropwatch poll --once` --------------------------------------------

@@ -61,6 +61,7 @@ async def lease_due(
     lease_seconds: float,
     first_day: dt.date,
     last_day: dt.date,
+    cutoff_bucket_id: str = "",
 ) -> list[LeasedBucket]:
     """Lease up to `limit` due live buckets nobody else holds (oldest due first)."""
     rows = await conn.execute(
@@ -73,6 +74,7 @@ async def lease_due(
                 SELECT bucket_id FROM discovery_buckets
                 WHERE next_poll_at <= now()
                   AND bucket_date BETWEEN :first AND :last
+                  AND bucket_id >= :cutoff
                   AND (lease_expires_at IS NULL OR lease_expires_at < now())
                 ORDER BY next_poll_at
                 LIMIT :limit

@@ -37,13 +37,19 @@ def ensure_live_buckets(
     today: dt.date,
     window_days: int,
     anchors: tuple[str, ...],
+    cutoff_time: str = "00:00",
 ) -> int:
-    """Create the missing live buckets (and their event partitions); return how many."""
+    """Create the missing live buckets (and their event partitions); return how many.
+
+    Today's buckets whose anchor is before `cutoff_time` are already past and not created.
+    """
     days = live_days(today, window_days)
     ensure_partitions(conn, days)
-    ids = [bucket_id_for(day, anchor) for day in days for anchor in anchors]
-    dates = [day for day in days for _ in anchors]
-    slots = [anchor for _ in days for anchor in anchors]
+    cutoff = bucket_id_for(today, cutoff_time)
+    wanted = [(day, a) for day in days for a in anchors if bucket_id_for(day, a) >= cutoff]
+    ids = [bucket_id_for(day, anchor) for day, anchor in wanted]
+    dates = [day for day, _ in wanted]
+    slots = [anchor for _, anchor in wanted]
     result = conn.execute(
         text(
             """

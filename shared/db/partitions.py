@@ -77,3 +77,12 @@ def drop_partitions_before(conn: Connection, cutoff: dt.date) -> list[dt.date]:
     for day in dropped:
         conn.execute(text(f"DROP TABLE {partition_name(day)}"))
     return dropped
+
+
+def drop_partition(conn: Connection, day: dt.date) -> bool:
+    """Drop one day's partition if it exists; True if it did."""
+    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _DDL_LOCK_KEY})
+    if day not in list_partitions(conn):
+        return False
+    conn.execute(text(f"DROP TABLE {partition_name(day)}"))
+    return True

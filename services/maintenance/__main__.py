@@ -1,0 +1,76 @@
+"""`python -m services.maintenance run [--now ISO-8601]`: the daily CronJob.
+
+Exit 0 on success (also when another run holds the lock), non-zero on failure so the Job's
+backoff retries; one JSON line on stdout summarises the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import sys
+
+from services.maintenance.push import push_summary
+from services.maintenance.run import run
+from services.maintenance.settings import MaintenanceSettings
+from shared.db.database import open_database
+from shared.db.engine import make_engine, unavailable_as_error
+from shared.errors import ConfigError, DropwatchError
+from shared.logs import configure_logging
+from shared.settings import load_settings
+
+log = logging.getLogger("dropwatch.maintenance")
+
+
+def parse_now(raw: str | None) -> dt.datetime | None:
+    if raw is None:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(raw)
+    except ValueError:
+        raise ConfigError("--now", f"{raw!r} is not an ISO-8601 date-time") from None
+    if moment.tzinfo is None:
+        raise ConfigError("--now", "needs a UTC offset, e.g. 2026-12-01T12:05:00+00:00")
+    return moment
+
+
+def run_once(now: dt.datetime | None = None) -> int:
+    settings = load_settings(MaintenanceSettings)
+    configure_logging(settings.log_level, settings.secret_values())
+    database = open_database(settings)
+    try:
+        engine = make_engine(settings, name="maintenance", url=database.url)
+        try:
+            with unavailable_as_error():
+                summary = run(settings, engine, now)
+        finally:
+            engine.dispose()
+    finally:
+        database.close()
+    print(json.dumps(summary.as_dict()), flush=True)
+    if summary.ran and settings.pushgateway_url:
+        try:
+            push_summary(settings.pushgateway_url, settings.pushgateway_job, summary)
+        except OSError as exc:  # the run itself succeeded; say so and keep exit 0
+            log.warning("could not push to the Pushgateway: %s", exc)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.maintenance")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="aggregate, prune and slide the bucket window once")
+    p.add_argument("--now", help="pretend it is this ISO-8601 time (with offset)")
+    args = parser.parse_args(argv)
+    try:
+        return run_once(parse_now(args.now))
+    except DropwatchError as exc:
+        print(json.dumps({"ok": False, "error": str(exc)}), flush=True)
+        print(f"dropwatch maintenance: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
 from collections.abc import Callable, Sequence
 
 from shared.db import migrate
@@ -39,27 +37,9 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    settings = load_settings(Settings)
-    configure_logging(settings.log_level, settings.secret_values())
-    database = open_database(settings)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    try:
-        engine = make_engine(settings, name="up", url=database.url)
-        try:
-            migrate.upgrade(engine)
-        finally:
-            engine.dispose()
-        print(f"PostgreSQL ready ({settings.display_database_url()}), schema migrated.")
-        if database.server is not None:
-            print(f"  connect with: psql '{database.url}'")
-        print("Press Ctrl-C to stop.", flush=True)
-        stop.wait()
-    finally:
-        database.close()
-        print("stopped.", flush=True)
-    return 0
+    from services.up import run_up
+
+    return run_up(free_ports=args.free_ports, plain=args.plain)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -119,7 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revision", default="head", help="target revision (default: head)")
     p.set_defaults(func=_cmd_migrate)
 
-    p = sub.add_parser("up", help="start the local stack (PostgreSQL + migrations)")
+    p = sub.add_parser(
+        "up", help="run the whole stack: PostgreSQL, simulator, poller, feed (Ctrl-C stops)"
+    )
+    p.add_argument("--free-ports", action="store_true", help="pick free ports (for tests)")
+    p.add_argument("--plain", action="store_true", help="plain log lines, no live view")
     p.set_defaults(func=_cmd_up)
 
     p = sub.add_parser("serve", help="run one long-running component")

@@ -90,6 +90,7 @@ async def lease_due(
             "first": first_day,
             "last": last_day,
             "limit": limit,
+            "cutoff": cutoff_bucket_id,
         },
     )
     return [LeasedBucket(*row) for row in rows.all()]

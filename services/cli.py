@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 from shared.db import migrate
 from shared.db.database import open_database
-from shared.db.engine import make_engine
+from shared.db.engine import make_engine, unavailable_as_error
 from shared.errors import DropwatchError
 from shared.logs import configure_logging
 from shared.settings import Settings, load_settings
@@ -56,6 +56,40 @@ def _cmd_maintenance(args: argparse.Namespace) -> int:
     from services.maintenance.__main__ import parse_now, run_once
 
     return run_once(parse_now(args.now))
+
+
+def _cmd_seed(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from services.seed import seed
+
+    settings = load_settings(Settings)
+    configure_logging(settings.log_level, settings.secret_values())
+    database = open_database(settings)
+    try:
+        engine = make_engine(settings, name="seed", url=database.url)
+        try:
+            with unavailable_as_error():
+                migrate.upgrade(engine)
+                with Progress(transient=True) as bar:
+                    task = bar.add_task("seeding days", total=None)
+                    result = seed(
+                        engine,
+                        settings,
+                        events=args.events,
+                        past_days=args.days,
+                        venues=args.venues,
+                        progress=lambda done, total: bar.update(task, completed=done, total=total),
+                    )
+        finally:
+            engine.dispose()
+    finally:
+        database.close()
+    print(
+        f"seeded {result.events:,} events ({result.open_slots:,} still open) over "
+        f"{result.days} days in {result.seconds:.1f}s: {result.events_per_second:,.0f} events/s"
+    )
+    return 0
 
 
 def _cmd_feed(args: argparse.Namespace) -> int:
@@ -119,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", required=True, help="one pass, then exit")
     p.add_argument("--bucket", metavar="BUCKET_ID", help="only this bucket, e.g. 2026-12-03_19:00")
     p.set_defaults(func=_cmd_poll)
+
+    p = sub.add_parser("seed", help="load realistic synthetic history (for benchmarks, demos)")
+    p.add_argument("--events", type=int, required=True, help="about this many drop events")
+    p.add_argument("--days", type=int, default=14, help="past days of history (default 14)")
+    p.add_argument("--venues", type=int, default=2000, help="venues (default 2000)")
+    p.set_defaults(func=_cmd_seed)
 
     p = sub.add_parser("maintenance", help="the daily aggregate-then-prune job")
     maint = p.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from shared.db import migrate
 from shared.db.database import open_database
@@ -122,12 +124,31 @@ def _cmd_poll(args: argparse.Namespace) -> int:
     return 0 if all(o.applied for o in outcomes) else 1
 
 
+def _positive(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not positive")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad flags are one line on stderr (plus where to look), exit 2, like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dropwatch",
         description="Catch restaurant-reservation drops: poller, feed and maintenance.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
 
     p = sub.add_parser("migrate", help="bring the database schema to the newest revision")
     p.add_argument("--revision", default="head", help="target revision (default: head)")
@@ -155,9 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_poll)
 
     p = sub.add_parser("seed", help="load realistic synthetic history (for benchmarks, demos)")
-    p.add_argument("--events", type=int, required=True, help="about this many drop events")
-    p.add_argument("--days", type=int, default=14, help="past days of history (default 14)")
-    p.add_argument("--venues", type=int, default=2000, help="venues (default 2000)")
+    p.add_argument("--events", type=_positive, required=True, help="about this many drop events")
+    p.add_argument("--days", type=_positive, default=14, help="past days of history (default 14)")
+    p.add_argument("--venues", type=_positive, default=2000, help="venues (default 2000)")
     p.set_defaults(func=_cmd_seed)
 
     p = sub.add_parser("maintenance", help="the daily aggregate-then-prune job")
@@ -192,6 +213,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug: one line by default, the traceback on request
+        if os.environ.get("DROPWATCH_DEBUG"):
+            raise
+        print(
+            f"dropwatch: unexpected {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+            " (set DROPWATCH_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -150,3 +150,27 @@ def test_up_runs_the_whole_stack_and_ctrl_c_leaves_nothing(tmp_path: Path) -> No
         assert "stopped." in out
         assert _leftovers(data_dir) == [], f"left behind after run {attempt}"
     assert (data_dir / "pgdata" / "PG_VERSION").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["nope"], "invalid choice"),
+        (["feed", "just-opened", "--limit", "x"], "invalid int value"),
+        (["poll"], "--once"),
+        (["maintenance", "run", "--now", "yesterday"], "ISO-8601"),
+        (["seed", "--events", "-5"], "positive"),
+    ],
+)
+def test_bad_flags_and_values_are_one_line_errors(args: list[str], fragment: str) -> None:
+    result = _dropwatch(*args, env=_env(DROPWATCH_DATABASE_URL="postgresql://u@127.0.0.1:1/x"))
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert fragment in lines[0]
+
+
+def test_help_lists_every_command() -> None:
+    result = _dropwatch("--help", env=_env())
+    for command in ("up", "migrate", "serve", "poll", "seed", "maintenance", "feed"):
+        assert f"    {command}" in result.stdout

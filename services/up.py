@@ -104,7 +104,11 @@ def run_up(free_ports: bool = False, plain: bool = False) -> int:
             migrate.upgrade(engine)
         console.print(f"[green]PostgreSQL[/] ready: {settings.display_database_url()} (migrated)")
         env = _child_env(settings, database.url)
-        provider = os.environ.get("DROPWATCH_PROVIDER", "simulator")
+        # DROPWATCH_PROVIDER picks what `up` points the poller at: the local simulator (default)
+        # or the real Resy ("resy"); the poller itself always speaks Resy's protocol.
+        provider = env.pop("DROPWATCH_PROVIDER", "simulator")
+        if provider not in ("simulator", "resy"):
+            raise DropwatchError("DROPWATCH_PROVIDER: must be 'simulator' or 'resy'")
         if provider == "simulator":
             stack.start(
                 "simulator",

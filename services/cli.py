@@ -94,6 +94,17 @@ def _cmd_seed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from services.bench_report import run_benchmarks
+
+    repo = Path.cwd()
+    if not (repo / "bench").is_dir():
+        raise DropwatchError("run `dropwatch bench` from the repository root (bench/ not found)")
+    return run_benchmarks(args.names, args.quick, Path(args.report), repo)
+
+
 def _cmd_feed(args: argparse.Namespace) -> int:
     from services.feed import client
 
@@ -180,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=_positive, default=14, help="past days of history (default 14)")
     p.add_argument("--venues", type=_positive, default=2000, help="venues (default 2000)")
     p.set_defaults(func=_cmd_seed)
+
+    p = sub.add_parser("bench", help="run the benchmarks and write docs/performance.md")
+    p.add_argument("names", nargs="*", help="poll_write, feed, maintenance (default: all)")
+    p.add_argument("--quick", action="store_true", help="smaller sizes, minutes not a quarter hour")
+    p.add_argument("--report", default="docs/performance.md", help="file to (re)write")
+    p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("maintenance", help="the daily aggregate-then-prune job")
     maint = p.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -174,3 +174,21 @@ def test_help_lists_every_command() -> None:
     result = _dropwatch("--help", env=_env())
     for command in ("up", "migrate", "serve", "poll", "seed", "maintenance", "feed"):
         assert f"    {command}" in result.stdout
+
+
+def test_bench_report_keeps_one_section_per_benchmark(tmp_path: Path) -> None:
+    from services.bench_report import _read_sections, _write
+
+    report = tmp_path / "performance.md"
+    _write(report, {"feed": "## Feed\nold", "maintenance": "## Maintenance\nkept"})
+    sections = _read_sections(report)
+    sections["feed"] = "## Feed\nnew"
+    _write(report, sections)
+    text = report.read_text()
+    assert "new" in text and "old" not in text and "kept" in text
+    assert text.index("## Feed") < text.index("## Maintenance")
+
+
+def test_bench_rejects_unknown_names() -> None:
+    result = _dropwatch("bench", "nonsense", env=_env())
+    assert result.returncode == 2 and "unknown benchmark" in result.stderr

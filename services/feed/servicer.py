@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -134,32 +135,44 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
         return max(1, min(bound, int(remaining * 1000)))
 
     def _fill(self, response: Response, rows: list[store.FeedRow], query: FeedQuery) -> None:
+        """Build the items with one constructor call each (field-by-field sets cost ~2x)."""
         prime = set(self.settings.prime_anchors)
+        items = []
         for row in rows:
-            item = response.items.add()
-            item.event_id = row.event_id
-            item.slot_id = row.slot_id
-            item.bucket_id = row.bucket_id
-            item.reservation_date = row.slot_date.isoformat()
-            item.slot_time = row.slot_time.strftime("%H:%M")
-            item.seating_type = row.seating_type
-            item.party_sizes.extend(row.party_sizes)
-            item.time_slot = row.time_slot
-            item.time_bucket = (
-                feed_pb2.TIME_BUCKET_PRIME
-                if row.time_slot in prime
-                else feed_pb2.TIME_BUCKET_OFF_PEAK
-            )
-            item.opened_at.FromDatetime(row.opened_at)
-            venue = item.venue
-            venue.id = row.venue_id
-            venue.name = row.venue_name or ""
-            venue.neighborhood = row.neighborhood or ""
-            venue.price_range = row.price_range or 0
+            url = booking = ""
             if row.url_slug and row.location_code:
-                venue.url = f"https://resy.com/cities/{row.location_code}/{row.url_slug}"
+                url = f"https://resy.com/cities/{row.location_code}/{row.url_slug}"
                 seats = min(row.party_sizes) if row.party_sizes else 2
-                item.booking_url = f"{venue.url}?date={row.slot_date.isoformat()}&seats={seats}"
+                booking = f"{url}?date={row.slot_date.isoformat()}&seats={seats}"
+            stamp = row.opened_at.timestamp()
+            seconds = int(stamp // 1)
+            items.append(
+                feed_pb2.FeedItem(
+                    event_id=row.event_id,
+                    slot_id=row.slot_id,
+                    bucket_id=row.bucket_id,
+                    reservation_date=row.slot_date.isoformat(),
+                    slot_time=row.slot_time.strftime("%H:%M"),
+                    seating_type=row.seating_type,
+                    party_sizes=row.party_sizes,
+                    time_slot=row.time_slot,
+                    time_bucket=_PRIME if row.time_slot in prime else _OFF_PEAK,
+                    opened_at=Timestamp(seconds=seconds, nanos=row.opened_at.microsecond * 1000),
+                    booking_url=booking,
+                    venue=feed_pb2.Venue(
+                        id=row.venue_id,
+                        name=row.venue_name or "",
+                        neighborhood=row.neighborhood or "",
+                        price_range=row.price_range or 0,
+                        url=url,
+                    ),
+                )
+            )
+        response.items.extend(items)
+
+
+_PRIME = feed_pb2.TIME_BUCKET_PRIME
+_OFF_PEAK = feed_pb2.TIME_BUCKET_OFF_PEAK
 
 
 async def _abort(context: Context, exc: DropwatchError) -> None:

@@ -154,9 +154,13 @@ class JustOpenedRequest(_message.Message):
     page_token: _builtins.str
     """Opaque token from a previous response's `next_page_token`, to fetch the
     next page of the same query (every field other than `page_token` and
-    `limit` unchanged). Default: empty = the first page. A token that was not
-    issued by the server, or that was issued for another query, is
-    INVALID_ARGUMENT.
+    `limit` unchanged). Default: empty = the first page. Later pages see the
+    data as of the first page: drops opened after it are not added, so
+    walking every page returns each item of the first call's answer once. A
+    slot that closes during the walk is left out of later pages, and then
+    an older open slot of the same venue and date may take its place. A
+    token that was not issued by the server, or that was issued for another
+    query, is INVALID_ARGUMENT.
     """
     @_builtins.property
     def filter(self) -> Global___FeedFilter:
@@ -249,10 +253,11 @@ class StillOpenRequest(_message.Message):
     LIMIT_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     min_age_seconds: _builtins.int
-    """Minimum age in seconds: only events opened at least `min_age_seconds`
-    ago are returned. Default: unset = 600 s, the JustOpened default
-    window, so the two lists do not repeat each other. 0 = every event that
-    is still open. No server maximum (a value beyond the oldest open event
+    """Minimum age in seconds: only events opened more than `min_age_seconds`
+    ago are returned (strictly, so an event exactly on the edge is only in
+    JustOpened). Default: unset = 600 s, the JustOpened default window, so
+    the two lists do not repeat each other. 0 = every event that is still
+    open and opened before the request. No server maximum (a value beyond the oldest open event
     returns no items). A negative value is INVALID_ARGUMENT.
     """
     limit: _builtins.int
@@ -264,9 +269,13 @@ class StillOpenRequest(_message.Message):
     page_token: _builtins.str
     """Opaque token from a previous response's `next_page_token`, to fetch the
     next page of the same query (every field other than `page_token` and
-    `limit` unchanged). Default: empty = the first page. A token that was not
-    issued by the server, or that was issued for another query, is
-    INVALID_ARGUMENT.
+    `limit` unchanged). Default: empty = the first page. Later pages see the
+    data as of the first page: drops opened after it are not added, so
+    walking every page returns each item of the first call's answer once. A
+    slot that closes during the walk is left out of later pages, and then
+    an older open slot of the same venue and date may take its place. A
+    token that was not issued by the server, or that was issued for another
+    query, is INVALID_ARGUMENT.
     """
     @_builtins.property
     def filter(self) -> Global___FeedFilter:

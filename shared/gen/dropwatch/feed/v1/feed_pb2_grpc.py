@@ -80,7 +80,7 @@ class FeedServiceServicer:
 
     def StillOpen(self, request, context):
         """StillOpen returns NEW_DROP events in the live discovery buckets whose
-        slot is still open and which were opened at least `min_age_seconds`
+        slot is still open and which were opened more than `min_age_seconds`
         ago, newest first (opened_at descending, ties broken by event_id
         descending). With `min_age_seconds` unset it starts where JustOpened's
         default window ends, so the two lists do not repeat each other.

@@ -56,7 +56,7 @@ class FeedServiceStub:
     """
     StillOpen: _grpc.UnaryUnaryMultiCallable[_feed_pb2.StillOpenRequest, _feed_pb2.StillOpenResponse]
     """StillOpen returns NEW_DROP events in the live discovery buckets whose
-    slot is still open and which were opened at least `min_age_seconds`
+    slot is still open and which were opened more than `min_age_seconds`
     ago, newest first (opened_at descending, ties broken by event_id
     descending). With `min_age_seconds` unset it starts where JustOpened's
     default window ends, so the two lists do not repeat each other.
@@ -98,7 +98,7 @@ class FeedServiceAsyncStub(FeedServiceStub):
     """
     StillOpen: _aio.UnaryUnaryMultiCallable[_feed_pb2.StillOpenRequest, _feed_pb2.StillOpenResponse]  # type: ignore[assignment]
     """StillOpen returns NEW_DROP events in the live discovery buckets whose
-    slot is still open and which were opened at least `min_age_seconds`
+    slot is still open and which were opened more than `min_age_seconds`
     ago, newest first (opened_at descending, ties broken by event_id
     descending). With `min_age_seconds` unset it starts where JustOpened's
     default window ends, so the two lists do not repeat each other.
@@ -149,7 +149,7 @@ class FeedServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_feed_pb2.StillOpenResponse, _abc.Awaitable[_feed_pb2.StillOpenResponse]]:
         """StillOpen returns NEW_DROP events in the live discovery buckets whose
-        slot is still open and which were opened at least `min_age_seconds`
+        slot is still open and which were opened more than `min_age_seconds`
         ago, newest first (opened_at descending, ties broken by event_id
         descending). With `min_age_seconds` unset it starts where JustOpened's
         default window ends, so the two lists do not repeat each other.

@@ -4,39 +4,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 
 from services.feed.server import start_feed
 from services.feed.settings import FeedSettings
-from shared.db.database import open_database
 from shared.errors import DropwatchError
-from shared.logs import configure_logging
 from shared.metrics_http import serve_metrics
-from shared.settings import load_settings
+from shared.service_main import run_service
 
 
 def serve(port: int | None = None, metrics_port: int | None = None) -> int:
-    overrides: dict[str, int] = {}
-    if port is not None:
-        overrides["feed_port"] = port
-    if metrics_port is not None:
-        overrides["metrics_port"] = metrics_port
-    settings = load_settings(FeedSettings, **overrides)
-    configure_logging(settings.log_level, settings.secret_values())
-    database = open_database(settings)
-    try:
-        asyncio.run(_main(settings, database.url))
-    finally:
-        database.close()
-    return 0
+    return run_service(FeedSettings, _main, {"feed_port": port, "metrics_port": metrics_port})
 
 
-async def _main(settings: FeedSettings, url: str) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+async def _main(settings: FeedSettings, url: str, stop: asyncio.Event) -> None:
     feed = await start_feed(settings, url)
     metrics = serve_metrics(feed.registry, settings.metrics_port)
     try:

@@ -3,40 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 import sys
 
 from services.poller.app import run_poller
 from services.poller.settings import PollerSettings
-from shared.db.database import open_database
 from shared.errors import DropwatchError
-from shared.logs import configure_logging
-from shared.settings import load_settings
+from shared.service_main import run_service
 
 
 def serve(metrics_port: int | None = None, health_port: int | None = None) -> int:
-    overrides: dict[str, int] = {}
-    if metrics_port is not None:
-        overrides["metrics_port"] = metrics_port
-    if health_port is not None:
-        overrides["health_port"] = health_port
-    settings = load_settings(PollerSettings, **overrides)
-    configure_logging(settings.log_level, settings.secret_values())
-    database = open_database(settings)
-    try:
-        asyncio.run(_main(settings, database.url))
-    finally:
-        database.close()
-    return 0
-
-
-async def _main(settings: PollerSettings, url: str) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await run_poller(settings, url, stop)
+    return run_service(
+        PollerSettings, run_poller, {"metrics_port": metrics_port, "health_port": health_port}
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

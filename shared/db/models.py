@@ -147,6 +147,13 @@ class OpenSlot(Base):
             text("opened_at DESC"),
             postgresql_where=text("drop_event_id IS NOT NULL"),
         ),
+        # Feed with a reservation-date filter: newest drops of those dates.
+        Index(
+            "ix_open_slots_date_opened",
+            "slot_date",
+            text("opened_at DESC"),
+            postgresql_where=text("drop_event_id IS NOT NULL"),
+        ),
     )
 
 

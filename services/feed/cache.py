@@ -1,5 +1,8 @@
 """The default, unfiltered JustOpened answer, served from memory while fresh (review P4).
 
+It is kept serialized: a hit sends the stored bytes as they are (see `server.py`), because
+serializing 500 items on every call would cost more than everything else a hit does.
+
 Fresh means younger than `ttl` (at most 2 s) and no poll has committed new drops or closes
 since it was built: the poller's `pg_notify('dropwatch_feed', ...)` reaches `listen()`, which
 clears the cache. If the listening connection is lost, the TTL alone bounds staleness until it
@@ -16,8 +19,6 @@ import psycopg
 from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy.engine import make_url
 
-from shared.gen.dropwatch.feed.v1 import feed_pb2
-
 log = logging.getLogger(__name__)
 
 CHANNEL = "dropwatch_feed"
@@ -26,7 +27,7 @@ CHANNEL = "dropwatch_feed"
 class DefaultAnswerCache:
     def __init__(self, ttl: float, registry: CollectorRegistry) -> None:
         self.ttl = ttl
-        self._answer: feed_pb2.JustOpenedResponse | None = None
+        self._answer: bytes | None = None
         self._built_at = 0.0
         self._generation = 0
         self.requests = Counter(
@@ -44,7 +45,7 @@ class DefaultAnswerCache:
         self.requests.labels("miss")
         self.listening = asyncio.Event()
 
-    def get(self) -> feed_pb2.JustOpenedResponse | None:
+    def get(self) -> bytes | None:
         if self._answer is not None and time.monotonic() - self._built_at < self.ttl:
             self.requests.labels("hit").inc()
             return self._answer
@@ -55,7 +56,7 @@ class DefaultAnswerCache:
         """Read before querying; `put` ignores an answer built across an invalidation."""
         return self._generation
 
-    def put(self, answer: feed_pb2.JustOpenedResponse, generation: int, built_at: float) -> None:
+    def put(self, answer: bytes, generation: int, built_at: float) -> None:
         if generation == self._generation:
             self._answer, self._built_at = answer, built_at
 

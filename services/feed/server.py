@@ -24,7 +24,7 @@ from services.feed.servicer import FeedServicer
 from services.feed.settings import FeedSettings
 from shared.db.engine import make_async_engine
 from shared.db.pool_metrics import PoolMetrics
-from shared.gen.dropwatch.feed.v1 import feed_pb2, feed_pb2_grpc
+from shared.gen.dropwatch.feed.v1 import feed_pb2
 from shared.health import Health
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,27 @@ class FeedServer:
         with contextlib.suppress(asyncio.CancelledError):
             await self._listener
         await self.servicer.engine.dispose()
+
+
+def _method_handlers(servicer: FeedServicer) -> dict[str, grpc.RpcMethodHandler]:  # type: ignore[type-arg]
+    """As the generated `add_FeedServiceServicer_to_server`, except that JustOpened may return
+    already-serialized bytes (the cached answer), which are sent as they are."""
+    return {
+        "JustOpened": grpc.unary_unary_rpc_method_handler(
+            servicer.JustOpened,
+            request_deserializer=feed_pb2.JustOpenedRequest.FromString,
+            response_serializer=_serialize_just_opened,
+        ),
+        "StillOpen": grpc.unary_unary_rpc_method_handler(
+            servicer.StillOpen,
+            request_deserializer=feed_pb2.StillOpenRequest.FromString,
+            response_serializer=feed_pb2.StillOpenResponse.SerializeToString,
+        ),
+    }
+
+
+def _serialize_just_opened(response: feed_pb2.JustOpenedResponse | bytes) -> bytes:
+    return response if isinstance(response, bytes) else response.SerializeToString()
 
 
 async def start_feed(
@@ -82,7 +103,9 @@ async def start_feed(
         interceptors=[MetricsInterceptor(GrpcServerMetrics(registry))],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
-    feed_pb2_grpc.add_FeedServiceServicer_to_server(servicer, server)
+    handlers = _method_handlers(servicer)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)  # type: ignore[attr-defined]
     health = Health((SERVICE_NAME,))
     health.add_to(server)
     reflection.enable_server_reflection(

@@ -26,7 +26,7 @@ from services.feed.settings import FeedSettings
 from shared.db.buckets import market_today
 from shared.db.engine import unavailable_as_error
 from shared.errors import DatabaseUnavailableError, DropwatchError
-from shared.gen.dropwatch.feed.v1 import feed_pb2, feed_pb2_grpc
+from shared.gen.dropwatch.feed.v1 import feed_pb2
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,9 @@ _STATUS: dict[type[DropwatchError], grpc.StatusCode] = {
 }
 
 
-class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
+class FeedServicer:
+    """Implements dropwatch.feed.v1.FeedService (registered by `server._method_handlers`)."""
+
     def __init__(
         self,
         settings: FeedSettings,
@@ -62,7 +64,8 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
 
     async def JustOpened(
         self, request: feed_pb2.JustOpenedRequest, context: Context
-    ) -> feed_pb2.JustOpenedResponse:
+    ) -> feed_pb2.JustOpenedResponse | bytes:
+        """The response, or for the cached default answer its serialized bytes."""
         try:
             query = from_just_opened(request)
             if query.is_default:
@@ -71,8 +74,9 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
                     return cached
                 generation, started = self.cache.generation(), time.monotonic()
                 answer = await self._answer(query, context, feed_pb2.JustOpenedResponse())
-                self.cache.put(answer, generation, started)
-                return answer
+                wire = answer.SerializeToString()
+                self.cache.put(wire, generation, started)
+                return wire
             return await self._answer(query, context, feed_pb2.JustOpenedResponse())
         except DropwatchError as exc:
             await _abort(context, exc)

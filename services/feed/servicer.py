@@ -139,37 +139,57 @@ class FeedServicer:
         return max(1, min(bound, int(remaining * 1000)))
 
     def _fill(self, response: Response, rows: list[store.FeedRow], query: FeedQuery) -> None:
-        """Build the items with one constructor call each (field-by-field sets cost ~2x)."""
+        """Build the items, one constructor call each (field-by-field sets cost ~2x).
+
+        An answer repeats few venues, dates and times, so their messages and strings are built
+        once per answer and reused.
+        """
         prime = set(self.settings.prime_anchors)
+        venues: dict[int, tuple[feed_pb2.Venue, str]] = {}
+        dates: dict[dt.date, str] = {}
+        times: dict[dt.time, str] = {}
         items = []
         for row in rows:
-            url = booking = ""
-            if row.url_slug and row.location_code:
-                url = f"https://resy.com/cities/{row.location_code}/{row.url_slug}"
+            venue = venues.get(row.venue_id)
+            if venue is None:
+                url = ""
+                if row.url_slug and row.location_code:
+                    url = f"https://resy.com/cities/{row.location_code}/{row.url_slug}"
+                message = feed_pb2.Venue(
+                    id=row.venue_id,
+                    name=row.venue_name or "",
+                    neighborhood=row.neighborhood or "",
+                    price_range=row.price_range or 0,
+                    url=url,
+                )
+                venue = venues[row.venue_id] = (message, url)
+            date = dates.get(row.slot_date) or dates.setdefault(
+                row.slot_date, row.slot_date.isoformat()
+            )
+            hhmm = times.get(row.slot_time) or times.setdefault(
+                row.slot_time, row.slot_time.strftime("%H:%M")
+            )
+            booking = ""
+            if venue[1]:
                 seats = min(row.party_sizes) if row.party_sizes else 2
-                booking = f"{url}?date={row.slot_date.isoformat()}&seats={seats}"
-            stamp = row.opened_at.timestamp()
-            seconds = int(stamp // 1)
+                booking = f"{venue[1]}?date={date}&seats={seats}"
+            opened = row.opened_at
             items.append(
                 feed_pb2.FeedItem(
                     event_id=row.event_id,
                     slot_id=row.slot_id,
                     bucket_id=row.bucket_id,
-                    reservation_date=row.slot_date.isoformat(),
-                    slot_time=row.slot_time.strftime("%H:%M"),
+                    reservation_date=date,
+                    slot_time=hhmm,
                     seating_type=row.seating_type,
                     party_sizes=row.party_sizes,
                     time_slot=row.time_slot,
                     time_bucket=_PRIME if row.time_slot in prime else _OFF_PEAK,
-                    opened_at=Timestamp(seconds=seconds, nanos=row.opened_at.microsecond * 1000),
-                    booking_url=booking,
-                    venue=feed_pb2.Venue(
-                        id=row.venue_id,
-                        name=row.venue_name or "",
-                        neighborhood=row.neighborhood or "",
-                        price_range=row.price_range or 0,
-                        url=url,
+                    opened_at=Timestamp(
+                        seconds=int(opened.timestamp()), nanos=opened.microsecond * 1000
                     ),
+                    booking_url=booking,
+                    venue=venue[0],
                 )
             )
         response.items.extend(items)

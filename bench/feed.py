@@ -70,7 +70,7 @@ from bench._db import (
     server_info,
 )
 from services.feed import store
-from services.feed.cache import DefaultAnswerCache
+from services.feed.cache import AnswerCache
 from services.feed.paging import PageTokens
 from services.feed.query import FeedQuery, from_just_opened, from_still_open
 from services.feed.servicer import FeedServicer
@@ -237,7 +237,8 @@ class FeedProcess:
         except OSError:
             return {}
         pattern = re.compile(
-            r'^dropwatch_feed_cache_requests_total\{result="(\w+)"\} ([0-9.e+]+)$', re.M
+            r'^dropwatch_feed_cache_requests_total\{result="(\w+)",rpc="JustOpened"\} ([0-9.e+]+)$',
+            re.M,
         )
         return {m.group(1): float(m.group(2)) for m in pattern.finditer(body)}
 
@@ -681,7 +682,7 @@ async def measure_breakdown(
         url=url,
         server_settings={"plan_cache_mode": "force_custom_plan"},
     )
-    cache = DefaultAnswerCache(settings.cache_ttl_seconds, CollectorRegistry())
+    cache = AnswerCache(settings.cache_ttl_seconds, CollectorRegistry())
     servicer = FeedServicer(settings, engine, PageTokens(b"bench"), cache)
     context: Any = _NoDeadline()
     out: dict[str, Breakdown] = {}

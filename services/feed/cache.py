@@ -1,7 +1,8 @@
-"""The default, unfiltered JustOpened answer, served from memory while fresh (review P4).
+"""Feed answers served from memory while fresh (review P4, extended to every request shape).
 
-It is kept serialized: a hit sends the stored bytes as they are (see `server.py`), because
-serializing 500 items on every call would cost more than everything else a hit does.
+The feed only changes when a poll commits, and many callers ask the same questions, so each
+answer is kept serialized per normalised request; a hit sends the stored bytes as they are
+(see `server.py`): building and serializing 1,000 items costs more than everything else.
 
 Fresh means younger than `ttl` (at most 2 s) and no poll has committed new drops or closes
 since it was built: the poller's `pg_notify('dropwatch_feed', ...)` reaches `listen()`, which
@@ -14,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
+from collections.abc import Hashable
 
 import psycopg
 from prometheus_client import CollectorRegistry, Counter
@@ -24,16 +27,23 @@ log = logging.getLogger(__name__)
 CHANNEL = "dropwatch_feed"
 
 
-class DefaultAnswerCache:
-    def __init__(self, ttl: float, registry: CollectorRegistry) -> None:
+class AnswerCache:
+    """Serialized answers per normalised request, fresh for at most `ttl` seconds.
+
+    The key is everything that shapes an answer (the RPC, the query fingerprint, the limit and
+    the page token). Least recently used answers go first once `max_bytes` would be exceeded.
+    """
+
+    def __init__(self, ttl: float, registry: CollectorRegistry, max_bytes: int = 64 << 20) -> None:
         self.ttl = ttl
-        self._answer: bytes | None = None
-        self._built_at = 0.0
+        self.max_bytes = max_bytes
+        self._answers: OrderedDict[Hashable, tuple[bytes, float]] = OrderedDict()
+        self._bytes = 0
         self._generation = 0
         self.requests = Counter(
             "dropwatch_feed_cache_requests",
-            "Default JustOpened requests by cache result (hit or miss).",
-            ["result"],
+            "Feed requests by RPC and cache result (hit or miss).",
+            ["rpc", "result"],
             registry=registry,
         )
         self.invalidations = Counter(
@@ -41,28 +51,40 @@ class DefaultAnswerCache:
             "Times a committed poll (NOTIFY) cleared the cache.",
             registry=registry,
         )
-        self.requests.labels("hit")
-        self.requests.labels("miss")
+        for rpc in ("JustOpened", "StillOpen"):
+            for result in ("hit", "miss"):
+                self.requests.labels(rpc, result)
         self.listening = asyncio.Event()
 
-    def get(self) -> bytes | None:
-        if self._answer is not None and time.monotonic() - self._built_at < self.ttl:
-            self.requests.labels("hit").inc()
-            return self._answer
-        self.requests.labels("miss").inc()
+    def get(self, rpc: str, key: Hashable) -> bytes | None:
+        entry = self._answers.get(key)
+        if entry is not None and time.monotonic() - entry[1] < self.ttl:
+            self._answers.move_to_end(key)
+            self.requests.labels(rpc, "hit").inc()
+            return entry[0]
+        self.requests.labels(rpc, "miss").inc()
         return None
 
     def generation(self) -> int:
         """Read before querying; `put` ignores an answer built across an invalidation."""
         return self._generation
 
-    def put(self, answer: bytes, generation: int, built_at: float) -> None:
-        if generation == self._generation:
-            self._answer, self._built_at = answer, built_at
+    def put(self, key: Hashable, answer: bytes, generation: int, built_at: float) -> None:
+        if generation != self._generation or self.ttl <= 0 or len(answer) > self.max_bytes:
+            return
+        old = self._answers.pop(key, None)
+        if old is not None:
+            self._bytes -= len(old[0])
+        self._answers[key] = (answer, built_at)
+        self._bytes += len(answer)
+        while self._bytes > self.max_bytes:
+            _key, (evicted, _at) = self._answers.popitem(last=False)
+            self._bytes -= len(evicted)
 
     def invalidate(self) -> None:
         self._generation += 1
-        self._answer = None
+        self._answers.clear()
+        self._bytes = 0
         self.invalidations.inc()
 
     async def listen(self, database_url: str, stop: asyncio.Event) -> None:

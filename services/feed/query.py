@@ -47,20 +47,6 @@ class FeedQuery:
         raw = json.dumps(fields, default=str, sort_keys=True)
         return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
-    @property
-    def is_default(self) -> bool:
-        """The unfiltered first page with default settings: the cacheable answer."""
-        return (
-            self.kind == JUST_OPENED
-            and not (self.dates or self.party_sizes or self.time_slots or self.venue_ids)
-            and self.time_from is None
-            and self.time_to is None
-            and self.dedupe
-            and self.age_seconds == limits.DEFAULT_MAX_AGE_SECONDS
-            and self.limit == limits.JUST_OPENED_DEFAULT_LIMIT
-            and not self.page_token
-        )
-
 
 def from_just_opened(request: feed_pb2.JustOpenedRequest) -> FeedQuery:
     age = request.max_age_seconds

@@ -17,7 +17,7 @@ import grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
-from services.feed.cache import DefaultAnswerCache
+from services.feed.cache import AnswerCache
 from services.feed.metrics import GrpcServerMetrics, MetricsInterceptor
 from services.feed.paging import PageTokens
 from services.feed.servicer import FeedServicer
@@ -54,24 +54,24 @@ class FeedServer:
 
 
 def _method_handlers(servicer: FeedServicer) -> dict[str, grpc.RpcMethodHandler]:  # type: ignore[type-arg]
-    """As the generated `add_FeedServiceServicer_to_server`, except that JustOpened may return
-    already-serialized bytes (the cached answer), which are sent as they are."""
+    """As the generated `add_FeedServiceServicer_to_server`, except that the methods return
+    already-serialized answers (kept that way in the cache), which are sent as they are."""
     return {
         "JustOpened": grpc.unary_unary_rpc_method_handler(
             servicer.JustOpened,
             request_deserializer=feed_pb2.JustOpenedRequest.FromString,
-            response_serializer=_serialize_just_opened,
+            response_serializer=_as_is,
         ),
         "StillOpen": grpc.unary_unary_rpc_method_handler(
             servicer.StillOpen,
             request_deserializer=feed_pb2.StillOpenRequest.FromString,
-            response_serializer=feed_pb2.StillOpenResponse.SerializeToString,
+            response_serializer=_as_is,
         ),
     }
 
 
-def _serialize_just_opened(response: feed_pb2.JustOpenedResponse | bytes) -> bytes:
-    return response if isinstance(response, bytes) else response.SerializeToString()
+def _as_is(answer: bytes) -> bytes:
+    return answer
 
 
 async def start_feed(
@@ -96,7 +96,7 @@ async def start_feed(
     else:
         log.warning("DROPWATCH_PAGE_TOKEN_SECRET unset: page tokens only work on this replica")
         secret = secrets.token_bytes(32)
-    cache = DefaultAnswerCache(settings.cache_ttl_seconds, registry)
+    cache = AnswerCache(settings.cache_ttl_seconds, registry, settings.cache_max_mb << 20)
     servicer = FeedServicer(settings, engine, PageTokens(secret), cache)
 
     server = grpc.aio.server(

@@ -18,7 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.feed import store
-from services.feed.cache import DefaultAnswerCache
+from services.feed.cache import AnswerCache
 from services.feed.errors import InvalidArgumentError
 from services.feed.paging import Cursor, PageTokens
 from services.feed.query import FeedQuery, from_just_opened, from_still_open
@@ -53,7 +53,7 @@ class FeedServicer:
         settings: FeedSettings,
         engine: AsyncEngine,
         tokens: PageTokens,
-        cache: DefaultAnswerCache,
+        cache: AnswerCache,
         clock: Callable[[], dt.datetime] | None = None,
     ) -> None:
         self.settings = settings
@@ -62,35 +62,38 @@ class FeedServicer:
         self.cache = cache
         self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
 
-    async def JustOpened(
-        self, request: feed_pb2.JustOpenedRequest, context: Context
-    ) -> feed_pb2.JustOpenedResponse | bytes:
-        """The response, or for the cached default answer its serialized bytes."""
+    async def JustOpened(self, request: feed_pb2.JustOpenedRequest, context: Context) -> bytes:
         try:
             query = from_just_opened(request)
-            if query.is_default:
-                cached = self.cache.get()
-                if cached is not None:
-                    return cached
-                generation, started = self.cache.generation(), time.monotonic()
-                answer = await self._answer(query, context, feed_pb2.JustOpenedResponse())
-                wire = answer.SerializeToString()
-                self.cache.put(wire, generation, started)
-                return wire
-            return await self._answer(query, context, feed_pb2.JustOpenedResponse())
+            return await self._cached("JustOpened", query, context, feed_pb2.JustOpenedResponse)
         except DropwatchError as exc:
             await _abort(context, exc)
             raise  # unreachable: abort raises
 
-    async def StillOpen(
-        self, request: feed_pb2.StillOpenRequest, context: Context
-    ) -> feed_pb2.StillOpenResponse:
+    async def StillOpen(self, request: feed_pb2.StillOpenRequest, context: Context) -> bytes:
         try:
             query = from_still_open(request)
-            return await self._answer(query, context, feed_pb2.StillOpenResponse())
+            return await self._cached("StillOpen", query, context, feed_pb2.StillOpenResponse)
         except DropwatchError as exc:
             await _abort(context, exc)
             raise
+
+    async def _cached(
+        self,
+        rpc: str,
+        query: FeedQuery,
+        context: Context,
+        make: Callable[[], Response],
+    ) -> bytes:
+        """The serialized answer: from the cache while fresh, else from PostgreSQL."""
+        key = (rpc, query.fingerprint(), query.limit, query.page_token)
+        cached = self.cache.get(rpc, key)
+        if cached is not None:
+            return cached
+        generation, started = self.cache.generation(), time.monotonic()
+        answer = (await self._answer(query, context, make())).SerializeToString()
+        self.cache.put(key, answer, generation, started)
+        return answer
 
     async def _answer(self, query: FeedQuery, context: Context, response: Response) -> Response:
         cursor = (

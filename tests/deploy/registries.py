@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from sqlalchemy import create_engine
 
 import services.maintenance.push as push_module
-from services.feed.cache import DefaultAnswerCache
+from services.feed.cache import AnswerCache
 from services.feed.metrics import GrpcServerMetrics
 from services.maintenance.run import RunSummary, StepResult
 from services.poller.metrics import PollerMetrics
@@ -35,7 +35,7 @@ def _track_pool(pool: PoolMetrics, name: str) -> None:
 def feed_metrics() -> str:
     registry = CollectorRegistry()
     grpc_metrics = GrpcServerMetrics(registry)
-    cache = DefaultAnswerCache(2.0, registry)
+    cache = AnswerCache(2.0, registry)
     _track_pool(PoolMetrics(registry), "feed")
     for method, code, seconds in (
         ("JustOpened", "OK", 0.004),
@@ -46,7 +46,7 @@ def feed_metrics() -> str:
         grpc_metrics.started.labels(*labels).inc()
         grpc_metrics.handled.labels(*labels, code).inc()
         grpc_metrics.latency.labels(*labels).observe(seconds)
-    cache.get()
+    cache.get("JustOpened", ("JustOpened", "q", 500, ""))
     cache.invalidate()
     return generate_latest(registry).decode()
 

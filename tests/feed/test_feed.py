@@ -228,7 +228,8 @@ async def test_default_answer_is_cached_and_invalidated_by_a_commit(
     first = await stub.JustOpened(feed_pb2.JustOpenedRequest())
     second = await stub.JustOpened(feed_pb2.JustOpenedRequest())
     assert ids(first) == ids(second)
-    assert _sample(feed, 'dropwatch_feed_cache_requests_total{result="hit"}') >= 1
+    hits = 'dropwatch_feed_cache_requests_total{result="hit",rpc="JustOpened"}'
+    assert _sample(feed, hits) >= 1
     await seeder.open([SeedSlot(2, D0, "19:30")], at=ago(50))
     for _ in range(50):  # NOTIFY is asynchronous; it lands within milliseconds
         reply = await stub.JustOpened(feed_pb2.JustOpenedRequest())
@@ -251,3 +252,21 @@ async def test_grpc_metrics_use_the_standard_names(stub: Stub, feed: FeedServer)
     assert f'grpc_server_handled_total{{grpc_code="INVALID_ARGUMENT",{labels},{unary}}} 1.0' in body
     assert "grpc_server_handling_seconds_bucket" in body
     assert 'dropwatch_db_pool_size{pool="feed"}' in body
+
+
+async def test_filtered_answers_are_cached_per_request_and_invalidated(
+    seeder: Seeder, stub: Stub, feed: FeedServer
+) -> None:
+    await seeder.open([SeedSlot(1, D0, "19:00")], at=ago(1000))
+    request = feed_pb2.StillOpenRequest(filter=feed_pb2.FeedFilter(party_sizes=[2]))
+    assert [i.venue.id for i in (await stub.StillOpen(request)).items] == [1]
+    assert [i.venue.id for i in (await stub.StillOpen(request)).items] == [1]
+    hits = 'dropwatch_feed_cache_requests_total{result="hit",rpc="StillOpen"}'
+    assert _sample(feed, hits) == 1
+    await seeder.open([SeedSlot(2, D0, "19:30")], at=ago(900))
+    for _ in range(50):
+        reply = await stub.StillOpen(request)
+        if len(reply.items) == 2:
+            break
+        await asyncio.sleep(0.02)
+    assert [i.venue.id for i in reply.items] == [2, 1]

@@ -193,7 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_seed)
 
     p = sub.add_parser("bench", help="run the benchmarks and write docs/performance.md")
-    p.add_argument("names", nargs="*", help="poll_write, feed, maintenance (default: all)")
+    p.add_argument(
+        "names", nargs="*", help="poll_write, feed, feed_uncached, maintenance (default: all)"
+    )
     p.add_argument("--quick", action="store_true", help="smaller sizes, minutes not a quarter hour")
     p.add_argument("--report", default="docs/performance.md", help="file to (re)write")
     p.set_defaults(func=_cmd_bench)

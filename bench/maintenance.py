@@ -2,7 +2,8 @@
 
     .venv/bin/python -m bench.maintenance [--events 1000000]
                                           [--prune-sizes 100000,1000000,5000000]
-                                          [--repeats 5] [--markdown]
+                                          [--day-events 36000] [--repeats 5]
+                                          [--skip-run | --only-prune] [--markdown]
 
 Not a test: it prints figures. Steps:
 
@@ -23,13 +24,27 @@ Not a test: it prints figures. Steps:
    and rolling metric rows written through the ORM, then `DELETE FROM discovery_buckets` and
    `DELETE FROM drop_events WHERE bucket_id < cutoff`. Same wall-clock and peak RSS figures.
    Both copies' metric tables are compared afterwards (the two jobs must agree).
-4. Prune scaling: for each `--prune-sizes` value a fresh database with that many events over
-   28 days, its past days aggregated, then one CHECKPOINT (all untimed). The sizes then take
-   turns, one day each per round: first our way, the real `prune_events` step for one day
-   (lock, count, compare with the committed figures, DROP partition, commit), on the oldest
-   past days; then the review's row DELETE (`DELETE FROM drop_events WHERE bucket_id < <the
-   day after>`) on the next ones. Each method's first day is an untimed warm-up, then
-   `--repeats` timed days.
+4. Prune scaling, the day grows with the table: for each `--prune-sizes` value a fresh
+   database with that many events over 28 days, its past days aggregated, then one CHECKPOINT
+   (all untimed). The sizes then take turns, one day each per round: first our way, the real
+   `prune_events` step for one day (lock, count, compare with the committed figures, DROP
+   partition, commit), on the oldest past days; then the review's row DELETE (`DELETE FROM
+   drop_events WHERE bucket_id < <the day after>`) on the next ones. Each method's first day
+   is an untimed warm-up, then `--repeats` timed days. The events are spread over 28 days, so
+   the pruned day grows with the table (1/28 of it): this shows how the prune scales with the
+   size of the day.
+5. Prune scaling, fixed-size day (skipped with `--day-events 0`): the same measurement, but
+   every pruned day holds `--day-events` events (default 36,000, one day at 1M events) while
+   the rest of the table (`--prune-sizes` value minus one day) sits in the other days (the 2
+   remaining past and 14 live days). The 2 x (1 + `--repeats`) pruned days cannot all be in a
+   100k table at once, so each starts as an empty partition and is filled just before its
+   round (untimed,
+   all sizes: the loader's events for that day, VACUUM (ANALYZE) of its partition, its
+   aggregation), then one CHECKPOINT; so at each prune the table holds about the
+   `--prune-sizes` value, of which the pruned day is `--day-events`. This is the issue's
+   "pruning a day's worth of events costs the same at 100k and at 5M rows".
+
+`--skip-run` (or `--only-prune`) leaves out steps 1-3 (no --events database, no child jobs).
 
 Child processes are killed and every database is dropped (the embedded server stopped) at the
 end, also on errors and SIGTERM.
@@ -40,6 +55,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import platform
 import signal
@@ -52,7 +68,7 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -79,7 +95,18 @@ from bench._db import (
     timed,
     with_database,
 )
-from bench.poll_write import ANCHORS, LIVE_DAYS, PAST_DAYS, VENUES, ZONE, load, make_plan
+from bench.poll_write import (
+    _LOAD_EVENTS,  # the loader's per-day events INSERT, to fill one day later (step 5)
+    ANCHORS,
+    LIVE_DAYS,
+    PAST_DAYS,
+    VENUES,
+    ZONE,
+    BucketPlan,
+    DataPlan,
+    load,
+    make_plan,
+)
 from services.maintenance import run as maintenance_run
 from services.maintenance import sql as maintenance_sql
 from services.maintenance.settings import MaintenanceSettings
@@ -103,6 +130,7 @@ TARGET_PEAK_MB = 150.0
 TARGET_PEAK_RATIO = 10.0
 TARGET_AGG_PRUNE_SECONDS = 5.0
 TARGET_PRUNE_RATIO = 1.5
+DAY_EVENTS = 36_000  # one day's events at 1M events over 28 days
 
 
 def log(message: str) -> None:
@@ -512,8 +540,11 @@ class RunPart:
     original_figures: Figures
 
 
-def load_data(engine: Engine, events: int, now: dt.datetime) -> DataInfo:
-    plan = make_plan(events, now)
+def load_data(
+    engine: Engine, events: int, now: dt.datetime, plan: DataPlan | None = None
+) -> DataInfo:
+    """Load `plan` (default: `make_plan(events, now)`), then VACUUM the whole database."""
+    plan = plan if plan is not None else make_plan(events, now)
     loaded = load(engine, plan)
     # Past days' partitions have not been written to for a day: autovacuum (insert-triggered)
     # has visited them, so their hint bits and visibility maps are set. Do the same here.
@@ -592,11 +623,50 @@ PRUNE_PARTS_NOTE = (
 )
 
 
+def fixed_day_plan(
+    size: int, day_events: int, days: int, now: dt.datetime
+) -> tuple[DataPlan, dict[dt.date, list[BucketPlan]]]:
+    """A plan of about `size` events whose `days` oldest past days hold `day_events` each.
+
+    Returns the plan to load first, in which those days are empty (their partitions exist), and
+    their buckets as they are to be filled later, one day at a time (`PruneTarget.refill`): at
+    any moment the table then holds the rest (`size - day_events`, spread evenly over the other
+    days' buckets, live open drops as in `make_plan(size, now)`) plus the one filled day.
+    """
+    base = make_plan(size, now)
+    fixed = set(base.days[:days])
+    others = [b for b in base.buckets if b.day not in fixed]
+    open_drops = sum(b.open_drops for b in others)
+    # events of a bucket = 2 * pairs - open drops (an open drop has no CLOSED)
+    rest_pairs = max(
+        max(b.open_drops for b in others),
+        math.ceil((size - day_events + open_drops) / (2 * len(others))),
+    )
+    day_pairs = math.ceil(day_events / (2 * len(ANCHORS)))  # past buckets: no open drops
+    final: list[BucketPlan] = []
+    n0 = 0
+    for b in base.buckets:
+        pairs = day_pairs if b.day in fixed else rest_pairs
+        final.append(replace(b, n0=n0, pairs=pairs))
+        n0 += pairs  # pair numbers (event ids) stay unique across later fills
+    first = [replace(b, pairs=0) if b.day in fixed else b for b in final]
+    by_id = {b.bucket_id: b for b in first}
+    plan = DataPlan(
+        base.now, base.today, first, by_id[base.ours.bucket_id], by_id[base.original.bucket_id]
+    )
+    refills: dict[dt.date, list[BucketPlan]] = defaultdict(list)
+    for b in final:
+        if b.day in fixed:
+            refills[b.day].append(b)
+    return plan, dict(refills)
+
+
 @dataclass
 class PruneRow:
     size: int
-    events: int
+    events: int  # loaded; for a fixed-size day, what the table holds at each prune
     load_seconds: float
+    fixed_day: int = 0  # --day-events of a fixed-size-day row, 0 for "day grows with the table"
     day_events: list[int] = field(default_factory=list)  # events of each day pruned our way
     day_bytes: list[int] = field(default_factory=list)  # its partition's size on disk
     ours_ms: list[float] = field(default_factory=list)
@@ -604,7 +674,7 @@ class PruneRow:
     parts: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in PRUNE_PARTS})
     delete_events: list[int] = field(default_factory=list)
     delete_ms: list[float] = field(default_factory=list)
-    checkpointed: bool = False  # a CHECKPOINT ran after the load
+    checkpointed: bool = False  # a CHECKPOINT ran after the load (fixed day: every fill)
 
     @property
     def ours(self) -> float:
@@ -629,21 +699,38 @@ def _prune_part(sql: str) -> str:
 class PruneTarget:
     """One prune-scaling database: loaded, past days aggregated, ready to prune."""
 
-    def __init__(self, url: str, size: int, now: dt.datetime) -> None:
+    def __init__(
+        self, url: str, size: int, now: dt.datetime, *, day_events: int = 0, fixed_days: int = 0
+    ) -> None:
+        """`day_events` > 0: the `fixed_days` oldest past days start empty and are filled with
+        `day_events` events each by `refill`, just before they are pruned."""
         self.settings = MaintenanceSettings()
         self.engine = make_engine(
             bench_settings(db_statement_timeout_ms=0, db_pool_size=8),
             name="bench-prune",
             url=url,
         )
-        log(f"prune {size:,}: loading")
-        data = load_data(self.engine, size, now)
-        log(f"prune {size:,}: loaded {data.events:,} in {data.load_seconds:.1f} s")
-        self.row = PruneRow(size=size, events=data.events, load_seconds=data.load_seconds)
+        self.info = server_info(self.engine)
+        self.now = now
+        self.refills: dict[dt.date, list[BucketPlan]] = {}
+        plan = None
+        self.label = f"{size:,}"
+        if day_events:
+            plan, self.refills = fixed_day_plan(size, day_events, fixed_days, now)
+            self.label += f" (fixed day of {day_events:,})"
+        log(f"prune {self.label}: loading")
+        data = load_data(self.engine, size, now, plan)
+        log(f"prune {self.label}: loaded {data.events:,} in {data.load_seconds:.1f} s")
+        self.resident = data.events  # in the table besides a filled day
+        self.row = PruneRow(
+            size=size, events=data.events, load_seconds=data.load_seconds, fixed_day=day_events
+        )
         today = market_today(self.settings.zone, now)
         with self.engine.connect() as conn:
             self.past = [d for d in list_partitions(conn) if d < today]
         for day in self.past:  # what the aggregate step does before any prune (untimed)
+            if day in self.refills:
+                continue  # aggregated when filled
             with self.engine.begin() as conn:
                 maintenance_sql.aggregate_day(
                     conn, day, market=self.settings.market, zone=self.settings.market_timezone
@@ -651,6 +738,37 @@ class PruneTarget:
         self.recorder = StatementRecorder(self.engine)
         self.commits: list[float] = []
         event.listen(self.engine, "commit", lambda conn: self.commits.append(time.perf_counter()))
+
+    def refill(self, day: dt.date) -> None:
+        """Fill the empty past day `day` with its events (untimed): the loader's INSERT for its
+        buckets, VACUUM (ANALYZE) of its partition (as after the load), its aggregation."""
+        chunk = self.refills[day]
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                text(_LOAD_EVENTS),
+                {
+                    "ids": [b.bucket_id for b in chunk],
+                    "days": [b.day for b in chunk],
+                    "anchors": [b.anchor for b in chunk],
+                    "n0s": [b.n0 for b in chunk],
+                    "pairs": [b.pairs for b in chunk],
+                    "opens": [b.open_drops for b in chunk],
+                    "now": self.now,
+                },
+            )
+            inserted = int(result.rowcount)
+        with self.engine.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT").execute(
+                text(f"VACUUM (ANALYZE) {partition_name(day)}")
+            )
+        with self.engine.begin() as conn:
+            counted = maintenance_sql.aggregate_day(
+                conn, day, market=self.settings.market, zone=self.settings.market_timezone
+            )
+        if counted != inserted:
+            raise SystemExit(f"fill of {day}: {inserted} events inserted, {counted} counted")
+        # Every earlier filled day is gone (dropped or its rows deleted) by now.
+        self.row.events = self.resident + inserted
 
     def prune_ours(self, day: dt.date, *, keep: bool) -> None:
         """The real prune_events step for `day` alone, timed part by part."""
@@ -685,40 +803,62 @@ class PruneTarget:
             result = conn.execute(
                 text("DELETE FROM drop_events WHERE bucket_id < :cutoff"), {"cutoff": cutoff}
             )
+        if self.refills and result.rowcount != self.row.events - self.resident:
+            raise SystemExit(f"row DELETE of the filled {day} removed {result.rowcount} events")
         if keep:
             self.row.delete_ms.append(watch.ms)
             self.row.delete_events.append(int(result.rowcount))
 
 
 def measure_prune(
-    server: BenchServer, sizes: Sequence[int], now: dt.datetime, repeats: int
-) -> list[PruneRow]:
-    """Load one database per size, then prune the sizes in turn (shared noise conditions)."""
+    server: BenchServer,
+    sizes: Sequence[int],
+    now: dt.datetime,
+    repeats: int,
+    day_events: int = 0,
+) -> tuple[list[PruneRow], ServerInfo]:
+    """Load one database per size, then prune the sizes in turn (shared noise conditions).
+
+    `day_events` > 0: every pruned day holds that many events, filled just before its round.
+    """
+    fixed_days = 2 * (1 + repeats)
     with ExitStack() as stack:
         targets = []
         for size in sizes:
             db = stack.enter_context(bench_database("dw_bench_prune", server))
             migrate_to_head(db.url)
-            target = PruneTarget(db.url, size, now)
+            target = PruneTarget(db.url, size, now, day_events=day_events, fixed_days=fixed_days)
             stack.callback(target.engine.dispose)
             targets.append(target)
-        # Flush the loads and aggregations, so no prune competes with that write-back.
-        checkpointed = checkpoint(server)
-        for target in targets:
-            target.row.checkpointed = checkpointed
+        checkpointed = True
+        if not day_events:
+            # Flush the loads and aggregations, so no prune competes with that write-back.
+            checkpointed = checkpoint(server)
+
+        def fill(day_index: int) -> None:
+            """Fixed-size day: fill the day of every size, then flush it all (untimed)."""
+            nonlocal checkpointed
+            if day_events:
+                for target in targets:
+                    target.refill(target.past[day_index])
+                checkpointed = checkpoint(server) and checkpointed
+
         # Ours on past days 0..repeats, then row DELETEs on the next days. Day 0 of each
         # method is an untimed warm-up (the first DDL or DELETE of a session loads catalogs).
         # Rounds alternate the order of the sizes, so none is always first after a change.
         for i in range(1 + repeats):
+            fill(i)
             for target in targets if i % 2 == 0 else targets[::-1]:
                 target.prune_ours(target.past[i], keep=i > 0)
         for i in range(1 + repeats):
+            fill(1 + repeats + i)
             for target in targets if i % 2 == 0 else targets[::-1]:
                 target.delete_rows(target.past[1 + repeats + i], keep=i > 0)
         for target in targets:
             r = target.row
-            log(f"prune {r.size:,}: ours {r.ours:.1f} ms, row DELETE {r.delete:.1f} ms")
-        return [target.row for target in targets]
+            r.checkpointed = checkpointed
+            log(f"prune {target.label}: ours {r.ours:.1f} ms, row DELETE {r.delete:.1f} ms")
+        return [target.row for target in targets], targets[0].info
 
 
 # --- the report ----------------------------------------------------------------------------------
@@ -730,11 +870,18 @@ class Report:
     server: ServerInfo
     server_description: str
     now: dt.datetime
-    run: RunPart
-    prune: list[PruneRow]
+    run: RunPart | None  # None with --skip-run
+    prune: list[PruneRow]  # the day grows with the table
     repeats: int
     seconds: float
     data_fs: str  # the embedded server's file system, if it is one
+    prune_fixed: list[PruneRow] = field(default_factory=list)  # fixed-size day
+    day_events: int = 0
+
+    @property
+    def the_run(self) -> RunPart:
+        assert self.run is not None, "--skip-run: no run part"
+        return self.run
 
     def machine(self) -> str:
         mem = memory_gib()
@@ -756,6 +903,13 @@ class Report:
         )
 
     def data(self) -> str:
+        if self.run is None:
+            return (
+                f"prune databases only (--skip-run): {PAST_DAYS} past and {LIVE_DAYS} live daily "
+                f"partitions, anchors {' and '.join(ANCHORS)}, {VENUES} venues, loaded set-based "
+                "by bench.poll_write's loader, then VACUUM (as autovacuum would have visited the "
+                f'past days\' partitions). "now" = {self.now.isoformat()}'
+            )
         d = self.run.data
         return (
             f"{d.events:,} drop_events ({d.new_drops:,} NEW_DROP, {d.closed:,} CLOSED) in "
@@ -765,8 +919,8 @@ class Report:
             f"({d.workers} day transactions at a time) in {d.load_seconds:.1f} s incl. ANALYZE, "
             f"then VACUUM ({d.vacuum_seconds:.1f} s; as autovacuum would have visited the past "
             "days' partitions). "
-            f'"now" = {self.now.isoformat()} (today {self.run.ours.output.get("today")}, '
-            f"cutoff {self.run.ours.output.get('cutoff')})"
+            f'"now" = {self.now.isoformat()} (today {self.the_run.ours.output.get("today")}, '
+            f"cutoff {self.the_run.ours.output.get('cutoff')})"
         )
 
     def method(self) -> str:
@@ -785,7 +939,7 @@ class Report:
     # -- numbers
 
     def ours_steps(self) -> dict[str, dict[str, Any]]:
-        steps: dict[str, dict[str, Any]] = self.run.ours.output.get("steps", {})
+        steps: dict[str, dict[str, Any]] = self.the_run.ours.output.get("steps", {})
         return steps
 
     def agg_prune_seconds(self) -> float:
@@ -793,11 +947,12 @@ class Report:
         return sum(float(s[n]["seconds"]) for n in ("aggregate", "prune_buckets", "prune_events"))
 
     def peak_ratio(self) -> float:
-        return self.run.original.peak_kb / self.run.ours.peak_kb
+        return self.the_run.original.peak_kb / self.the_run.ours.peak_kb
 
-    def prune_ratio(self) -> tuple[PruneRow, PruneRow, float, float]:
-        small = min(self.prune, key=lambda r: r.size)
-        big = max(self.prune, key=lambda r: r.size)
+    @staticmethod
+    def prune_ratio(rows: list[PruneRow]) -> tuple[PruneRow, PruneRow, float, float]:
+        small = min(rows, key=lambda r: r.size)
+        big = max(rows, key=lambda r: r.size)
         return small, big, big.ours / small.ours, big.delete / small.delete
 
     # -- tables
@@ -813,7 +968,7 @@ class Report:
         return head, body
 
     def original_table(self) -> tuple[list[str], list[list[str]]]:
-        out = self.run.original.output
+        out = self.the_run.original.output
         what = {
             "load": f"query(DropEvent).all(): {out['loaded']:,} ORM objects",
             "aggregate": f"Python loop over them; {out['aggregated']:,} past events counted",
@@ -832,7 +987,7 @@ class Report:
         return head, body
 
     def compare_table(self) -> tuple[list[str], list[list[str]]]:
-        r = self.run
+        r = self.the_run
         head = ["", "ours", "original", "original / ours"]
         body = [
             [
@@ -869,7 +1024,7 @@ class Report:
         return head, body
 
     def figures_table(self) -> tuple[list[str], list[list[str]]]:
-        a, b = self.run.ours_figures, self.run.original_figures
+        a, b = self.the_run.ours_figures, self.the_run.original_figures
         head = ["left behind", "ours", "original"]
         rows = [
             ("venue_metrics rows", a.venue_rows, b.venue_rows),
@@ -893,9 +1048,11 @@ class Report:
         ]
         return head, body
 
-    def prune_table(self) -> tuple[list[str], list[list[str]]]:
+    @staticmethod
+    def prune_table(rows: list[PruneRow]) -> tuple[list[str], list[list[str]]]:
+        fixed = any(r.fixed_day for r in rows)
         head = [
-            "events",
+            "events in the table" if fixed else "events",
             "load s",
             "events in the day",
             "ours ms (median)",
@@ -915,13 +1072,15 @@ class Report:
                 f"{min(r.delete_ms):.1f} / {max(r.delete_ms):.1f}",
                 f"{r.delete / r.ours:.1f}x",
             ]
-            for r in sorted(self.prune, key=lambda r: r.size)
+            for r in sorted(rows, key=lambda r: r.size)
         ]
         return head, body
 
-    def prune_parts_table(self) -> tuple[list[str], list[list[str]]]:
+    @staticmethod
+    def prune_parts_table(rows: list[PruneRow]) -> tuple[list[str], list[list[str]]]:
+        fixed = any(r.fixed_day for r in rows)
         head = [
-            "events",
+            "events in the table" if fixed else "events",
             "day's partition MB",
             "count(*) ms",
             "DROP TABLE ms",
@@ -937,7 +1096,7 @@ class Report:
                 *(f"{r.part(p):.1f}" for p in PRUNE_PARTS),
                 f"{r.ours:.1f}",
             ]
-            for r in sorted(self.prune, key=lambda r: r.size)
+            for r in sorted(rows, key=lambda r: r.size)
         ]
         return head, body
 
@@ -949,10 +1108,11 @@ class Report:
             else "(no CHECKPOINT: the role may not run it)"
         )
         return (
-            "Each size: a fresh database loaded the same way, its past days aggregated (untimed), "
-            f"{checkpoint}. The sizes take turns (one day each per round, the order reversed "
-            "every round), so they share the machine's conditions. Ours: the oldest past days, "
-            "one at a time, through `services."
+            "Each size: a fresh database loaded the same way (events spread evenly over the 28 "
+            "days, so the pruned day is 1/28 of the table and grows with it), its past days "
+            f"aggregated (untimed), {checkpoint}. The sizes take turns (one day each per round, "
+            "the order reversed every round), so they share the machine's conditions. Ours: the "
+            "oldest past days, one at a time, through `services."
             "maintenance.run._prune_events(settings, engine, [day])` (list partitions, LOCK the "
             "partition IN SHARE MODE, count its events, compare with the committed venue_metrics "
             "sum, DROP TABLE, COMMIT). Then the review's row DELETE on the next past days, one "
@@ -964,35 +1124,84 @@ class Report:
             "VACUUM."
         )
 
+    def prune_fixed_method(self) -> str:
+        rows = self.prune_fixed
+        n = min(len(r.ours_ms) for r in rows)
+        days = 2 * (1 + self.repeats)
+        at_1m = " (one day's worth at 1M events)" if self.day_events == DAY_EVENTS else ""
+        smallest = min(r.size for r in rows)
+        fit = (
+            f" ({days} x {self.day_events:,} events would not all fit in the {smallest:,}-event "
+            "table at once)"
+            if days * self.day_events > smallest
+            else ""
+        )
+        checkpoint = (
+            "one untimed CHECKPOINT"
+            if all(r.checkpointed for r in rows)
+            else "no CHECKPOINT (the role may not run it)"
+        )
+        return (
+            f"Same method and order as above, but every pruned day holds {self.day_events:,} "
+            f"events{at_1m} whatever the table's size. Each size: a fresh "
+            f"database whose rest (size minus {self.day_events:,}) is spread over the "
+            f"{PAST_DAYS + LIVE_DAYS - days} other days ({PAST_DAYS - days} past, {LIVE_DAYS} "
+            f"live), while the {days} days to prune (warm-up + {n} timed, for each method) start "
+            f"as empty partitions{fit}. Before each "
+            f"round, each size's next day is filled with its {self.day_events:,} events "
+            "(untimed: the loader's INSERT for that day, VACUUM (ANALYZE) of its partition, its "
+            f"aggregation), then {checkpoint}; the earlier filled days are gone by then, so at "
+            "every prune the table holds the events in the first column, of which the pruned "
+            "day is the fixed-size one. Ours and the row DELETE are timed exactly as above."
+        )
+
     def targets(self) -> list[tuple[str, str, str]]:
-        r = self.run
-        ours_mb = r.ours.peak_mb
-        ratio = self.peak_ratio()
-        agg = self.agg_prune_seconds()
-        out = [
-            (
-                _verdict(ours_mb < TARGET_PEAK_MB),
-                f"peak RSS of the whole run < {TARGET_PEAK_MB:.0f} MB",
-                f"{ours_mb:.0f} MB",
-            ),
-            (
-                _verdict(ratio >= TARGET_PEAK_RATIO),
-                f"peak RSS >= {TARGET_PEAK_RATIO:.0f}x below the original's",
-                f"{ratio:.1f}x ({r.original.peak_mb:,.0f} MB vs {ours_mb:.0f} MB)",
-            ),
-            (
-                _verdict(agg < TARGET_AGG_PRUNE_SECONDS),
-                f"aggregate + prune of {r.data.events:,} events < {TARGET_AGG_PRUNE_SECONDS:.0f} s",
-                f"{agg:.2f} s (aggregate + prune_buckets + prune_events steps)",
-            ),
-        ]
-        if len(self.prune) >= 2:
-            small, big, ours_ratio, delete_ratio = self.prune_ratio()
+        out = []
+        if self.run is not None:
+            r = self.run
+            ours_mb = r.ours.peak_mb
+            ratio = self.peak_ratio()
+            agg = self.agg_prune_seconds()
+            out += [
+                (
+                    _verdict(ours_mb < TARGET_PEAK_MB),
+                    f"peak RSS of the whole run < {TARGET_PEAK_MB:.0f} MB",
+                    f"{ours_mb:.0f} MB",
+                ),
+                (
+                    _verdict(ratio >= TARGET_PEAK_RATIO),
+                    f"peak RSS >= {TARGET_PEAK_RATIO:.0f}x below the original's",
+                    f"{ratio:.1f}x ({r.original.peak_mb:,.0f} MB vs {ours_mb:.0f} MB)",
+                ),
+                (
+                    _verdict(agg < TARGET_AGG_PRUNE_SECONDS),
+                    f"aggregate + prune of {r.data.events:,} events < "
+                    f"{TARGET_AGG_PRUNE_SECONDS:.0f} s",
+                    f"{agg:.2f} s (aggregate + prune_buckets + prune_events steps)",
+                ),
+            ]
+        for rows in (self.prune, self.prune_fixed):
+            if len(rows) < 2:
+                continue
+            small, big, ours_ratio, delete_ratio = self.prune_ratio(rows)
+            small_day = int(median([float(n) for n in small.day_events]))
+            big_day = int(median([float(n) for n in big.day_events]))
+            if big.fixed_day:
+                what = (
+                    f"fixed-size day ({big_day:,} events), the issue's target: prune of that day "
+                    f"with {big.events:,} events in the table <= {TARGET_PRUNE_RATIO}x its time "
+                    f"with {small.events:,}"
+                )
+            else:
+                what = (
+                    f"day grows with the table ({small_day:,} -> {big_day:,} events in the day): "
+                    f"prune of one day at {big.events:,} events <= {TARGET_PRUNE_RATIO}x its time "
+                    f"at {small.events:,}"
+                )
             out.append(
                 (
                     _verdict(ours_ratio <= TARGET_PRUNE_RATIO),
-                    f"prune of one day at {big.events:,} events <= {TARGET_PRUNE_RATIO}x "
-                    f"its time at {small.events:,}",
+                    what,
                     f"{ours_ratio:.2f}x ({big.ours:.1f} ms vs {small.ours:.1f} ms; fastest "
                     f"{min(big.ours_ms) / min(small.ours_ms):.2f}x); "
                     f"row DELETE: {delete_ratio:.1f}x ({big.delete:.1f} ms vs "
@@ -1032,6 +1241,13 @@ def _md_table(head: list[str], body: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _fixed_title(report: Report) -> str:
+    return (
+        f"fixed-size day: {report.day_events:,} events in every pruned day, the rest of the "
+        "table in the other days"
+    )
+
+
 def render_plain(report: Report) -> str:
     out = [
         "dropwatch daily maintenance run benchmark (bench/maintenance.py)",
@@ -1039,28 +1255,41 @@ def render_plain(report: Report) -> str:
         f"machine:  {report.machine()}",
         f"database: {report.postgres()}",
         f"data:     {report.data()}",
-        "",
-        report.method(),
-        "",
-        _plain_table(*report.steps_table()),
-        "",
-        _plain_table(*report.original_table()),
-        "",
-        _plain_table(*report.compare_table()),
-        "",
-        _plain_table(*report.figures_table()),
-        f"both jobs left the same figures: {_agree(report)}",
     ]
+    if report.run is not None:
+        out += [
+            "",
+            report.method(),
+            "",
+            _plain_table(*report.steps_table()),
+            "",
+            _plain_table(*report.original_table()),
+            "",
+            _plain_table(*report.compare_table()),
+            "",
+            _plain_table(*report.figures_table()),
+            f"both jobs left the same figures: {_agree(report)}",
+        ]
     if report.prune:
         out += [
             "",
-            "prune one past day:",
+            "prune one past day, day grows with the table (events spread over 28 days):",
             report.prune_method(),
-            _plain_table(*report.prune_table()),
+            _plain_table(*report.prune_table(report.prune)),
             "",
-            "where our prune time goes:",
-            _plain_table(*report.prune_parts_table()),
+            "where our prune time goes (day grows with the table):",
+            _plain_table(*report.prune_parts_table(report.prune)),
             PRUNE_PARTS_NOTE,
+        ]
+    if report.prune_fixed:
+        out += [
+            "",
+            f"prune one past day, {_fixed_title(report)}:",
+            report.prune_fixed_method(),
+            _plain_table(*report.prune_table(report.prune_fixed)),
+            "",
+            "where our prune time goes (fixed-size day):",
+            _plain_table(*report.prune_parts_table(report.prune_fixed)),
         ]
     out += ["", "targets:"]
     out += [f"  {v:4}  {t}: {m}" for v, t, m in report.targets()]
@@ -1077,41 +1306,60 @@ def render_markdown(report: Report) -> str:
         f"- Machine: {report.machine()}",
         f"- Database: {report.postgres()}",
         f"- Data: {report.data()}",
-        f"- Method: {report.method()}",
+    ]
+    if report.run is not None:
+        out.append(f"- Method: {report.method()}")
+    out += [
         "",
         "| target | measured | verdict |",
         "|---|---|---|",
     ]
     out += [f"| {t} | {m} | **{v}** |" for v, t, m in report.targets()]
-    out += ["", "The run, step by step (ours):", "", _md_table(*report.steps_table())]
-    out += ["", "The original job, part by part:", "", _md_table(*report.original_table())]
-    out += ["", "Side by side:", "", _md_table(*report.compare_table())]
-    out += [
-        "",
-        f"What each job left behind (both must agree: **{_agree(report)}**):",
-        "",
-        _md_table(*report.figures_table()),
-    ]
+    if report.run is not None:
+        out += ["", "The run, step by step (ours):", "", _md_table(*report.steps_table())]
+        out += ["", "The original job, part by part:", "", _md_table(*report.original_table())]
+        out += ["", "Side by side:", "", _md_table(*report.compare_table())]
+        out += [
+            "",
+            f"What each job left behind (both must agree: **{_agree(report)}**):",
+            "",
+            _md_table(*report.figures_table()),
+        ]
     if report.prune:
         out += [
             "",
-            "Pruning one past day, by table size:",
+            "Pruning one past day, by table size: **day grows with the table** (events spread "
+            "over 28 days):",
             "",
             report.prune_method(),
             "",
-            _md_table(*report.prune_table()),
+            _md_table(*report.prune_table(report.prune)),
             "",
-            "Where our prune time goes:",
+            "Where our prune time goes (day grows with the table):",
             "",
-            _md_table(*report.prune_parts_table()),
+            _md_table(*report.prune_parts_table(report.prune)),
             "",
             PRUNE_PARTS_NOTE,
+        ]
+    if report.prune_fixed:
+        out += [
+            "",
+            f"Pruning one past day, by table size: **{_fixed_title(report)}**:",
+            "",
+            report.prune_fixed_method(),
+            "",
+            _md_table(*report.prune_table(report.prune_fixed)),
+            "",
+            "Where our prune time goes (fixed-size day):",
+            "",
+            _md_table(*report.prune_parts_table(report.prune_fixed)),
         ]
     return "\n".join(out)
 
 
 def _agree(report: Report) -> str:
-    return "yes" if report.run.ours_figures.agrees_with(report.run.original_figures) else "NO"
+    run = report.the_run
+    return "yes" if run.ours_figures.agrees_with(run.original_figures) else "NO"
 
 
 # --- main -----------------------------------------------------------------------------------
@@ -1128,7 +1376,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="100000,1000000,5000000",
         help="comma-separated table sizes for the prune scaling (empty: skip it)",
     )
+    parser.add_argument(
+        "--day-events",
+        type=int,
+        default=DAY_EVENTS,
+        help="events in every pruned day of the fixed-size-day prune scaling, the rest of each "
+        "--prune-sizes table in the other days (0: skip that part)",
+    )
     parser.add_argument("--repeats", type=int, default=5, help="days pruned per method and size")
+    parser.add_argument(
+        "--skip-run",
+        "--only-prune",
+        dest="skip_run",
+        action="store_true",
+        help="leave out the run comparison (steps 1-3): prune scaling only",
+    )
     parser.add_argument("--markdown", action="store_true", help="print a Markdown section")
     args = parser.parse_args(argv)
     try:
@@ -1139,6 +1401,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--events and --prune-sizes values must be at least {MIN_EVENTS}")
     if not 1 <= args.repeats <= PAST_DAYS // 2 - 1:
         parser.error(f"--repeats must be between 1 and {PAST_DAYS // 2 - 1}")
+    if args.day_events < 0:
+        parser.error("--day-events must be 0 (skip) or positive")
+    if args.day_events and args.sizes and min(args.sizes) - args.day_events < MIN_EVENTS:
+        parser.error(
+            f"--day-events must leave at least {MIN_EVENTS} events for the rest of the "
+            "smallest --prune-sizes table"
+        )
+    if args.skip_run and not args.sizes:
+        parser.error("--skip-run with empty --prune-sizes: nothing to measure")
     return args
 
 
@@ -1155,8 +1426,21 @@ def run(args: argparse.Namespace, command: str) -> Report:
     with timed() as watch, bench_server() as server:
         embedded = not os.environ.get(EXTERNAL_URL_ENV)
         data_fs = filesystem(Path(tempfile.gettempdir())) if embedded else ""
-        run_part, info = measure_run(server, args.events, now)
-        prune = measure_prune(server, args.sizes, now, args.repeats) if args.sizes else []
+        run_part: RunPart | None = None
+        info: ServerInfo | None = None
+        if not args.skip_run:
+            run_part, info = measure_run(server, args.events, now)
+        prune: list[PruneRow] = []
+        prune_fixed: list[PruneRow] = []
+        if args.sizes:
+            # One measurement after the other: each drops its databases before the next loads.
+            prune, prune_info = measure_prune(server, args.sizes, now, args.repeats)
+            info = info or prune_info
+            if args.day_events:
+                prune_fixed, _ = measure_prune(
+                    server, args.sizes, now, args.repeats, day_events=args.day_events
+                )
+    assert info is not None  # parse_args: the run part or a prune part is measured
     return Report(
         command=command,
         server=info,
@@ -1167,6 +1451,8 @@ def run(args: argparse.Namespace, command: str) -> Report:
         repeats=args.repeats,
         seconds=watch.seconds,
         data_fs=data_fs,
+        prune_fixed=prune_fixed,
+        day_events=args.day_events,
     )
 
 

@@ -10,7 +10,6 @@ import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass
-from typing import Any
 
 from services.feed import limits
 from services.feed.errors import InvalidArgumentError
@@ -147,7 +146,3 @@ def _time(field: str, raw: str) -> dt.time | None:
     if not _HHMM.match(raw):
         raise InvalidArgumentError(field, f"{raw[:40]!r} is not HH:MM")
     return dt.time.fromisoformat(raw)
-
-
-def describe(query: FeedQuery) -> dict[str, Any]:
-    return asdict(query)

@@ -69,6 +69,7 @@ from bench._db import (
     refresh_recent,
     server_info,
 )
+from bench.tables import details, md_table, plain_table
 from services.feed import store
 from services.feed.cache import AnswerCache
 from services.feed.paging import PageTokens
@@ -1142,20 +1143,6 @@ def cache_line(report: Report) -> str:
     )
 
 
-def _plain_table(head: list[str], body: list[list[str]]) -> str:
-    widths = [max(len(c) for c in col) for col in zip(head, *body, strict=True)]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(head, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in body]
-    return "\n".join(lines)
-
-
-def _md_table(head: list[str], body: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|---|" + "|".join("---:" for _ in head[1:]) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in body]
-    return "\n".join(lines)
-
-
 ORIGINAL_NOTE = (
     "Original = the review's read pattern in this process (sync SQLAlchemy ORM, one request "
     "at a time): `DropEvent` NEW_DROPs of the 28 live buckets, newest first, LIMIT 10,000 "
@@ -1202,15 +1189,15 @@ def render_plain(report: Report) -> str:
         method(report),
         "",
         f"gRPC, {_events(big.data.events)} events:",
-        _plain_table(*grpc_table(report)),
+        plain_table(*grpc_table(report)),
         cache_line(report),
         "",
         "targets:",
     ]
     out += [f"  {v:4}  {t}: {m}" for v, t, m in targets(report)]
-    out += ["", "the original pattern:", _plain_table(*original_table(report)), ORIGINAL_NOTE]
-    out += ["", "scaling:", _plain_table(*scaling_table(report))]
-    out += ["", "where the time goes:", _plain_table(*breakdown_table(report)), BREAKDOWN_NOTE]
+    out += ["", "the original pattern:", plain_table(*original_table(report)), ORIGINAL_NOTE]
+    out += ["", "scaling:", plain_table(*scaling_table(report))]
+    out += ["", "where the time goes:", plain_table(*breakdown_table(report)), BREAKDOWN_NOTE]
     for title, plan in plans(report):
         out += ["", f"{title}:", plan]
     return "\n".join(out)
@@ -1232,7 +1219,7 @@ def render_markdown(report: Report) -> str:
         "",
         f"gRPC at {_events(big.data.events)} events:",
         "",
-        _md_table(*grpc_table(report)),
+        md_table(*grpc_table(report)),
         "",
         cache_line(report),
         "",
@@ -1240,21 +1227,12 @@ def render_markdown(report: Report) -> str:
         "|---|---|---|",
     ]
     out += [f"| {t} | {m} | **{v}** |" for v, t, m in targets(report)]
-    out += ["", "Against the original pattern:", "", _md_table(*original_table(report))]
-    out += ["", ORIGINAL_NOTE, "", "Scaling:", "", _md_table(*scaling_table(report))]
-    out += ["", "Where the time goes:", "", _md_table(*breakdown_table(report))]
+    out += ["", "Against the original pattern:", "", md_table(*original_table(report))]
+    out += ["", ORIGINAL_NOTE, "", "Scaling:", "", md_table(*scaling_table(report))]
+    out += ["", "Where the time goes:", "", md_table(*breakdown_table(report))]
     out += ["", BREAKDOWN_NOTE]
     for title, plan in plans(report):
-        out += [
-            "",
-            f"<details><summary>{title}</summary>",
-            "",
-            "```",
-            plan,
-            "```",
-            "",
-            "</details>",
-        ]
+        out += details(title, plan)
     return "\n".join(out)
 
 

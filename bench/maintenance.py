@@ -107,6 +107,7 @@ from bench.poll_write import (
     load,
     make_plan,
 )
+from bench.tables import md_table, plain_table
 from services.maintenance import run as maintenance_run
 from services.maintenance import sql as maintenance_sql
 from services.maintenance.settings import MaintenanceSettings
@@ -1215,32 +1216,6 @@ def _verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
-def _plain_table(head: list[str], body: list[list[str]]) -> str:
-    widths = [max(len(c) for c in col) for col in zip(head, *body, strict=True)]
-    lines = [
-        "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(head, widths, strict=True))
-        )
-    ]
-    lines.append("  ".join("-" * w for w in widths))
-    for row in body:
-        lines.append(
-            "  ".join(
-                c.ljust(w) if i == 0 else c.rjust(w)
-                for i, (c, w) in enumerate(zip(row, widths, strict=True))
-            )
-        )
-    return "\n".join(lines)
-
-
-def _md_table(head: list[str], body: list[list[str]]) -> str:
-    align = ["---"] + ["---:" for _ in head[1:]]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(align) + "|"]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in body]
-    return "\n".join(lines)
-
-
 def _fixed_title(report: Report) -> str:
     return (
         f"fixed-size day: {report.day_events:,} events in every pruned day, the rest of the "
@@ -1261,13 +1236,13 @@ def render_plain(report: Report) -> str:
             "",
             report.method(),
             "",
-            _plain_table(*report.steps_table()),
+            plain_table(*report.steps_table()),
             "",
-            _plain_table(*report.original_table()),
+            plain_table(*report.original_table()),
             "",
-            _plain_table(*report.compare_table()),
+            plain_table(*report.compare_table()),
             "",
-            _plain_table(*report.figures_table()),
+            plain_table(*report.figures_table()),
             f"both jobs left the same figures: {_agree(report)}",
         ]
     if report.prune:
@@ -1275,10 +1250,10 @@ def render_plain(report: Report) -> str:
             "",
             "prune one past day, day grows with the table (events spread over 28 days):",
             report.prune_method(),
-            _plain_table(*report.prune_table(report.prune)),
+            plain_table(*report.prune_table(report.prune)),
             "",
             "where our prune time goes (day grows with the table):",
-            _plain_table(*report.prune_parts_table(report.prune)),
+            plain_table(*report.prune_parts_table(report.prune)),
             PRUNE_PARTS_NOTE,
         ]
     if report.prune_fixed:
@@ -1286,10 +1261,10 @@ def render_plain(report: Report) -> str:
             "",
             f"prune one past day, {_fixed_title(report)}:",
             report.prune_fixed_method(),
-            _plain_table(*report.prune_table(report.prune_fixed)),
+            plain_table(*report.prune_table(report.prune_fixed)),
             "",
             "where our prune time goes (fixed-size day):",
-            _plain_table(*report.prune_parts_table(report.prune_fixed)),
+            plain_table(*report.prune_parts_table(report.prune_fixed)),
         ]
     out += ["", "targets:"]
     out += [f"  {v:4}  {t}: {m}" for v, t, m in report.targets()]
@@ -1316,14 +1291,14 @@ def render_markdown(report: Report) -> str:
     ]
     out += [f"| {t} | {m} | **{v}** |" for v, t, m in report.targets()]
     if report.run is not None:
-        out += ["", "The run, step by step (ours):", "", _md_table(*report.steps_table())]
-        out += ["", "The original job, part by part:", "", _md_table(*report.original_table())]
-        out += ["", "Side by side:", "", _md_table(*report.compare_table())]
+        out += ["", "The run, step by step (ours):", "", md_table(*report.steps_table())]
+        out += ["", "The original job, part by part:", "", md_table(*report.original_table())]
+        out += ["", "Side by side:", "", md_table(*report.compare_table())]
         out += [
             "",
             f"What each job left behind (both must agree: **{_agree(report)}**):",
             "",
-            _md_table(*report.figures_table()),
+            md_table(*report.figures_table()),
         ]
     if report.prune:
         out += [
@@ -1333,11 +1308,11 @@ def render_markdown(report: Report) -> str:
             "",
             report.prune_method(),
             "",
-            _md_table(*report.prune_table(report.prune)),
+            md_table(*report.prune_table(report.prune)),
             "",
             "Where our prune time goes (day grows with the table):",
             "",
-            _md_table(*report.prune_parts_table(report.prune)),
+            md_table(*report.prune_parts_table(report.prune)),
             "",
             PRUNE_PARTS_NOTE,
         ]
@@ -1348,11 +1323,11 @@ def render_markdown(report: Report) -> str:
             "",
             report.prune_fixed_method(),
             "",
-            _md_table(*report.prune_table(report.prune_fixed)),
+            md_table(*report.prune_table(report.prune_fixed)),
             "",
             "Where our prune time goes (fixed-size day):",
             "",
-            _md_table(*report.prune_parts_table(report.prune_fixed)),
+            md_table(*report.prune_parts_table(report.prune_fixed)),
         ]
     return "\n".join(out)
 

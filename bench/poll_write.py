@@ -56,6 +56,7 @@ from bench._db import (
     server_info,
     timed,
 )
+from bench.tables import details, md_table, plain_table
 from services.poller import store
 from services.poller.slots import BucketFetch, Slot, VenueInfo, slot_id_for
 from shared.db.buckets import bucket_id_for, ensure_live_buckets, market_today
@@ -936,20 +937,6 @@ class Report:
         return head, body
 
 
-def _plain_table(head: list[str], body: list[list[str]]) -> str:
-    widths = [max(len(c) for c in col) for col in zip(head, *body, strict=True)]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(head, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in body]
-    return "\n".join(lines)
-
-
-def _md_table(head: list[str], body: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---:" for _ in head) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in body]
-    return "\n".join(lines)
-
-
 KINDS_NOTE = (
     "The original's INSERTs go one row per statement: the ORM needs the server-generated id "
     "back (RETURNING) and cannot batch it for DropEvent's composite primary key (id, "
@@ -978,14 +965,14 @@ def render_plain(report: Report) -> str:
         "",
         report.method(),
         "",
-        _plain_table(*report.main_table()),
+        plain_table(*report.main_table()),
         "",
         "targets:",
     ]
     out += [f"  {v:4}  {t}: {m}" for v, t, m in report.targets()]
-    out += ["", "spread:", _plain_table(*report.spread_table()), ""]
-    out += ["statements per poll:", _plain_table(*report.kinds_table()), KINDS_NOTE, ""]
-    out += ["where the time goes:", _plain_table(*report.parts_table()), PARTS_NOTE]
+    out += ["", "spread:", plain_table(*report.spread_table()), ""]
+    out += ["statements per poll:", plain_table(*report.kinds_table()), KINDS_NOTE, ""]
+    out += ["where the time goes:", plain_table(*report.parts_table()), PARTS_NOTE]
     for title, plan in report.explains.items():
         out += ["", f"{title}:", plan]
     return "\n".join(out)
@@ -1002,26 +989,17 @@ def render_markdown(report: Report) -> str:
         f"- Data: {report.data()}",
         f"- Method: {report.method()}",
         "",
-        _md_table(*report.main_table()),
+        md_table(*report.main_table()),
         "",
         "| target | measured | verdict |",
         "|---|---|---|",
     ]
     out += [f"| {t} | {m} | **{v}** |" for v, t, m in report.targets()]
-    out += ["", "Spread over the timed polls:", "", _md_table(*report.spread_table())]
-    out += ["", "Statements per poll:", "", _md_table(*report.kinds_table()), "", KINDS_NOTE]
-    out += ["", "Where the time goes:", "", _md_table(*report.parts_table()), "", PARTS_NOTE]
+    out += ["", "Spread over the timed polls:", "", md_table(*report.spread_table())]
+    out += ["", "Statements per poll:", "", md_table(*report.kinds_table()), "", KINDS_NOTE]
+    out += ["", "Where the time goes:", "", md_table(*report.parts_table()), "", PARTS_NOTE]
     for title, plan in report.explains.items():
-        out += [
-            "",
-            f"<details><summary>{title}</summary>",
-            "",
-            "```",
-            plan,
-            "```",
-            "",
-            "</details>",
-        ]
+        out += details(title, plan)
     return "\n".join(out)
 
 

@@ -69,6 +69,10 @@ class FeedServicer:
         except DropwatchError as exc:
             await _abort(context, exc)
             raise  # unreachable: abort raises
+        except Exception:  # a bug or an unexpected database error: log it, answer INTERNAL
+            log.exception("JustOpened failed")
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            raise
 
     async def StillOpen(self, request: feed_pb2.StillOpenRequest, context: Context) -> bytes:
         try:
@@ -76,6 +80,10 @@ class FeedServicer:
             return await self._cached("StillOpen", query, context, feed_pb2.StillOpenResponse)
         except DropwatchError as exc:
             await _abort(context, exc)
+            raise
+        except Exception:
+            log.exception("StillOpen failed")
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
             raise
 
     async def _cached(

@@ -148,6 +148,10 @@ class Scheduler:
             log.error("bucket %s: database unavailable: %s", leased.bucket_id, exc)
             await self._on_health(False)
             return PollOutcome(leased.bucket_id, "database_unavailable", applied=False)
+        except Exception:  # a bug must not kill the loop; the lease expires and others retry
+            log.exception("bucket %s: poll failed", leased.bucket_id)
+            self.ctx.metrics.fetch_outcomes.labels("error").inc()
+            return PollOutcome(leased.bucket_id, "error", applied=False)
 
     async def _drain(self, grace: float) -> None:
         """Finish in-flight polls; cancel what outlives the grace (its transaction rolls back)."""

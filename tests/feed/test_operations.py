@@ -198,3 +198,14 @@ def test_sigterm_drains_in_flight_calls_and_exits_zero(db_url: str, tmp_path: Pa
         if proc.poll() is None:
             proc.kill()
         log.close()
+
+
+async def test_an_unexpected_database_error_is_internal_without_details(
+    db_url: str, stub: Stub
+) -> None:
+    async with await psycopg.AsyncConnection.connect(libpq(db_url), autocommit=True) as conn:
+        await conn.execute("ALTER TABLE venues RENAME COLUMN name TO venue_name_gone")
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.StillOpen(feed_pb2.StillOpenRequest())
+    assert info.value.code() is grpc.StatusCode.INTERNAL
+    assert info.value.details() == "internal error"

@@ -296,3 +296,17 @@ async def test_health_goes_not_serving_when_the_database_is_unreachable(sim: Sim
     await context.provider.aclose()
     await context.engine.dispose()
     assert reports and not any(reports)
+
+
+async def test_a_failing_poll_does_not_stop_the_loop(
+    ctx: PollContext, engine: Engine, sim: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("services.poller.scheduler.poll_bucket", broken)
+    scheduler = scheduler_for(ctx)
+    await scheduler.ensure_buckets(force=True)
+    leased = await scheduler.lease_due(1)
+    outcome = await scheduler._guarded(leased[0])
+    assert outcome.outcome == "error" and not outcome.applied

@@ -172,7 +172,15 @@ def _watch(
         while not stop.wait(2):
             stack.check()
             fresh, total, drops = _snapshot(engine)
-            print(f"buckets fresh {fresh}/{total}; recent events {len(drops)}", flush=True)
+            opened = sum(1 for d in drops if d[0] == "NEW_DROP")
+            latest = (
+                f"; latest {drops[0][0]} {drops[0][2]} {drops[0][3]} {drops[0][4]}" if drops else ""
+            )
+            print(
+                f"buckets fresh {fresh}/{total}; last {len(drops)} events: {opened} opened, "
+                f"{len(drops) - opened} closed{latest}",
+                flush=True,
+            )
         return
     with Live(console=console, refresh_per_second=1) as live:
         while not stop.wait(1):

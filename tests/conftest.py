@@ -8,6 +8,7 @@ directory. One template database is migrated per session; every test gets its ow
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -60,12 +61,13 @@ def pg_server() -> Iterator[PgServer]:
     if external:
         yield PgServer(external)
         return
-    data_dir = Path(tempfile.mkdtemp(prefix="dropwatch-test-")) / "pgdata"
-    server = embedded.start(data_dir, temporary=True)
+    parent = Path(tempfile.mkdtemp(prefix="dropwatch-test-"))
+    server = embedded.start(parent / "pgdata", temporary=True)
     try:
         yield PgServer(server.url)
     finally:
-        server.stop()
+        server.stop()  # deletes pgdata
+        shutil.rmtree(parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

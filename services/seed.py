@@ -20,12 +20,15 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, Engine, text
 
 from shared.db.buckets import ensure_live_buckets, market_today
-from shared.db.partitions import list_partitions, partition_name
+from shared.db.partitions import PARENT, list_partitions, partition_name
 from shared.errors import DropwatchError
 from shared.settings import Settings
 
 LOADERS = 2
 SEATINGS = "(ARRAY['Dining Room','Bar','Patio','Counter'])"
+# Statistics for the columns our queries filter, join or group on; the unique text columns
+# (slot_id, dedupe_key) would make ANALYZE five times slower and their use is by equality.
+_ANALYZED = "bucket_id, event_type, venue_id, time_bucket, drop_event_id"
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,7 @@ def seed(
     today = market_today(settings.zone, moment)
     live = [today + dt.timedelta(days=n) for n in range(settings.window_days)]
     days = [today - dt.timedelta(days=n) for n in range(past_days, 0, -1)] + live
-    per_day = max(2, events // len(days))
+    per_day = max(2, events // len(days) // 2 * 2)  # whole pairs
     started = time.perf_counter()
     with engine.begin() as conn:
         _refuse_non_empty_days(conn, days)
@@ -71,6 +74,8 @@ def seed(
             cutoff_time="00:00",
         )
         _past_buckets(conn, settings, days[:past_days])
+        _drop_empty_partitions(conn, days)
+        indexes = _parent_indexes(conn)
         first_id = int(
             conn.execute(text("SELECT coalesce(max(id), 0) + 1 FROM drop_events")).scalar_one()
         )
@@ -79,20 +84,21 @@ def seed(
 
     def load(index: int) -> None:
         day = days[index]
+        base = first_id + index * per_day
         with engine.begin() as conn:
             conn.execute(text("SET LOCAL maintenance_work_mem = '256MB'"))
-            base = first_id + index * per_day
             rows = _day_events(conn, settings, day, base, per_day, venues, moment, day >= today)
+            _build_indexes(conn, day, indexes)
+            conn.execute(text(f"ANALYZE {partition_name(day)} ({_ANALYZED})"))
             opened = _open_state(conn, day, venues) if day >= today else 0
-        with engine.connect() as conn:  # statistics for the planner, per partition
-            conn.execution_options(isolation_level="AUTOCOMMIT")
-            conn.execute(text(f"ANALYZE {partition_name(day)}"))
+            _attach(conn, day)
         with lock:
             done.append((rows, opened))
             if progress is not None:
                 progress(len(done), len(days))
 
-    # Two loaders: one per core of a small machine; each day is independent.
+    # Two loaders: one per core of a small machine. Each day is built, indexed and analyzed as
+    # a standalone table, so the loaders only meet at the (catalog-only) ATTACH.
     with ThreadPoolExecutor(max_workers=LOADERS) as pool:
         for future in [pool.submit(load, i) for i in range(len(days))]:
             future.result()
@@ -120,6 +126,83 @@ def _refuse_non_empty_days(conn: Connection, days: list[dt.date]) -> None:
             ).scalar_one()
             if has_rows:
                 raise DropwatchError(f"seed: {day} already has events; seed an empty database")
+
+
+def _drop_empty_partitions(conn: Connection, days: list[dt.date]) -> None:
+    """Seed attaches each day's partition fully built; drop the empty ones made ahead of it."""
+    existing = set(list_partitions(conn))
+    for day in days:
+        if day in existing:
+            conn.execute(text(f"DROP TABLE {partition_name(day)}"))
+
+
+@dataclass(frozen=True)
+class _Index:
+    """One index of the parent, to build on a standalone day table before it is attached."""
+
+    name: str
+    constraint: str | None  # e.g. "PRIMARY KEY (id, bucket_date)"; None for a plain index
+    definition: str  # what follows USING in the CREATE INDEX: "btree (bucket_id)"
+    unique: bool
+
+    def ddl(self, table: str) -> str:
+        # The parent's index name with the partition's name in it, like PostgreSQL's own names.
+        name = self.name.replace(PARENT, table, 1)[:63]
+        if self.constraint is not None:
+            return f"ALTER TABLE {table} ADD CONSTRAINT {name} {self.constraint}"
+        unique = "UNIQUE " if self.unique else ""
+        return f"CREATE {unique}INDEX {name} ON {table} USING {self.definition}"
+
+
+def _parent_indexes(conn: Connection) -> list[_Index]:
+    """The parent's indexes, read from the catalog so seed follows every migration.
+
+    ATTACH PARTITION adopts a partition's index that matches the parent's instead of building
+    a new one, so building these on the day table beforehand makes the ATTACH itself
+    catalog-only.
+    """
+    rows = conn.execute(
+        text(
+            """
+            SELECT i.relname, pg_get_indexdef(x.indexrelid), x.indisunique,
+                   pg_get_constraintdef(c.oid)
+            FROM pg_index x
+            JOIN pg_class i ON i.oid = x.indexrelid
+            LEFT JOIN pg_constraint c ON c.conindid = x.indexrelid AND c.conrelid = x.indrelid
+            WHERE x.indrelid = CAST(:parent AS regclass)
+            ORDER BY i.relname
+            """
+        ),
+        {"parent": PARENT},
+    )
+    return [
+        _Index(name, constraint, definition.split(" USING ", 1)[1], unique)
+        for name, definition, unique, constraint in rows
+    ]
+
+
+def _build_indexes(conn: Connection, day: dt.date, indexes: list[_Index]) -> None:
+    for index in indexes:
+        conn.execute(text(index.ddl(partition_name(day))))
+
+
+def _attach(conn: Connection, day: dt.date) -> None:
+    """Attach the built day table; a CHECK matching the bound spares ATTACH its scan."""
+    name = partition_name(day)
+    lower, upper = day.isoformat(), (day + dt.timedelta(days=1)).isoformat()
+    conn.execute(
+        text(
+            f"ALTER TABLE {name} ADD CONSTRAINT {name}_bound"
+            f" CHECK (bucket_date >= '{lower}' AND bucket_date < '{upper}')"
+        )
+    )
+    conn.execute(
+        text(
+            f"ALTER TABLE {PARENT} ATTACH PARTITION {name}"
+            f" FOR VALUES FROM ('{lower}') TO ('{upper}')"
+        )
+    )
+    conn.execute(text(f"ALTER TABLE {name} DROP CONSTRAINT {name}_bound"))
 
 
 def _venues(conn: Connection, venues: int) -> None:
@@ -155,32 +238,36 @@ def _past_buckets(conn: Connection, settings: Settings, days: list[dt.date]) -> 
     )
 
 
-# Row i of a day: pair j = (i + 1) / 2; odd i = NEW_DROP, even i = its CLOSED (unless the pair
-# is still open, which only happens on live days: every third pair).
+# Pair j of a day is a NEW_DROP (id base + 2j - 2) and its CLOSED (the next id), unless the
+# pair is still open, which only happens on live days: every third pair. Everything a pair's
+# two rows share is computed once, in `p`.
 _EVENTS = """
 INSERT INTO {table} (id, bucket_date, bucket_id, market, provider, slot_id, venue_id,
     event_type, opened_at, closed_at, drop_duration_seconds, slot_date, slot_time,
     seating_type, party_sizes, time_slot, time_bucket, dedupe_key, drop_event_id, created_at)
-SELECT :base + i - 1, :day, :day_str || '_' || anchor, :market, 'resy', slot_id,
-    100000 + (j * 7919) % :venues + 1,
-    CASE WHEN i % 2 = 1 THEN 'NEW_DROP' ELSE 'CLOSED' END,
-    opened, CASE WHEN i % 2 = 0 THEN opened + duration END,
-    CASE WHEN i % 2 = 0 THEN extract(epoch FROM duration) END,
-    :day, slot_time, {seatings}[1 + j % 4],
-    CASE WHEN j % 3 = 0 THEN ARRAY[2, 4]::smallint[] ELSE ARRAY[2]::smallint[] END,
-    anchor, CASE WHEN anchor = ANY(:prime) THEN 'prime' ELSE 'off_peak' END,
-    CASE WHEN i % 2 = 1 THEN 'NEW_DROP:' || :day_str || '_' || anchor || ':' || slot_id || '#seed'
-         ELSE 'CLOSED:' || (:base + i - 2) END,
-    CASE WHEN i % 2 = 0 THEN :base + i - 2 END,
+SELECT drop_id + k.closing, :day, bucket_id, :market, 'resy', slot_id, venue_id,
+    k.event_type,
+    opened, CASE WHEN k.closing = 1 THEN opened + duration END,
+    CASE WHEN k.closing = 1 THEN extract(epoch FROM duration) END,
+    :day, slot_time, seating_type, party_sizes, anchor, time_bucket,
+    CASE WHEN k.closing = 0 THEN 'NEW_DROP:' || bucket_id || ':' || slot_id || '#seed'
+         ELSE 'CLOSED:' || drop_id END,
+    CASE WHEN k.closing = 1 THEN drop_id END,
     opened
 FROM (
-    SELECT i, j, anchor, still_open, md5(:day_str || ':' || j) AS slot_id,
+    SELECT j, anchor, still_open, duration, :base + 2 * j - 2 AS drop_id,
+        :day_str || '_' || anchor AS bucket_id,
+        md5(:day_str || ':' || j) AS slot_id,
+        100000 + (j * 7919) % :venues + 1 AS venue_id,
         make_time(16 + (j % 6), (j % 4) * 15, 0) AS slot_time,
+        {seatings}[1 + j % 4] AS seating_type,
+        CASE WHEN j % 3 = 0 THEN ARRAY[2, 4]::smallint[] ELSE ARRAY[2]::smallint[] END
+            AS party_sizes,
+        CASE WHEN anchor = ANY(:prime) THEN 'prime' ELSE 'off_peak' END AS time_bucket,
         least(:now_ts - CASE WHEN still_open THEN interval '0' ELSE duration END,
-              :window_end - offset_s * interval '1 second') AS opened,
-        duration
+              :window_end - offset_s * interval '1 second') AS opened
     FROM (
-        SELECT i, j,
+        SELECT j,
             (CAST(:anchors AS text[]))[1 + j % cardinality(CAST(:anchors AS text[]))] AS anchor,
             ((j * 31) % 7200 + 60) * interval '1 second' AS duration,
             -- every 201st drop (all of them still open on live days) opened in the last
@@ -188,10 +275,11 @@ FROM (
             CASE WHEN j % 201 = 0 THEN (j / 201) % 300 ELSE (j * 104729) % 1209600 END
                 AS offset_s,
             :live AND j % 3 = 0 AS still_open
-        FROM generate_series(1, :rows) AS i, LATERAL (SELECT (i + 1) / 2 AS j) jj
+        FROM generate_series(1, :pairs) AS j
     ) g
-) s
-WHERE NOT (still_open AND i % 2 = 0)
+) p
+CROSS JOIN (VALUES ('NEW_DROP', 0), ('CLOSED', 1)) AS k (event_type, closing)
+WHERE NOT (still_open AND k.closing = 1)
 """
 
 
@@ -206,8 +294,6 @@ def _day_events(
     live: bool,
 ) -> int:
     name = partition_name(day)
-    upper = day + dt.timedelta(days=1)
-    conn.execute(text(f"DROP TABLE IF EXISTS {name}"))
     conn.execute(
         text(f"CREATE TABLE {name} (LIKE drop_events INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
     )
@@ -224,25 +310,12 @@ def _day_events(
             "venues": venues,
             "anchors": list(settings.anchors),
             "prime": list(settings.prime_anchors),
-            "rows": rows,
+            "pairs": rows // 2,
             "live": live,
             "now_ts": now,
             "window_end": window_end,
         },
     )
-    conn.execute(
-        text(
-            f"ALTER TABLE {name} ADD CONSTRAINT {name}_bound CHECK (bucket_date >= "
-            f"'{day.isoformat()}' AND bucket_date < '{upper.isoformat()}')"
-        )
-    )
-    conn.execute(
-        text(
-            f"ALTER TABLE drop_events ATTACH PARTITION {name} "
-            f"FOR VALUES FROM ('{day.isoformat()}') TO ('{upper.isoformat()}')"
-        )
-    )
-    conn.execute(text(f"ALTER TABLE {name} DROP CONSTRAINT {name}_bound"))
     return int(result.rowcount)
 
 

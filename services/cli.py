@@ -88,7 +88,7 @@ def _cmd_seed(args: argparse.Namespace) -> int:
     finally:
         database.close()
     print(
-        f"seeded {result.events:,} events ({result.open_slots:,} still open) over "
+        f"seeded {result.events:,} events ({result.open_drops:,} drops still open) over "
         f"{result.days} days in {result.seconds:.1f}s: {result.events_per_second:,.0f} events/s"
     )
     return 0

@@ -17,16 +17,6 @@ from shared.db.models import Base
 from shared.settings import Settings
 from tests.conftest import PgServer
 
-REVIEW_INDEXES = {
-    "ix_drop_events_bucket_id",
-    "ix_drop_events_slot_id",
-    "ix_drop_events_opened_at",
-    "ix_drop_events_event_type",
-    "ix_drop_events_event_type_opened_at",
-    "ix_drop_events_bucket_id_event_type_opened_at",
-}
-
-
 def test_server_is_postgresql_15_or_newer(pg_server: PgServer) -> None:
     assert pg_server.server_version_num() >= 150000
 
@@ -56,19 +46,38 @@ def test_upgrade_downgrade_upgrade_on_empty_database(empty_db_url: str) -> None:
         engine.dispose()
 
 
-def test_review_indexes_exist_with_descending_opened_at(engine: Engine) -> None:
+def test_drop_events_keeps_only_the_indexes_its_writes_need(engine: Engine) -> None:
+    """Every event maintains each index; no query reads drop_events by anything else (0003)."""
     with engine.connect() as conn:
-        rows = dict(
+        names = set(
             conn.execute(
-                text("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'drop_events'")
-            ).all()
+                text("SELECT indexname FROM pg_indexes WHERE tablename = 'drop_events'")
+            ).scalars()
         )
-    assert rows.keys() >= REVIEW_INDEXES
-    assert (
-        "(bucket_id, event_type, opened_at DESC)"
-        in rows["ix_drop_events_bucket_id_event_type_opened_at"]
-    )
-    assert "(event_type, opened_at DESC)" in rows["ix_drop_events_event_type_opened_at"]
+    assert names == {"pk_drop_events", "uq_drop_events_dedupe_key"}
+
+
+def test_downgrade_to_0002_restores_the_review_indexes(empty_db_url: str) -> None:
+    engine = make_engine(Settings(), name="roundtrip", url=empty_db_url)
+    try:
+        migrate.upgrade(engine)
+        migrate.downgrade(engine, "0002")
+        with engine.connect() as conn:
+            rows = dict(
+                conn.execute(
+                    text(
+                        "SELECT indexname, indexdef FROM pg_indexes"
+                        " WHERE tablename = 'drop_events'"
+                    )
+                ).all()
+            )
+        assert "(bucket_id, event_type, opened_at DESC)" in rows[
+            "ix_drop_events_bucket_id_event_type_opened_at"
+        ]
+        assert "(event_type, opened_at DESC)" in rows["ix_drop_events_event_type_opened_at"]
+        assert len(rows) == 8
+    finally:
+        engine.dispose()
 
 
 def test_drop_events_is_partitioned_by_bucket_date(engine: Engine) -> None:

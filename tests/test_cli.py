@@ -180,13 +180,14 @@ def test_bench_report_keeps_one_section_per_benchmark(tmp_path: Path) -> None:
     from services.bench_report import _read_sections, _write
 
     report = tmp_path / "performance.md"
-    _write(report, {"feed": "## Feed\nold", "maintenance": "## Maintenance\nkept"})
+    _write(report, {"feed": "## Feed\nold", "maintenance": "## Maintenance\nkept"}, [])
     sections = _read_sections(report)
     sections["feed"] = "## Feed\nnew"
-    _write(report, sections)
+    _write(report, sections, ["latency.png"])
     text = report.read_text()
     assert "new" in text and "old" not in text and "kept" in text
     assert text.index("## Feed") < text.index("## Maintenance")
+    assert "(img/latency.png)" in text and "memory.png" not in text
 
 
 def test_bench_rejects_unknown_names() -> None:

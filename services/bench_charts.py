@@ -1,0 +1,109 @@
+"""Charts for docs/performance.md: latency and memory against table size, ours vs original.
+
+Each benchmark run leaves its figures as points (`bench/points.py`): a metric at a table size,
+ours beside the original pattern's. `draw` puts every latency metric (ms, s) in one figure and
+every memory metric (MB) in another, one panel per metric, both axes logarithmic: a flat line
+means the cost does not grow with the table.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+LATENCY_UNITS = ("ms", "s")
+MEMORY_UNITS = ("MB",)
+
+
+def draw(points: dict[str, list[dict[str, Any]]], out_dir: Path) -> list[Path]:
+    """Write latency.png and memory.png (when there are such points); return the files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    written = []
+    for name, units, title in (
+        ("latency.png", LATENCY_UNITS, "Latency against table size"),
+        ("memory.png", MEMORY_UNITS, "Memory against table size"),
+    ):
+        panels = _panels(points, units)
+        if panels:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            path = out_dir / name
+            _figure(panels, title, path)
+            written.append(path)
+    return written
+
+
+Panel = dict[str, Any]
+
+
+def _panels(points: dict[str, list[dict[str, Any]]], units: tuple[str, ...]) -> list[Panel]:
+    """One panel per (benchmark, metric) with points in these units, sizes ascending."""
+    grouped: dict[tuple[str, str, str], dict[int, dict[str, Any]]] = defaultdict(dict)
+    for benchmark, items in points.items():
+        for p in items:
+            if p["unit"] in units:
+                grouped[(benchmark, p["metric"], p["unit"])][int(p["size"])] = p
+    panels = []
+    for (benchmark, metric, unit), by_size in sorted(grouped.items()):
+        sizes = sorted(by_size)
+        panels.append(
+            {
+                "title": f"{benchmark}: {metric}",
+                "unit": unit,
+                "sizes": sizes,
+                "ours": [float(by_size[s]["ours"]) for s in sizes],
+                "original": [by_size[s].get("original") for s in sizes],
+            }
+        )
+    return panels
+
+
+def _size_label(value: float, _pos: object = None) -> str:
+    """100000 -> 100k, 1000000 -> 1M: table sizes as people say them."""
+    for unit, scale in (("M", 1_000_000), ("k", 1_000)):
+        if value >= scale:
+            return f"{value / scale:g}{unit}"
+    return f"{value:g}"
+
+
+def _value_label(value: float, _pos: object = None) -> str:
+    """Label 1, 2 and 5 times a power of ten only, so minor ticks do not crowd."""
+    if value <= 0:
+        return ""
+    lead = round(value / 10 ** math.floor(math.log10(value)))
+    return f"{value:g}" if lead in (1, 2, 5) else ""
+
+
+def _figure(panels: list[Panel], title: str, path: Path) -> None:
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.6 * rows), squeeze=False)
+    for ax, panel in zip(axes.flat, panels, strict=False):
+        sizes = panel["sizes"]
+        ax.plot(sizes, panel["ours"], "o-", color="tab:blue", label="dropwatch")
+        pairs = [(s, v) for s, v in zip(sizes, panel["original"], strict=True) if v is not None]
+        if pairs:
+            xs, ys = zip(*pairs, strict=True)
+            ax.plot(xs, ys, "s--", color="tab:red", label="original pattern")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(_size_label))
+        ax.yaxis.set_major_formatter(FuncFormatter(_value_label))
+        ax.yaxis.set_minor_formatter(FuncFormatter(_value_label))
+        ax.set_title(panel["title"], fontsize=9)
+        ax.set_xlabel("drop_events in the table")
+        ax.set_ylabel(panel["unit"])
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

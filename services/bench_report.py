@@ -29,9 +29,10 @@ class Benchmark:
     quick: tuple[tuple[str, ...], ...]  # the same at small sizes (minutes, not a quarter hour)
 
 
-# The feed runs as deployed and without its answer cache; it and the maintenance job measure
-# several table sizes in one run, the poller's write is run once per size.
+# The feed runs as deployed and without its answer cache; the seed, feed and maintenance
+# benchmarks measure several table sizes in one run, the poller's write is run once per size.
 BENCHMARKS = {
+    "seed": Benchmark("seed", runs=((),), quick=(("--sizes", "20000,100000"),)),
     "poll_write": Benchmark(
         "poll_write",
         runs=(("--events", "100000"), ("--events", "1000000")),

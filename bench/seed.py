@@ -1,0 +1,306 @@
+"""Benchmark of `dropwatch seed` against loading the same rows into the indexed table.
+
+    .venv/bin/python -m bench.seed [--sizes 100000,1000000] [--markdown] [--json FILE]
+
+Not a test: it prints figures. For each size, three fresh databases on one server (the one
+`DROPWATCH_DATABASE_URL` names, or an embedded PostgreSQL in a temporary directory), each
+loaded with the same plan (`services.seed.make_plan`: the floor experiment's shape, ~0.267 open
+drops per event, 2000 venues, 28 days):
+
+1. ours: `services.seed.load` (each day built as a table, indexed in bulk, attached);
+2. the same with the review's six extra drop_events indexes in place (what migration 0003
+   dropped), to show what they cost a bulk load;
+3. the naive pattern: the same set-based SQL inserting straight into the partitioned, indexed
+   table (every index maintained row by row), as the benchmarks' loaders did before.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, text
+
+from bench._db import (
+    BenchServer,
+    bench_database,
+    bench_server,
+    bench_settings,
+    cpu_count,
+    cpu_model,
+    create_review_indexes,
+    memory_gib,
+    migrate_to_head,
+    server_info,
+)
+from bench.points import Point, write_points
+from bench.tables import md_table, plain_table
+from services.seed import SeedPlan, load, make_plan
+from services.seed import sql as seed_sql
+from services.seed.loader import LOADERS
+from services.seed.plan import NEIGHBORHOODS, PROVIDER, stride
+from shared.db.engine import make_engine
+from shared.db.partitions import ensure_partitions
+
+TARGET_EVENTS_PER_SECOND = 200_000
+VARIANTS = ("ours", "review_indexes", "naive")
+TITLES = {
+    "ours": "dropwatch seed",
+    "review_indexes": "dropwatch seed + the review's 6 indexes",
+    "naive": "INSERT into the indexed table",
+}
+
+
+def log(message: str) -> None:
+    print(f"[bench.seed {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def naive_load(engine: Engine, plan: SeedPlan) -> None:
+    """The same rows, inserted straight into the partitioned table with its indexes."""
+    with engine.begin() as conn:
+        conn.execute(
+            text(seed_sql.VENUES),
+            {"provider": PROVIDER, "hoods": list(NEIGHBORHOODS), "venues": plan.venues},
+        )
+        conn.execute(
+            text(seed_sql.BUCKETS),
+            {
+                "market": plan.market,
+                "ids": [b.bucket_id for b in plan.buckets],
+                "days": [b.day for b in plan.buckets],
+                "anchors": [b.anchor for b in plan.buckets],
+            },
+        )
+        ensure_partitions(conn, plan.days)
+
+    def one_day(day: dt.date) -> None:
+        buckets = [b for b in plan.buckets if b.day == day]
+        common = {
+            "day": day,
+            "now": plan.now,
+            "venues": plan.venues,
+            "space": plan.space,
+            "stride": stride(plan.space),
+            "ids": [b.bucket_id for b in buckets],
+            "anchors": [b.anchor for b in buckets],
+            "n0s": [b.n0 for b in buckets],
+            "opens": [b.open_drops for b in buckets],
+        }
+        with engine.begin() as conn:
+            conn.execute(text("SET LOCAL work_mem = '64MB'"))
+            conn.execute(
+                text(seed_sql.EVENTS.replace("__DAY_TABLE__", "drop_events")),
+                {
+                    **common,
+                    "pairs": [b.pairs for b in buckets],
+                    "fresh": [b.fresh for b in buckets],
+                    "zone": plan.zone,
+                    "market": plan.market,
+                    "prime": list(plan.prime_anchors),
+                    "id_base": 0,
+                    "mean_age": plan.mean_age_hours * 3600.0,
+                },
+            )
+            if any(b.baseline for b in buckets):
+                conn.execute(
+                    text(seed_sql.BASELINE),
+                    {**common, "baselines": [b.baseline for b in buckets]},
+                )
+            conn.execute(text(seed_sql.MARK_BUCKETS), {"now": plan.now, "ids": common["ids"]})
+
+    with ThreadPoolExecutor(max_workers=LOADERS) as pool:
+        list(pool.map(one_day, plan.days))
+    with engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("ANALYZE"))
+
+
+@dataclass
+class Run:
+    size: int
+    events: int
+    open_rows: int  # open_slots rows written (open drops + baseline)
+    seconds: dict[str, float]
+    counts: dict[str, int]  # drop_events after each variant (they must agree)
+
+    def rate(self, variant: str) -> float:
+        return self.events / self.seconds[variant]
+
+
+def measure(server: BenchServer, size: int, now: dt.datetime) -> Run:
+    plan = make_plan(bench_settings(), size, now=now)
+    run = Run(size, plan.events, sum(b.open_drops + b.baseline for b in plan.buckets), {}, {})
+    for variant in VARIANTS:
+        with bench_database("dw_bench_seed", server) as db:
+            migrate_to_head(db.url)
+            engine = make_engine(
+                bench_settings(db_statement_timeout_ms=0, db_pool_size=4), name="bench", url=db.url
+            )
+            try:
+                if variant == "review_indexes":
+                    create_review_indexes(engine)
+                started = time.perf_counter()
+                if variant == "naive":
+                    naive_load(engine, plan)
+                else:
+                    load(engine, plan)
+                run.seconds[variant] = time.perf_counter() - started
+                with engine.connect() as conn:
+                    run.counts[variant] = int(
+                        conn.execute(text("SELECT count(*) FROM drop_events")).scalar_one()
+                    )
+            finally:
+                engine.dispose()
+        log(
+            f"{size:,}: {TITLES[variant]}: {run.seconds[variant]:.1f} s, "
+            f"{run.rate(variant):,.0f} events/s"
+        )
+    if len(set(run.counts.values())) != 1:
+        raise SystemExit(f"the variants loaded different event counts: {run.counts}")
+    return run
+
+
+@dataclass
+class Report:
+    command: str
+    where: str
+    postgres: str
+    runs: list[Run]
+
+
+def run(args: argparse.Namespace, command: str) -> Report:
+    now = dt.datetime.now(dt.UTC)
+    runs = []
+    with bench_server() as server:
+        with bench_database("dw_bench_seed_info", server) as db:
+            engine = make_engine(bench_settings(), name="bench", url=db.url)
+            info = server_info(engine)
+            with engine.connect() as conn:
+                wal = str(conn.execute(text("SHOW wal_level")).scalar_one())
+            engine.dispose()
+        for size in args.sizes:
+            runs.append(measure(server, size, now))
+    s = info.settings
+    postgres = (
+        f"PostgreSQL {info.version}, {server.description}; wal_level={wal}, "
+        f"shared_buffers={s['shared_buffers']}, synchronous_commit={s['synchronous_commit']}"
+    )
+    return Report(command, server.description, postgres, runs)
+
+
+def table(report: Report) -> tuple[list[str], list[list[str]]]:
+    head = ["events", "open_slots rows"]
+    for v in VARIANTS:
+        head += [f"{TITLES[v]} s", "events/s"]
+    head.append("speed-up vs naive")
+    body = []
+    for r in report.runs:
+        row = [f"{r.events:,}", f"{r.open_rows:,}"]
+        for v in VARIANTS:
+            row += [f"{r.seconds[v]:.1f}", f"{r.rate(v):,.0f}"]
+        row.append(f"{r.seconds['naive'] / r.seconds['ours']:.1f}x")
+        body.append(row)
+    return head, body
+
+
+def targets(report: Report) -> list[tuple[str, str, str]]:
+    big = report.runs[-1]
+    rate = big.rate("ours")
+    verdict = "PASS" if rate >= TARGET_EVENTS_PER_SECOND else "MISS"
+    return [
+        (
+            verdict,
+            f"at least {TARGET_EVENTS_PER_SECOND:,} events/s",
+            f"{rate:,.0f} events/s at {big.events:,} events",
+        )
+    ]
+
+
+def machine() -> str:
+    mem = memory_gib()
+    memory = f", {mem:.0f} GiB RAM" if mem is not None else ""
+    return (
+        f"{cpu_count()} CPUs (nproc; {cpu_model()}){memory}, {platform.system()} "
+        f"{platform.release()}, Python {platform.python_version()}"
+    )
+
+
+METHOD = (
+    "Wall time of the whole load from an empty migrated database: venues, buckets, every "
+    "day's events and open state, statistics. Each variant loads the same plan on its own "
+    f"fresh database with {LOADERS} day loaders at a time."
+)
+
+
+def render_markdown(report: Report) -> str:
+    out = [
+        "## Seeding (`bench/seed.py`)",
+        "",
+        f"`{report.command}`",
+        "",
+        f"- Machine: {machine()}",
+        f"- Database: {report.postgres}",
+        f"- Method: {METHOD}",
+        "",
+        md_table(*table(report)),
+        "",
+        "| target | measured | verdict |",
+        "|---|---|---|",
+    ]
+    out += [f"| {t} | {m} | **{v}** |" for v, t, m in targets(report)]
+    return "\n".join(out)
+
+
+def render_plain(report: Report) -> str:
+    lines = [report.command, machine(), report.postgres, "", plain_table(*table(report)), ""]
+    lines += [f"{v}: {t}: {m}" for v, t, m in targets(report)]
+    return "\n".join(lines)
+
+
+def points(report: Report) -> list[Point]:
+    return [
+        Point("load the whole history", "s", r.events, r.seconds["ours"], r.seconds["naive"])
+        for r in report.runs
+    ]
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.seed", description=__doc__.split("\n\n")[0] if __doc__ else ""
+    )
+    parser.add_argument(
+        "--sizes", default="100000,1000000", help="comma-separated event counts (ascending)"
+    )
+    parser.add_argument("--markdown", action="store_true", help="print a Markdown section")
+    parser.add_argument("--json", help="also write the chart figures to this file")
+    args = parser.parse_args(argv)
+    try:
+        args.sizes = sorted(int(s) for s in args.sizes.split(","))
+    except ValueError:
+        parser.error("--sizes must be comma-separated integers")
+    if args.sizes[0] < 1000:
+        parser.error("--sizes must be at least 1000")
+    return args
+
+
+def command_line(argv: Sequence[str]) -> str:
+    return " ".join([".venv/bin/python -m bench.seed", *argv]).strip()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(raw)
+    report = run(args, command_line(raw))
+    render: Callable[[Report], str] = render_markdown if args.markdown else render_plain
+    print(render(report))
+    write_points(args.json, "seed", points(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

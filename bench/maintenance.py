@@ -8,38 +8,43 @@
 Not a test: it prints figures. Steps:
 
 1. One PostgreSQL server (`DROPWATCH_DATABASE_URL`'s, or an embedded one in a temporary
-   directory). A template database, migrated to head, gets about `--events` `drop_events`
-   from the poller benchmark's set-based loader (`bench.poll_write.load`: 28 daily partitions
-   made by `ensure_partitions`, 14 past and 14 live days relative to a fixed "now" of today
-   07:05 America/New_York, anchors 15:00 and 19:00, 2000 venues, NEW_DROP/CLOSED pairs with
-   durations, the live buckets' open state), then ANALYZE and VACUUM (a past day's partition
-   has been visited by autovacuum before the daily run reaches it).
+   directory). A template database, migrated to head (drop_events: primary key and dedupe key
+   only; migration 0003 dropped the review's six other indexes), gets about `--events`
+   `drop_events` from the project's loader, `services.seed` (`make_plan` + `load`: 14 past
+   days and the settings' 14 live days relative to a fixed "now" of today 07:05 in the
+   market's zone, anchors 15:00 and 19:00, 2000 venues, NEW_DROP/CLOSED pairs with durations,
+   the live buckets' open state; each day built as its own table, indexed, ANALYZEd and
+   attached), then VACUUM (a past day's partition has been visited by autovacuum before the
+   daily run reaches it).
 2. Ours: a copy of the template (`CREATE DATABASE ... TEMPLATE`, then a CHECKPOINT), and the
    real CronJob command `python -m services.maintenance run --now <that now>` in a child with
    `DROPWATCH_DATABASE_URL` pointing at the copy. Its JSON line gives every step's rows and
    seconds; the child's peak RSS is its own VmHWM, read from /proc/self/status when it exits.
-3. Original: another copy of the same template, and in another child process the review's
-   section 4/5 job: `session.query(DropEvent).all()`, per venue/day and market/day figures
-   (counts, average and median durations, drops by hour) computed in Python, venue, market
-   and rolling metric rows written through the ORM, then `DELETE FROM discovery_buckets` and
+3. Original: another copy of the same template, given the review's six drop_events indexes
+   (`bench._db.create_review_indexes`, untimed; its row DELETE reads through them), then a
+   CHECKPOINT, and in another child process the review's section 4/5 job:
+   `session.query(DropEvent).all()`, per venue/day and market/day figures (counts, average and
+   median durations, drops by hour) computed in Python, venue, market and rolling metric rows
+   written through the ORM, then `DELETE FROM discovery_buckets` and
    `DELETE FROM drop_events WHERE bucket_id < cutoff`. Same wall-clock and peak RSS figures.
    Both copies' metric tables are compared afterwards (the two jobs must agree).
 4. Prune scaling, the day grows with the table: for each `--prune-sizes` value a fresh
-   database with that many events over 28 days, its past days aggregated, then one CHECKPOINT
+   database with that many events over the 28 days, its past days aggregated, then a CHECKPOINT
    (all untimed). The sizes then take turns, one day each per round: first our way, the real
    `prune_events` step for one day (lock, count, compare with the committed figures, DROP
-   partition, commit), on the oldest past days; then the review's row DELETE (`DELETE FROM
-   drop_events WHERE bucket_id < <the day after>`) on the next ones. Each method's first day
-   is an untimed warm-up, then `--repeats` timed days. The events are spread over 28 days, so
-   the pruned day grows with the table (1/28 of it): this shows how the prune scales with the
-   size of the day.
+   partition, commit), on the oldest past days, on the real schema; then every size gets the
+   review's six indexes and a CHECKPOINT (untimed), and the review's row DELETE (`DELETE FROM
+   drop_events WHERE bucket_id < <the day after>`) runs on the next days. Each method's first
+   day is an untimed warm-up, then `--repeats` timed days. The events are spread over 28 days,
+   so the pruned day grows with the table (1/28 of it): this shows how the prune scales with
+   the size of the day.
 5. Prune scaling, fixed-size day (skipped with `--day-events 0`): the same measurement, but
    every pruned day holds `--day-events` events (default 36,000, one day at 1M events) while
    the rest of the table (`--prune-sizes` value minus one day) sits in the other days (the 2
    remaining past and 14 live days). The 2 x (1 + `--repeats`) pruned days cannot all be in a
    100k table at once, so each starts as an empty partition and is filled just before its
    round (untimed,
-   all sizes: the loader's events for that day, VACUUM (ANALYZE) of its partition, its
+   all sizes: `services.seed.load` of that day, VACUUM (ANALYZE) of its partition, its
    aggregation), then one CHECKPOINT; so at each prune the table holds about the
    `--prune-sizes` value, of which the pruned day is `--day-events`. This is the issue's
    "pruning a day's worth of events costs the same at 100k and at 5M rows".
@@ -88,6 +93,7 @@ from bench._db import (
     bench_settings,
     cpu_count,
     cpu_model,
+    create_review_indexes,
     median,
     memory_gib,
     migrate_to_head,
@@ -95,22 +101,13 @@ from bench._db import (
     timed,
     with_database,
 )
-from bench.poll_write import (
-    _LOAD_EVENTS,  # the loader's per-day events INSERT, to fill one day later (step 5)
-    ANCHORS,
-    LIVE_DAYS,
-    PAST_DAYS,
-    VENUES,
-    ZONE,
-    BucketPlan,
-    DataPlan,
-    load,
-    make_plan,
-)
+from bench.points import Point, write_points
 from bench.tables import md_table, plain_table
 from services.maintenance import run as maintenance_run
 from services.maintenance import sql as maintenance_sql
 from services.maintenance.settings import MaintenanceSettings
+from services.seed import SeedPlan, load, make_plan
+from services.seed.loader import LOADERS
 from shared.db.buckets import bucket_id_for, market_today
 from shared.db.engine import make_engine
 from shared.db.models import (
@@ -125,13 +122,14 @@ from shared.db.partitions import list_partitions, partition_name
 
 REPO = Path(__file__).resolve().parents[1]
 NOW_TIME = dt.time(7, 5)
+PAST_DAYS = 14  # past days of history (the seed's default); the live days are the settings'
 MIN_EVENTS = 10_000
 
 TARGET_PEAK_MB = 150.0
 TARGET_PEAK_RATIO = 10.0
 TARGET_AGG_PRUNE_SECONDS = 5.0
 TARGET_PRUNE_RATIO = 1.5
-DAY_EVENTS = 36_000  # one day's events at 1M events over 28 days
+DAY_EVENTS = 36_000  # one day's events at 1M events over 28 days (14 past, 14 live)
 
 
 def log(message: str) -> None:
@@ -159,7 +157,23 @@ def filesystem(path: Path) -> str:
 
 def fixed_now() -> dt.datetime:
     """Today 07:05 in the market's zone: after midnight, before the 15:00 cutoff."""
-    return dt.datetime.combine(dt.datetime.now(ZONE).date(), NOW_TIME, tzinfo=ZONE)
+    zone = bench_settings().zone
+    return dt.datetime.combine(dt.datetime.now(zone).date(), NOW_TIME, tzinfo=zone)
+
+
+def seed_plan(events: int, now: dt.datetime) -> SeedPlan:
+    """The seed's plan of about `events` events (14 past days, the settings' live days)."""
+    return make_plan(bench_settings(), events, now=now, past_days=PAST_DAYS)
+
+
+def data_shape(plan: SeedPlan) -> str:
+    """E.g. "14 past and 14 live days, anchors 15:00 and 19:00, 2000 venues"."""
+    past = sum(1 for d in plan.days if d < plan.today)
+    anchors = " and ".join(sorted({b.anchor for b in plan.buckets}))
+    return (
+        f"{past} past and {len(plan.days) - past} live days, anchors {anchors}, "
+        f"{plan.venues} venues"
+    )
 
 
 # --- child processes ----------------------------------------------------------------------------
@@ -525,9 +539,15 @@ class DataInfo:
     past_days: int
     partitions: int
     open_slots: int
-    load_seconds: float  # the loader's figure: partitions, buckets, events, open state, ANALYZE
+    load_seconds: float  # services.seed.load: every day built, indexed, ANALYZEd, attached
     vacuum_seconds: float
-    workers: int
+    workers: int  # days loaded at a time
+    id_base: int  # the load's event id base: a later load of more days reuses it
+    shape: str  # data_shape() of the plan
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / self.load_seconds if self.load_seconds else 0.0
 
 
 @dataclass
@@ -539,35 +559,52 @@ class RunPart:
     original_imports: ChildResult
     ours_figures: Figures
     original_figures: Figures
+    original_index_seconds: float  # the review's indexes on the original's copy (untimed)
 
 
 def load_data(
-    engine: Engine, events: int, now: dt.datetime, plan: DataPlan | None = None
+    engine: Engine, events: int, now: dt.datetime, plan: SeedPlan | None = None
 ) -> DataInfo:
-    """Load `plan` (default: `make_plan(events, now)`), then VACUUM the whole database."""
-    plan = plan if plan is not None else make_plan(events, now)
+    """Load `plan` (default: `seed_plan(events, now)`) with `services.seed`, then VACUUM the
+    whole database."""
+    plan = plan if plan is not None else seed_plan(events, now)
     loaded = load(engine, plan)
     # Past days' partitions have not been written to for a day: autovacuum (insert-triggered)
     # has visited them, so their hint bits and visibility maps are set. Do the same here.
     with timed() as vacuum, engine.connect() as conn:
         conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("VACUUM"))
     with engine.connect() as conn:
+        counts: dict[str, int] = dict(
+            conn.execute(
+                text("SELECT event_type, count(*) FROM drop_events GROUP BY event_type")
+            ).all()
+        )
         past = conn.execute(
             text("SELECT count(*) FROM drop_events WHERE bucket_date < :today"),
             {"today": plan.today},
         ).scalar_one()
+        open_slots = conn.execute(text("SELECT count(*) FROM open_slots")).scalar_one()
         partitions = len(list_partitions(conn))
+    new_drops = int(counts.get(EVENT_NEW_DROP, 0))
+    closed = int(counts.get(EVENT_CLOSED, 0))
+    if (new_drops + closed, open_slots) != (loaded.events, loaded.open_drops + loaded.baseline):
+        raise SystemExit(
+            f"seeded {new_drops + closed} events and {open_slots} open_slots, planned "
+            f"{loaded.events} and {loaded.open_drops + loaded.baseline}"
+        )
     return DataInfo(
         events=loaded.events,
-        new_drops=loaded.new_drops,
-        closed=loaded.closed,
+        new_drops=new_drops,
+        closed=closed,
         past_events=int(past),
         past_days=sum(1 for d in plan.days if d < plan.today),
         partitions=partitions,
-        open_slots=loaded.open_slots,
+        open_slots=int(open_slots),
         load_seconds=loaded.seconds,
         vacuum_seconds=vacuum.seconds,
-        workers=loaded.workers,
+        workers=LOADERS,
+        id_base=loaded.id_base,
+        shape=data_shape(plan),
     )
 
 
@@ -584,7 +621,10 @@ def measure_run(server: BenchServer, events: int, now: dt.datetime) -> tuple[Run
             info = server_info(engine)
             log(f"loading ~{events:,} drop_events (now = {now.isoformat()})")
             data = load_data(engine, events, now)
-            log(f"loaded {data.events:,} drop_events in {data.load_seconds:.1f} s")
+            log(
+                f"loaded {data.events:,} drop_events in {data.load_seconds:.1f} s "
+                f"({data.events_per_second:,.0f} events/s)"
+            )
         finally:
             engine.dispose()  # a template must have no connections
 
@@ -602,15 +642,35 @@ def measure_run(server: BenchServer, events: int, now: dt.datetime) -> tuple[Run
         log(f"ours: {ours.wall_seconds:.1f} s, peak {ours.peak_mb:.0f} MB")
 
         with cloned_database(server, template.name, "dw_bench_orig") as url:
+            # The original reads through the review's indexes: on its own copy only, so ours
+            # ran on the real schema.
+            index_seconds = review_indexes(url)
+            log(f"original's copy: the review's indexes created in {index_seconds:.1f} s")
             checkpoint(server)
             log("original: query(DropEvent).all(), Python aggregation, row DELETE")
             original = run_child("original", now, url)
             original_figures = figures(url)
         log(f"original: {original.wall_seconds:.1f} s, peak {original.peak_mb:.0f} MB")
     part = RunPart(
-        data, ours, original, ours_imports, original_imports, ours_figures, original_figures
+        data,
+        ours,
+        original,
+        ours_imports,
+        original_imports,
+        ours_figures,
+        original_figures,
+        index_seconds,
     )
     return part, info
+
+
+def review_indexes(url: str) -> float:
+    """Create the review's drop_events indexes on database `url`; return seconds."""
+    engine = make_engine(bench_settings(db_statement_timeout_ms=0), name="bench-index", url=url)
+    try:
+        return create_review_indexes(engine)
+    finally:
+        engine.dispose()
 
 
 PRUNE_PARTS = ("count", "drop", "checks", "commit", "rest")
@@ -626,16 +686,19 @@ PRUNE_PARTS_NOTE = (
 
 def fixed_day_plan(
     size: int, day_events: int, days: int, now: dt.datetime
-) -> tuple[DataPlan, dict[dt.date, list[BucketPlan]]]:
+) -> tuple[SeedPlan, SeedPlan]:
     """A plan of about `size` events whose `days` oldest past days hold `day_events` each.
 
     Returns the plan to load first, in which those days are empty (their partitions exist), and
-    their buckets as they are to be filled later, one day at a time (`PruneTarget.refill`): at
-    any moment the table then holds the rest (`size - day_events`, spread evenly over the other
-    days' buckets, live open drops as in `make_plan(size, now)`) plus the one filled day.
+    the plan to fill them from later, one day at a time (`PruneTarget.refill`: `load` of that
+    day with the first load's id base): at any moment the table then holds the rest
+    (`size - day_events`, spread evenly over the other days' buckets, live open drops as in
+    `seed_plan(size, now)`) plus the one filled day.
     """
-    base = make_plan(size, now)
+    base = seed_plan(size, now)
     fixed = set(base.days[:days])
+    if any(day >= base.today for day in fixed):
+        raise SystemExit(f"{days} fixed-size days do not fit in {PAST_DAYS} past days")
     others = [b for b in base.buckets if b.day not in fixed]
     open_drops = sum(b.open_drops for b in others)
     # events of a bucket = 2 * pairs - open drops (an open drop has no CLOSED)
@@ -643,23 +706,16 @@ def fixed_day_plan(
         max(b.open_drops for b in others),
         math.ceil((size - day_events + open_drops) / (2 * len(others))),
     )
-    day_pairs = math.ceil(day_events / (2 * len(ANCHORS)))  # past buckets: no open drops
-    final: list[BucketPlan] = []
+    anchors = len({b.anchor for b in base.buckets})
+    day_pairs = math.ceil(day_events / (2 * anchors))  # past buckets: no open drops
+    final = []
     n0 = 0
     for b in base.buckets:
         pairs = day_pairs if b.day in fixed else rest_pairs
         final.append(replace(b, n0=n0, pairs=pairs))
         n0 += pairs  # pair numbers (event ids) stay unique across later fills
-    first = [replace(b, pairs=0) if b.day in fixed else b for b in final]
-    by_id = {b.bucket_id: b for b in first}
-    plan = DataPlan(
-        base.now, base.today, first, by_id[base.ours.bucket_id], by_id[base.original.bucket_id]
-    )
-    refills: dict[dt.date, list[BucketPlan]] = defaultdict(list)
-    for b in final:
-        if b.day in fixed:
-            refills[b.day].append(b)
-    return plan, dict(refills)
+    first = tuple(replace(b, pairs=0) if b.day in fixed else b for b in final)
+    return replace(base, buckets=first), replace(base, buckets=tuple(final))
 
 
 @dataclass
@@ -676,6 +732,7 @@ class PruneRow:
     delete_events: list[int] = field(default_factory=list)
     delete_ms: list[float] = field(default_factory=list)
     checkpointed: bool = False  # a CHECKPOINT ran after the load (fixed day: every fill)
+    index_seconds: float = 0.0  # the review's indexes, created between ours and the DELETEs
 
     @property
     def ours(self) -> float:
@@ -713,15 +770,18 @@ class PruneTarget:
         )
         self.info = server_info(self.engine)
         self.now = now
-        self.refills: dict[dt.date, list[BucketPlan]] = {}
+        self.refill_plan: SeedPlan | None = None  # the fixed-size days' events, to fill later
+        self.fixed: set[dt.date] = set()  # those days
         plan = None
         self.label = f"{size:,}"
         if day_events:
-            plan, self.refills = fixed_day_plan(size, day_events, fixed_days, now)
+            plan, self.refill_plan = fixed_day_plan(size, day_events, fixed_days, now)
+            self.fixed = set(plan.days[:fixed_days])
             self.label += f" (fixed day of {day_events:,})"
         log(f"prune {self.label}: loading")
         data = load_data(self.engine, size, now, plan)
         log(f"prune {self.label}: loaded {data.events:,} in {data.load_seconds:.1f} s")
+        self.id_base = data.id_base
         self.resident = data.events  # in the table besides a filled day
         self.row = PruneRow(
             size=size, events=data.events, load_seconds=data.load_seconds, fixed_day=day_events
@@ -730,7 +790,7 @@ class PruneTarget:
         with self.engine.connect() as conn:
             self.past = [d for d in list_partitions(conn) if d < today]
         for day in self.past:  # what the aggregate step does before any prune (untimed)
-            if day in self.refills:
+            if day in self.fixed:
                 continue  # aggregated when filled
             with self.engine.begin() as conn:
                 maintenance_sql.aggregate_day(
@@ -741,23 +801,11 @@ class PruneTarget:
         event.listen(self.engine, "commit", lambda conn: self.commits.append(time.perf_counter()))
 
     def refill(self, day: dt.date) -> None:
-        """Fill the empty past day `day` with its events (untimed): the loader's INSERT for its
-        buckets, VACUUM (ANALYZE) of its partition (as after the load), its aggregation."""
-        chunk = self.refills[day]
-        with self.engine.begin() as conn:
-            result = conn.execute(
-                text(_LOAD_EVENTS),
-                {
-                    "ids": [b.bucket_id for b in chunk],
-                    "days": [b.day for b in chunk],
-                    "anchors": [b.anchor for b in chunk],
-                    "n0s": [b.n0 for b in chunk],
-                    "pairs": [b.pairs for b in chunk],
-                    "opens": [b.open_drops for b in chunk],
-                    "now": self.now,
-                },
-            )
-            inserted = int(result.rowcount)
+        """Fill the empty past day `day` with its events (untimed): `services.seed.load` of that
+        day (its partition rebuilt with the parent's indexes of the moment), VACUUM (ANALYZE)
+        of its partition (as after the load), its aggregation."""
+        assert self.refill_plan is not None and day in self.fixed
+        inserted = load(self.engine, self.refill_plan, days=[day], id_base=self.id_base).events
         with self.engine.connect() as conn:
             conn.execution_options(isolation_level="AUTOCOMMIT").execute(
                 text(f"VACUUM (ANALYZE) {partition_name(day)}")
@@ -804,11 +852,16 @@ class PruneTarget:
             result = conn.execute(
                 text("DELETE FROM drop_events WHERE bucket_id < :cutoff"), {"cutoff": cutoff}
             )
-        if self.refills and result.rowcount != self.row.events - self.resident:
+        if self.fixed and result.rowcount != self.row.events - self.resident:
             raise SystemExit(f"row DELETE of the filled {day} removed {result.rowcount} events")
         if keep:
             self.row.delete_ms.append(watch.ms)
             self.row.delete_events.append(int(result.rowcount))
+
+    def add_review_indexes(self) -> None:
+        """The review's drop_events indexes, which its row DELETE reads through (untimed)."""
+        self.row.index_seconds = create_review_indexes(self.engine)
+        log(f"prune {self.label}: the review's indexes created in {self.row.index_seconds:.1f} s")
 
 
 def measure_prune(
@@ -851,6 +904,12 @@ def measure_prune(
             fill(i)
             for target in targets if i % 2 == 0 else targets[::-1]:
                 target.prune_ours(target.past[i], keep=i > 0)
+        # Ours ran on the real schema; the row DELETE runs with the review's indexes. A day
+        # filled from now on is built with them too (the seed copies the parent's indexes).
+        for target in targets:
+            target.add_review_indexes()
+        if not day_events:
+            checkpointed = checkpoint(server) and checkpointed  # fill() flushes otherwise
         for i in range(1 + repeats):
             fill(1 + repeats + i)
             for target in targets if i % 2 == 0 else targets[::-1]:
@@ -878,6 +937,13 @@ class Report:
     data_fs: str  # the embedded server's file system, if it is one
     prune_fixed: list[PruneRow] = field(default_factory=list)  # fixed-size day
     day_events: int = 0
+    shape: str = ""  # data_shape() of the seed's plans
+    past_days: int = PAST_DAYS
+    live_days: int = 14
+
+    @property
+    def days(self) -> int:
+        return self.past_days + self.live_days
 
     @property
     def the_run(self) -> RunPart:
@@ -906,20 +972,22 @@ class Report:
     def data(self) -> str:
         if self.run is None:
             return (
-                f"prune databases only (--skip-run): {PAST_DAYS} past and {LIVE_DAYS} live daily "
-                f"partitions, anchors {' and '.join(ANCHORS)}, {VENUES} venues, loaded set-based "
-                "by bench.poll_write's loader, then VACUUM (as autovacuum would have visited the "
-                f'past days\' partitions). "now" = {self.now.isoformat()}'
+                f"prune databases only (--skip-run): {self.shape}, one daily partition each, "
+                f"loaded by services.seed ({LOADERS} days at a time), then VACUUM (as autovacuum "
+                "would have visited the past days' partitions); the schema at head (drop_events: "
+                "primary key and dedupe key; the review's six other indexes only where its row "
+                f'DELETE runs). "now" = {self.now.isoformat()}'
             )
         d = self.run.data
         return (
             f"{d.events:,} drop_events ({d.new_drops:,} NEW_DROP, {d.closed:,} CLOSED) in "
-            f"{d.partitions} daily partitions ({PAST_DAYS} past days = {d.past_events:,} events, "
-            f"{LIVE_DAYS} live days; anchors {' and '.join(ANCHORS)}), {VENUES} venues, "
-            f"{d.open_slots:,} open_slots; loaded set-based by bench.poll_write's loader "
-            f"({d.workers} day transactions at a time) in {d.load_seconds:.1f} s incl. ANALYZE, "
-            f"then VACUUM ({d.vacuum_seconds:.1f} s; as autovacuum would have visited the past "
-            "days' partitions). "
+            f"{d.partitions} daily partitions ({d.shape}; the {d.past_days} past days hold "
+            f"{d.past_events:,} events), {d.open_slots:,} open_slots; loaded by services.seed "
+            "(per day: its own table filled by one INSERT ... SELECT, its indexes built in bulk, "
+            f"ANALYZE, ATTACH; {d.workers} days at a time) in {d.load_seconds:.1f} s = "
+            f"{d.events_per_second:,.0f} events/s, then VACUUM ({d.vacuum_seconds:.1f} s; as "
+            "autovacuum would have visited the past days' partitions). Schema at head: "
+            "drop_events has its primary key and dedupe key only. "
             f'"now" = {self.now.isoformat()} (today {self.the_run.ours.output.get("today")}, '
             f"cutoff {self.the_run.ours.output.get('cutoff')})"
         )
@@ -929,12 +997,15 @@ class Report:
             "Both jobs run on copies (CREATE DATABASE ... TEMPLATE, then an untimed CHECKPOINT) "
             "of the same loaded database, each in its own child process. Ours = the CronJob "
             "command `python -m services.maintenance run --now <now>` (one JSON line with "
-            "per-step seconds). "
+            "per-step seconds), on the real schema. "
             "Original = the review's job: `session.query(DropEvent).all()`, per venue/day and "
             "market/day figures in Python, VenueMetrics/MarketMetrics/VenueRollingMetrics rows "
             "through the ORM, then `DELETE FROM discovery_buckets` and `DELETE FROM drop_events "
-            "WHERE bucket_id < cutoff`. Peak RSS = the child's VmHWM (/proc/self/status at "
-            "exit); wall = spawn to exit, incl. interpreter start and imports."
+            "WHERE bucket_id < cutoff`, on a copy given the review's six drop_events indexes "
+            f"first (untimed, {self.the_run.original_index_seconds:.1f} s; migration 0003 "
+            "dropped them, its DELETE reads through them). Peak RSS = the child's VmHWM "
+            "(/proc/self/status at exit); wall = spawn to exit, incl. interpreter start and "
+            "imports."
         )
 
     # -- numbers
@@ -1108,21 +1179,25 @@ class Report:
             if all(r.checkpointed for r in self.prune)
             else "(no CHECKPOINT: the role may not run it)"
         )
+        indexes = max(r.index_seconds for r in self.prune)
         return (
-            "Each size: a fresh database loaded the same way (events spread evenly over the 28 "
-            "days, so the pruned day is 1/28 of the table and grows with it), its past days "
-            f"aggregated (untimed), {checkpoint}. The sizes take turns (one day each per round, "
-            "the order reversed every round), so they share the machine's conditions. Ours: the "
-            "oldest past days, one at a time, through `services."
+            "Each size: a fresh database loaded the same way (events spread evenly over the "
+            f"{self.days} days, so the pruned day is 1/{self.days} of the table and grows with "
+            f"it), its past days aggregated (untimed), {checkpoint}. The sizes take turns (one "
+            "day each per round, the order reversed every round), so they share the machine's "
+            "conditions. Ours, on the real schema (drop_events: primary key and dedupe key): "
+            "the oldest past days, one at a time, through `services."
             "maintenance.run._prune_events(settings, engine, [day])` (list partitions, LOCK the "
             "partition IN SHARE MODE, count its events, compare with the committed venue_metrics "
-            "sum, DROP TABLE, COMMIT). Then the review's row DELETE on the next past days, one "
-            "transaction each: `DELETE FROM drop_events WHERE bucket_id < '<day after>_00:00'` "
-            f"(the earlier days are gone, so it deletes exactly one day). Each method's first "
-            f"day is an untimed warm-up, then {n} timed days; times include the COMMIT. The row "
-            "DELETE's later costs (dead rows for VACUUM, dirtied pages to write back) are not in "
-            "its figure. Load s = the loader's time (events, open state, ANALYZE), without the "
-            "VACUUM."
+            "sum, DROP TABLE, COMMIT). Then every size gets the review's six drop_events indexes "
+            f"(untimed, up to {indexes:.1f} s; migration 0003 dropped them, the DELETE reads "
+            "through them) and a CHECKPOINT, and the review's row DELETE runs on the next past "
+            "days, one transaction each: `DELETE FROM drop_events WHERE bucket_id < "
+            "'<day after>_00:00'` (the earlier days are gone, so it deletes exactly one day). "
+            f"Each method's first day is an untimed warm-up, then {n} timed days; times include "
+            "the COMMIT. The row DELETE's later costs (dead rows for VACUUM, dirtied pages to "
+            "write back) are not in its figure. Load s = services.seed's time (every day built, "
+            "indexed, ANALYZEd and attached), without the VACUUM."
         )
 
     def prune_fixed_method(self) -> str:
@@ -1146,14 +1221,17 @@ class Report:
             f"Same method and order as above, but every pruned day holds {self.day_events:,} "
             f"events{at_1m} whatever the table's size. Each size: a fresh "
             f"database whose rest (size minus {self.day_events:,}) is spread over the "
-            f"{PAST_DAYS + LIVE_DAYS - days} other days ({PAST_DAYS - days} past, {LIVE_DAYS} "
+            f"{self.days - days} other days ({self.past_days - days} past, {self.live_days} "
             f"live), while the {days} days to prune (warm-up + {n} timed, for each method) start "
             f"as empty partitions{fit}. Before each "
             f"round, each size's next day is filled with its {self.day_events:,} events "
-            "(untimed: the loader's INSERT for that day, VACUUM (ANALYZE) of its partition, its "
+            "(untimed: services.seed's load of that day, which builds its partition with the "
+            "parent's indexes of the moment, VACUUM (ANALYZE) of its partition, its "
             f"aggregation), then {checkpoint}; the earlier filled days are gone by then, so at "
             "every prune the table holds the events in the first column, of which the pruned "
-            "day is the fixed-size one. Ours and the row DELETE are timed exactly as above."
+            "day is the fixed-size one. Ours and the row DELETE are timed exactly as above: "
+            "ours on the real schema, the review's indexes created (untimed) before the days "
+            "the row DELETE prunes are filled."
         )
 
     def targets(self) -> list[tuple[str, str, str]]:
@@ -1248,7 +1326,8 @@ def render_plain(report: Report) -> str:
     if report.prune:
         out += [
             "",
-            "prune one past day, day grows with the table (events spread over 28 days):",
+            f"prune one past day, day grows with the table (events spread over {report.days} "
+            "days):",
             report.prune_method(),
             plain_table(*report.prune_table(report.prune)),
             "",
@@ -1304,7 +1383,7 @@ def render_markdown(report: Report) -> str:
         out += [
             "",
             "Pruning one past day, by table size: **day grows with the table** (events spread "
-            "over 28 days):",
+            f"over {report.days} days):",
             "",
             report.prune_method(),
             "",
@@ -1340,6 +1419,28 @@ def _agree(report: Report) -> str:
 # --- main -----------------------------------------------------------------------------------
 
 
+def points(report: Report) -> list[Point]:
+    """The daily run's time and peak memory at its size, ours and the original's; one day's
+    prune at each prune-scaling size, ours and the row DELETE's."""
+    out = []
+    if report.run is not None:
+        r = report.run
+        size = r.data.events
+        out.append(
+            Point("daily run, whole job", "s", size, r.ours.wall_seconds, r.original.wall_seconds)
+        )
+        out.append(Point("daily run, peak RSS", "MB", size, r.ours.peak_mb, r.original.peak_mb))
+    for row in report.prune:
+        out.append(
+            Point("prune one past day (grows with the table)", "ms", row.size, row.ours, row.delete)
+        )
+    for row in report.prune_fixed:
+        out.append(
+            Point(f"prune one {row.fixed_day:,}-event day", "ms", row.size, row.ours, row.delete)
+        )
+    return out
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.maintenance",
@@ -1367,6 +1468,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="leave out the run comparison (steps 1-3): prune scaling only",
     )
     parser.add_argument("--markdown", action="store_true", help="print a Markdown section")
+    parser.add_argument("--json", help="also write the chart figures to this file")
     args = parser.parse_args(argv)
     try:
         args.sizes = [int(s) for s in args.prune_sizes.split(",") if s.strip()]
@@ -1398,6 +1500,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 def run(args: argparse.Namespace, command: str) -> Report:
     now = fixed_now()
+    shape = seed_plan(MIN_EVENTS, now)  # the days, anchors and venues every load has
     with timed() as watch, bench_server() as server:
         embedded = not os.environ.get(EXTERNAL_URL_ENV)
         data_fs = filesystem(Path(tempfile.gettempdir())) if embedded else ""
@@ -1428,6 +1531,9 @@ def run(args: argparse.Namespace, command: str) -> Report:
         data_fs=data_fs,
         prune_fixed=prune_fixed,
         day_events=args.day_events,
+        shape=data_shape(shape),
+        past_days=sum(1 for d in shape.days if d < shape.today),
+        live_days=sum(1 for d in shape.days if d >= shape.today),
     )
 
 
@@ -1441,6 +1547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         kill_children()
         signal.signal(signal.SIGTERM, previous)
     print(render_markdown(report) if args.markdown else render_plain(report))
+    write_points(args.json, "maintenance", points(report))
     return 0
 
 

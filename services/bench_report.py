@@ -29,8 +29,8 @@ class Benchmark:
     quick: tuple[tuple[str, ...], ...]  # the same at small sizes (minutes, not a quarter hour)
 
 
-# The feed runs as deployed and without its answer cache; the seed, feed and maintenance
-# benchmarks measure several table sizes in one run, the poller's write is run once per size.
+# The feed runs as deployed and without its answer cache. The seed and feed benchmarks measure
+# several table sizes in one run; the poller's write and the daily run are run once per size.
 BENCHMARKS = {
     "seed": Benchmark("seed", runs=((),), quick=(("--sizes", "20000,100000"),)),
     "poll_write": Benchmark(
@@ -48,10 +48,19 @@ BENCHMARKS = {
         runs=(("--cache-ttl", "0"),),
         quick=(("--cache-ttl", "0", "--events", "200000", "--small", "50000", "--duration", "2"),),
     ),
+    # The daily run's memory at three sizes (the original's grows with the table); the last
+    # run adds the prune scaling (100k, 1M, 5M).
     "maintenance": Benchmark(
         "maintenance",
-        runs=((),),
-        quick=(("--events", "200000", "--prune-sizes", "50000,200000"),),
+        runs=(
+            ("--events", "100000", "--prune-sizes", ""),
+            ("--events", "300000", "--prune-sizes", ""),
+            (),
+        ),
+        quick=(
+            ("--events", "50000", "--prune-sizes", ""),
+            ("--events", "200000", "--prune-sizes", "50000,200000"),
+        ),
     ),
 }
 HEADER = """# Performance

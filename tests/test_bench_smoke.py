@@ -1,19 +1,23 @@
 """The benchmarks still run (at toy sizes): a broken benchmark would otherwise go unnoticed.
 
-Not a timing test: it only checks that each one finishes and prints its targets table.
+Not a timing test: it only checks that each one finishes, prints its targets table and hands
+`dropwatch bench` its chart points.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO_ROOT
 
 TINY = {
+    "seed": ["--sizes", "2000,5000"],
     "poll_write": ["--events", "20000", "--ks", "10", "--repeats", "1"],
     "feed": ["--events", "10000", "--small", "10000", "--duration", "0.5"],
     "maintenance": [
@@ -31,10 +35,12 @@ TINY = {
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("name", sorted(TINY))
-def test_benchmark_runs_and_reports_its_targets(name: str) -> None:
+def test_benchmark_runs_and_reports_its_targets(name: str, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DROPWATCH_")}
+    points_file = tmp_path / "points.json"
+    command = [sys.executable, "-m", f"bench.{name}", "--markdown", *TINY[name]]
     result = subprocess.run(
-        [sys.executable, "-m", f"bench.{name}", "--markdown", *TINY[name]],
+        [*command, "--json", str(points_file)],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
@@ -44,3 +50,8 @@ def test_benchmark_runs_and_reports_its_targets(name: str) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     assert "| target | measured | verdict |" in result.stdout
     assert "PASS" in result.stdout or "MISS" in result.stdout
+    points = json.loads(points_file.read_text())
+    assert points["benchmark"] == name and points["points"]
+    for p in points["points"]:
+        assert p["unit"] in ("ms", "s", "MB") and p["size"] > 0 and p["ours"] > 0
+        assert p["original"] is None or p["original"] > 0

@@ -42,9 +42,7 @@ from bench._db import (
 from bench.points import Point, write_points
 from bench.tables import md_table, plain_table
 from services.seed import SeedPlan, load, make_plan
-from services.seed import sql as seed_sql
-from services.seed.loader import LOADERS
-from services.seed.plan import NEIGHBORHOODS, PROVIDER, stride
+from services.seed.loader import LOADERS, add_venues_and_buckets, write_day
 from shared.db.engine import make_engine
 from shared.db.partitions import ensure_partitions
 
@@ -64,55 +62,12 @@ def log(message: str) -> None:
 def naive_load(engine: Engine, plan: SeedPlan) -> None:
     """The same rows, inserted straight into the partitioned table with its indexes."""
     with engine.begin() as conn:
-        conn.execute(
-            text(seed_sql.VENUES),
-            {"provider": PROVIDER, "hoods": list(NEIGHBORHOODS), "venues": plan.venues},
-        )
-        conn.execute(
-            text(seed_sql.BUCKETS),
-            {
-                "market": plan.market,
-                "ids": [b.bucket_id for b in plan.buckets],
-                "days": [b.day for b in plan.buckets],
-                "anchors": [b.anchor for b in plan.buckets],
-            },
-        )
+        add_venues_and_buckets(conn, plan, plan.days)
         ensure_partitions(conn, plan.days)
 
     def one_day(day: dt.date) -> None:
-        buckets = [b for b in plan.buckets if b.day == day]
-        common = {
-            "day": day,
-            "now": plan.now,
-            "venues": plan.venues,
-            "space": plan.space,
-            "stride": stride(plan.space),
-            "ids": [b.bucket_id for b in buckets],
-            "anchors": [b.anchor for b in buckets],
-            "n0s": [b.n0 for b in buckets],
-            "opens": [b.open_drops for b in buckets],
-        }
         with engine.begin() as conn:
-            conn.execute(text("SET LOCAL work_mem = '64MB'"))
-            conn.execute(
-                text(seed_sql.EVENTS.replace("__DAY_TABLE__", "drop_events")),
-                {
-                    **common,
-                    "pairs": [b.pairs for b in buckets],
-                    "fresh": [b.fresh for b in buckets],
-                    "zone": plan.zone,
-                    "market": plan.market,
-                    "prime": list(plan.prime_anchors),
-                    "id_base": 0,
-                    "mean_age": plan.mean_age_hours * 3600.0,
-                },
-            )
-            if any(b.baseline for b in buckets):
-                conn.execute(
-                    text(seed_sql.BASELINE),
-                    {**common, "baselines": [b.baseline for b in buckets]},
-                )
-            conn.execute(text(seed_sql.MARK_BUCKETS), {"now": plan.now, "ids": common["ids"]})
+            write_day(conn, plan, day, 0, "drop_events")
 
     with ThreadPoolExecutor(max_workers=LOADERS) as pool:
         list(pool.map(one_day, plan.days))

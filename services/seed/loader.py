@@ -60,20 +60,7 @@ def load(
     started = time.perf_counter()
     with engine.begin() as conn:
         _refuse_non_empty_days(conn, wanted)
-        conn.execute(
-            text(sql.VENUES),
-            {"provider": PROVIDER, "hoods": list(NEIGHBORHOODS), "venues": plan.venues},
-        )
-        chosen = [b for b in plan.buckets if b.day in wanted]
-        conn.execute(
-            text(sql.BUCKETS),
-            {
-                "market": plan.market,
-                "ids": [b.bucket_id for b in chosen],
-                "days": [b.day for b in chosen],
-                "anchors": [b.anchor for b in chosen],
-            },
-        )
+        add_venues_and_buckets(conn, plan, wanted)
         _drop_empty_partitions(conn, wanted)
         indexes = _parent_indexes(conn)
         if id_base is None:
@@ -121,6 +108,37 @@ def _load_day(
     engine: Engine, plan: SeedPlan, day: dt.date, id_base: int, indexes: list[_Index]
 ) -> None:
     name = partition_name(day)
+    with engine.begin() as conn:
+        conn.execute(text("SET LOCAL maintenance_work_mem = '256MB'"))
+        conn.execute(
+            text(f"CREATE TABLE {name} (LIKE {PARENT} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
+        )
+        write_day(conn, plan, day, id_base, name)
+        for index in indexes:
+            conn.execute(text(index.ddl(name)))
+        conn.execute(text(f"ANALYZE {name} ({_ANALYZED})"))
+        _attach(conn, day)
+
+
+def add_venues_and_buckets(conn: Connection, plan: SeedPlan, days: list[dt.date]) -> None:
+    conn.execute(
+        text(sql.VENUES),
+        {"provider": PROVIDER, "hoods": list(NEIGHBORHOODS), "venues": plan.venues},
+    )
+    chosen = [b for b in plan.buckets if b.day in days]
+    conn.execute(
+        text(sql.BUCKETS),
+        {
+            "market": plan.market,
+            "ids": [b.bucket_id for b in chosen],
+            "days": [b.day for b in chosen],
+            "anchors": [b.anchor for b in chosen],
+        },
+    )
+
+
+def write_day(conn: Connection, plan: SeedPlan, day: dt.date, id_base: int, table: str) -> None:
+    """The day's events into `table`, its open drops and baseline slots; its buckets marked."""
     buckets = [b for b in plan.buckets if b.day == day]
     common: dict[str, Any] = {
         "day": day,
@@ -133,33 +151,24 @@ def _load_day(
         "n0s": [b.n0 for b in buckets],
         "opens": [b.open_drops for b in buckets],
     }
-    with engine.begin() as conn:
-        # A day's pairs (tens of MB at most) stay in memory; indexes sort in one pass.
-        conn.execute(text("SET LOCAL work_mem = '64MB'"))
-        conn.execute(text("SET LOCAL maintenance_work_mem = '256MB'"))
-        conn.execute(
-            text(f"CREATE TABLE {name} (LIKE {PARENT} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
-        )
-        conn.execute(
-            text(sql.EVENTS.replace("__DAY_TABLE__", name)),
-            {
-                **common,
-                "pairs": [b.pairs for b in buckets],
-                "fresh": [b.fresh for b in buckets],
-                "zone": plan.zone,
-                "market": plan.market,
-                "prime": list(plan.prime_anchors),
-                "id_base": id_base,
-                "mean_age": plan.mean_age_hours * 3600.0,
-            },
-        )
-        if any(b.baseline for b in buckets):
-            conn.execute(text(sql.BASELINE), {**common, "baselines": [b.baseline for b in buckets]})
-        for index in indexes:
-            conn.execute(text(index.ddl(name)))
-        conn.execute(text(f"ANALYZE {name} ({_ANALYZED})"))
-        conn.execute(text(sql.MARK_BUCKETS), {"now": plan.now, "ids": common["ids"]})
-        _attach(conn, day)
+    # A day's pairs (tens of MB at most) stay in memory.
+    conn.execute(text("SET LOCAL work_mem = '64MB'"))
+    conn.execute(
+        text(sql.EVENTS.replace("__DAY_TABLE__", table)),
+        {
+            **common,
+            "pairs": [b.pairs for b in buckets],
+            "fresh": [b.fresh for b in buckets],
+            "zone": plan.zone,
+            "market": plan.market,
+            "prime": list(plan.prime_anchors),
+            "id_base": id_base,
+            "mean_age": plan.mean_age_hours * 3600.0,
+        },
+    )
+    if any(b.baseline for b in buckets):
+        conn.execute(text(sql.BASELINE), {**common, "baselines": [b.baseline for b in buckets]})
+    conn.execute(text(sql.MARK_BUCKETS), {"now": plan.now, "ids": common["ids"]})
 
 
 def _refuse_non_empty_days(conn: Connection, days: list[dt.date]) -> None:

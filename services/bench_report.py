@@ -77,7 +77,27 @@ CHARTS = {
 }
 
 
-def run_benchmarks(names: list[str], quick: bool, report: Path, repo: Path) -> int:
+def sized_runs(name: str, sizes: list[int]) -> tuple[tuple[str, ...], ...]:
+    """The runs of benchmark `name` at the chosen table sizes (ascending)."""
+    joined = ",".join(str(s) for s in sizes)
+    biggest, smallest = str(sizes[-1]), str(sizes[0])
+    if name == "seed":
+        return (("--sizes", joined),)
+    if name == "poll_write":
+        return tuple(("--events", str(s)) for s in sizes)
+    if name in ("feed", "feed_uncached"):
+        cache = ("--cache-ttl", "0") if name == "feed_uncached" else ()
+        return ((*cache, "--events", biggest, "--small", smallest),)
+    # maintenance: the daily run at every size, the prune scaling over all of them at the end
+    daily = [("--events", str(s), "--prune-sizes", "") for s in sizes[:-1]]
+    # its fixed-size-day part needs every table to hold a day (36k events) and 10k more
+    fixed = ("--day-events", "0") if sizes[0] < 46_000 else ()
+    return (*daily, ("--events", biggest, "--prune-sizes", joined, *fixed))
+
+
+def run_benchmarks(
+    names: list[str], quick: bool, report: Path, repo: Path, sizes: list[int] | None = None
+) -> int:
     unknown = sorted(set(names) - set(BENCHMARKS))
     if unknown:
         raise DropwatchError(
@@ -88,7 +108,10 @@ def run_benchmarks(names: list[str], quick: bool, report: Path, repo: Path) -> i
     for name in names or BENCHMARKS:
         bench = BENCHMARKS[name]
         points: list[dict[str, Any]] = []
-        for args in bench.quick if quick else bench.runs:
+        runs = bench.quick if quick else bench.runs
+        if sizes:
+            runs = sized_runs(name, sizes)
+        for args in runs:
             markdown, found = _run(bench.module, args, repo)
             points += found
             sections[name] = markdown

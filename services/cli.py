@@ -94,6 +94,16 @@ def _cmd_seed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sizes(value: str) -> list[int]:
+    try:
+        sizes = sorted({int(v) for v in value.split(",") if v.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not comma-separated integers: {value!r}") from None
+    if not sizes or sizes[0] < 10_000:
+        raise argparse.ArgumentTypeError("sizes must be at least 10000 events")
+    return sizes
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -102,7 +112,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     repo = Path.cwd()
     if not (repo / "bench").is_dir():
         raise DropwatchError("run `dropwatch bench` from the repository root (bench/ not found)")
-    return run_benchmarks(args.names, args.quick, Path(args.report), repo)
+    return run_benchmarks(args.names, args.quick, Path(args.report), repo, args.sizes)
 
 
 def _cmd_feed(args: argparse.Namespace) -> int:
@@ -194,9 +204,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="run the benchmarks and write docs/performance.md")
     p.add_argument(
-        "names", nargs="*", help="poll_write, feed, feed_uncached, maintenance (default: all)"
+        "names",
+        nargs="*",
+        help="seed, poll_write, feed, feed_uncached, maintenance (default: all)",
     )
-    p.add_argument("--quick", action="store_true", help="smaller sizes, minutes not a quarter hour")
+    size_choice = p.add_mutually_exclusive_group()
+    size_choice.add_argument(
+        "--quick", action="store_true", help="smaller sizes, minutes not half an hour"
+    )
+    size_choice.add_argument(
+        "--sizes",
+        type=_sizes,
+        help="table sizes in events, e.g. 100000,1000000 (default: each benchmark's own)",
+    )
     p.add_argument("--report", default="docs/performance.md", help="file to (re)write")
     p.set_defaults(func=_cmd_bench)
 

@@ -190,6 +190,30 @@ def test_bench_report_keeps_one_section_per_benchmark(tmp_path: Path) -> None:
     assert "(img/latency.png)" in text and "memory.png" not in text
 
 
+def test_bench_sizes_become_each_benchmarks_runs() -> None:
+    from services.bench_report import sized_runs
+
+    sizes = [100_000, 1_000_000]
+    assert sized_runs("seed", sizes) == (("--sizes", "100000,1000000"),)
+    assert sized_runs("poll_write", sizes) == (("--events", "100000"), ("--events", "1000000"))
+    assert sized_runs("feed_uncached", sizes) == (
+        ("--cache-ttl", "0", "--events", "1000000", "--small", "100000"),
+    )
+    assert sized_runs("maintenance", sizes) == (
+        ("--events", "100000", "--prune-sizes", ""),
+        ("--events", "1000000", "--prune-sizes", "100000,1000000"),
+    )
+    assert sized_runs("maintenance", [20_000])[-1][-2:] == ("--day-events", "0")
+
+
+def test_bench_size_flags_are_checked() -> None:
+    both = _dropwatch("bench", "--quick", "--sizes", "100000", env=_env())
+    assert both.returncode == 2 and "not allowed with" in both.stderr
+    tiny = _dropwatch("bench", "--sizes", "500", env=_env())
+    assert tiny.returncode == 2 and "at least 10000" in tiny.stderr
+    assert "Traceback" not in both.stderr + tiny.stderr
+
+
 def test_bench_rejects_unknown_names() -> None:
     result = _dropwatch("bench", "nonsense", env=_env())
     assert result.returncode == 2 and "unknown benchmark" in result.stderr

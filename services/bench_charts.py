@@ -90,7 +90,7 @@ def _figure(panels: list[Panel], title: str, path: Path) -> None:
         pairs = [(s, v) for s, v in zip(sizes, panel["original"], strict=True) if v is not None]
         if pairs:
             xs, ys = zip(*pairs, strict=True)
-            ax.plot(xs, ys, "s--", color="tab:red", label="original pattern")
+            ax.plot(xs, ys, "s--", color="tab:red", label="original (naive) pattern")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.xaxis.set_major_formatter(FuncFormatter(_size_label))

@@ -133,7 +133,8 @@ def _run(module: str, args: tuple[str, ...], repo: Path) -> tuple[str, list[dict
         if result.returncode != 0:
             raise DropwatchError(f"bench.{module} failed with exit code {result.returncode}")
         found = json.loads(points_file.read_text())["points"] if points_file.exists() else []
-    return result.stdout.strip(), list(found)
+    # The section names the command that produced it; the points file is ours, not the reader's.
+    return result.stdout.replace(f" --json {points_file}", "").strip(), list(found)
 
 
 def _write_points(path: Path, points: list[dict[str, Any]]) -> None:

@@ -17,6 +17,7 @@ from shared.db.models import Base
 from shared.settings import Settings
 from tests.conftest import PgServer
 
+
 def test_server_is_postgresql_15_or_newer(pg_server: PgServer) -> None:
     assert pg_server.server_version_num() >= 150000
 
@@ -66,14 +67,14 @@ def test_downgrade_to_0002_restores_the_review_indexes(empty_db_url: str) -> Non
             rows = dict(
                 conn.execute(
                     text(
-                        "SELECT indexname, indexdef FROM pg_indexes"
-                        " WHERE tablename = 'drop_events'"
+                        "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'drop_events'"
                     )
                 ).all()
             )
-        assert "(bucket_id, event_type, opened_at DESC)" in rows[
-            "ix_drop_events_bucket_id_event_type_opened_at"
-        ]
+        assert (
+            "(bucket_id, event_type, opened_at DESC)"
+            in rows["ix_drop_events_bucket_id_event_type_opened_at"]
+        )
         assert "(event_type, opened_at DESC)" in rows["ix_drop_events_event_type_opened_at"]
         assert len(rows) == 8
     finally:

@@ -6,6 +6,7 @@ Errors are one clear line on stderr and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -63,8 +64,13 @@ def _cmd_maintenance(args: argparse.Namespace) -> int:
 def _cmd_seed(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
-    from services.seed import seed
+    from services.seed import Shape, seed
 
+    shape = Shape()  # the flags given replace its defaults
+    if args.open_ratio is not None:
+        shape = dataclasses.replace(shape, open_ratio=args.open_ratio)
+    if args.recent is not None:
+        shape = dataclasses.replace(shape, recent=args.recent)
     settings = load_settings(Settings)
     configure_logging(settings.log_level, settings.secret_values())
     database = open_database(settings)
@@ -81,6 +87,7 @@ def _cmd_seed(args: argparse.Namespace) -> int:
                         events=args.events,
                         past_days=args.days,
                         venues=args.venues,
+                        shape=shape,
                         progress=lambda done, total: bar.update(task, completed=done, total=total),
                     )
         finally:
@@ -145,6 +152,22 @@ def _cmd_poll(args: argparse.Namespace) -> int:
     return 0 if all(o.applied for o in outcomes) else 1
 
 
+def _ratio(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a number") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not between 0 and 1")
+    return value
+
+
+def _count(raw: str) -> int:
+    if raw.strip() == "0":
+        return 0
+    return _positive(raw)
+
+
 def _positive(raw: str) -> int:
     try:
         value = int(raw)
@@ -200,6 +223,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events", type=_positive, required=True, help="about this many drop events")
     p.add_argument("--days", type=_positive, default=14, help="past days of history (default 14)")
     p.add_argument("--venues", type=_positive, default=2000, help="venues (default 2000)")
+    p.add_argument(
+        "--open-ratio",
+        type=_ratio,
+        help="drops still open per event (default 0.267, the benchmarks' data; 0 = history only)",
+    )
+    p.add_argument(
+        "--recent",
+        type=_count,
+        help="open drops that opened in the last five minutes (default 2700)",
+    )
     p.set_defaults(func=_cmd_seed)
 
     p = sub.add_parser("bench", help="run the benchmarks and write docs/performance.md")

@@ -13,7 +13,7 @@ from sqlalchemy import Engine, text
 
 from services.maintenance.run import run as maintenance_run
 from services.maintenance.settings import MaintenanceSettings
-from services.seed import load, make_plan, seed
+from services.seed import Shape, load, make_plan, seed
 from services.seed.plan import open_slot_index, slot_for
 from shared.errors import DropwatchError
 from shared.settings import Settings
@@ -165,3 +165,35 @@ def test_seed_cli(db_url: str) -> None:
     )
     assert again.returncode == 2 and "already has events" in again.stderr
     assert "Traceback" not in again.stderr
+    bad = subprocess.run(
+        [sys.executable, "-m", "services.cli", "seed", "--events", "10", "--open-ratio", "1.5"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2 and "--open-ratio: 1.5 is not between 0 and 1" in bad.stderr
+
+
+def test_history_only_has_no_open_state(engine: Engine, db_url: str) -> None:
+    settings = Settings(database_url=SecretStr(db_url))
+    result = seed(
+        engine,
+        settings,
+        events=5_000,
+        past_days=2,
+        venues=50,
+        now=NOW,
+        shape=Shape(open_ratio=0, recent=0),
+    )
+    with engine.connect() as conn:
+        open_rows = conn.execute(text("SELECT count(*) FROM open_slots")).scalar_one()
+        new, closed = conn.execute(
+            text(
+                "SELECT count(*) FILTER (WHERE event_type = 'NEW_DROP'),"
+                " count(*) FILTER (WHERE event_type = 'CLOSED') FROM drop_events"
+            )
+        ).one()
+    assert (result.open_drops, result.baseline, open_rows) == (0, 0, 0)
+    assert new == closed == result.events // 2 > 0

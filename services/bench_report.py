@@ -67,7 +67,7 @@ HEADER = """# Performance
 
 Every hot path named in an issue has a benchmark in `bench/` that prints its figures beside the
 naive pattern it replaces, in one run. Benchmarks are not tests: they report numbers. Runs on
-this 2-core machine moved 10-20% between runs (other work shares the cores); each section names
+this 2-core machine moved 10-30% between runs (other work shares the cores); each section names
 the command that produced it. `dropwatch bench` reruns them all and rewrites this file and the
 charts (one section per benchmark; `dropwatch bench feed` replaces only the feed's).
 """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -212,6 +213,23 @@ def test_bench_size_flags_are_checked() -> None:
     tiny = _dropwatch("bench", "--sizes", "500", env=_env())
     assert tiny.returncode == 2 and "at least 10000" in tiny.stderr
     assert "Traceback" not in both.stderr + tiny.stderr
+
+
+@pytest.mark.timeout(300)
+def test_bench_writes_the_report_its_points_and_charts(tmp_path: Path) -> None:
+    """`dropwatch bench seed` end to end, at a toy size, into a scratch docs folder."""
+    report = tmp_path / "docs" / "performance.md"
+    result = _dropwatch(
+        "bench", "seed", "--sizes", "10000", "--report", str(report), env=_env(), timeout=280
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = report.read_text()
+    assert "<!-- bench:seed -->" in text and "| target | measured | verdict |" in text
+    assert "--json" not in text  # the section names the command a reader would run
+    assert "(img/latency.png)" in text
+    points = json.loads((tmp_path / "docs" / "img" / "data" / "seed.json").read_text())
+    assert points[0]["size"] > 9000 and points[0]["original"] > 0
+    assert (tmp_path / "docs" / "img" / "latency.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_bench_rejects_unknown_names() -> None:

@@ -28,11 +28,13 @@ def draw(points: dict[str, list[dict[str, Any]]], out_dir: Path) -> list[Path]:
         ("memory.png", MEMORY_UNITS, "Memory against table size"),
     ):
         panels = _panels(points, units)
+        path = out_dir / name
         if panels:
             out_dir.mkdir(parents=True, exist_ok=True)
-            path = out_dir / name
             _figure(panels, title, path)
             written.append(path)
+        else:
+            path.unlink(missing_ok=True)  # no stale chart beside a report that has none
     return written
 
 
@@ -43,8 +45,8 @@ def _panels(points: dict[str, list[dict[str, Any]]], units: tuple[str, ...]) -> 
     """One panel per (benchmark, metric) with points in these units, sizes ascending."""
     grouped: dict[tuple[str, str, str], dict[int, dict[str, Any]]] = defaultdict(dict)
     for benchmark, items in points.items():
-        for p in items:
-            if p["unit"] in units:
+        for p in items:  # a later run at the same size replaces an earlier one
+            if p["unit"] in units and p["ours"] > 0:
                 grouped[(benchmark, p["metric"], p["unit"])][int(p["size"])] = p
     panels = []
     for (benchmark, metric, unit), by_size in sorted(grouped.items()):
@@ -55,10 +57,15 @@ def _panels(points: dict[str, list[dict[str, Any]]], units: tuple[str, ...]) -> 
                 "unit": unit,
                 "sizes": sizes,
                 "ours": [float(by_size[s]["ours"]) for s in sizes],
-                "original": [by_size[s].get("original") for s in sizes],
+                "original": [_positive(by_size[s].get("original")) for s in sizes],
             }
         )
     return panels
+
+
+def _positive(value: Any) -> float | None:
+    """A value a log axis can show, else None (not drawn)."""
+    return float(value) if value is not None and float(value) > 0 else None
 
 
 def _size_label(value: float, _pos: object = None) -> str:

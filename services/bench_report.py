@@ -3,8 +3,9 @@
 Each benchmark runs as its own process (`python -m bench.NAME --markdown --json FILE`), once
 per table size it is charted at; the last (largest) run's Markdown section, its figures beside
 the original pattern's, goes into the report between markers, so running one benchmark
-replaces only its own section. Every run's points (a figure at a table size, ours and the
-original's) are kept in docs/img/data/NAME.json and the charts are redrawn from all of them.
+replaces only its own section. The points of all its runs (a figure at a table size, ours and
+the original's) replace docs/img/data/NAME.json, and the charts are redrawn from every
+benchmark's file.
 """
 
 from __future__ import annotations
@@ -85,12 +86,13 @@ def sized_runs(name: str, sizes: list[int]) -> tuple[tuple[str, ...], ...]:
         return (("--sizes", joined),)
     if name == "poll_write":
         return tuple(("--events", str(s)) for s in sizes)
-    if name in ("feed", "feed_uncached"):
+    if name in ("feed", "feed_uncached"):  # it measures two sizes: the smallest and largest
         cache = ("--cache-ttl", "0") if name == "feed_uncached" else ()
         return ((*cache, "--events", biggest, "--small", smallest),)
     # maintenance: the daily run at every size, the prune scaling over all of them at the end
     daily = [("--events", str(s), "--prune-sizes", "") for s in sizes[:-1]]
-    # its fixed-size-day part needs every table to hold a day (36k events) and 10k more
+    # its fixed-size-day part needs every table to hold a day (bench.maintenance.DAY_EVENTS,
+    # 36k events) and MIN_EVENTS (10k) more
     fixed = ("--day-events", "0") if sizes[0] < 46_000 else ()
     return (*daily, ("--events", biggest, "--prune-sizes", joined, *fixed))
 

@@ -39,3 +39,11 @@ def test_draw_writes_both_pngs(tmp_path: Path) -> None:
 def test_no_memory_points_no_memory_chart(tmp_path: Path) -> None:
     written = draw({"feed": POINTS["feed"]}, tmp_path)
     assert [p.name for p in written] == ["latency.png"]
+
+
+def test_a_chart_without_points_is_removed_and_zero_is_not_drawn(tmp_path: Path) -> None:
+    (tmp_path / "memory.png").write_bytes(b"stale")
+    draw({"feed": POINTS["feed"]}, tmp_path)
+    assert not (tmp_path / "memory.png").exists()
+    zero = {"x": [{"metric": "m", "unit": "ms", "size": 10, "ours": 0.0, "original": 0.0}]}
+    assert _panels(zero, ("ms",)) == []

@@ -197,3 +197,26 @@ def test_history_only_has_no_open_state(engine: Engine, db_url: str) -> None:
         ).one()
     assert (result.open_drops, result.baseline, open_rows) == (0, 0, 0)
     assert new == closed == result.events // 2 > 0
+
+
+def test_a_failed_day_stops_the_load_with_the_ids_reserved(engine: Engine, db_url: str) -> None:
+    settings = Settings(database_url=SecretStr(db_url))
+    plan = make_plan(settings, 6_000, now=NOW, past_days=3, venues=100)
+    blocked = plan.days[-1]
+    with engine.begin() as conn:  # a stray table where the day's table is to be built
+        conn.execute(text(f"CREATE TABLE drop_events_p{blocked:%Y%m%d} (x int)"))
+    with pytest.raises(DropwatchError, match=f"loading {blocked} failed .*already exists"):
+        load(engine, plan)
+    with engine.connect() as conn:
+        top = conn.execute(text("SELECT coalesce(max(id), 0) FROM drop_events")).scalar_one()
+        nextval = conn.execute(
+            text("SELECT nextval(pg_get_serial_sequence('drop_events', 'id'))")
+        ).scalar_one()
+    assert nextval > 2 * max(b.n0 + b.pairs for b in plan.buckets) >= top
+
+
+def test_many_past_days_keep_the_event_count() -> None:
+    """Few pairs per bucket: fewer drops stay open rather than more events than asked."""
+    plan = make_plan(Settings(), 100_000, now=NOW, past_days=30)
+    assert abs(plan.events - 100_000) < 1_000
+    assert all(b.pairs >= b.open_drops for b in plan.buckets)

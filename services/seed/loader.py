@@ -4,9 +4,9 @@ Per reservation day, in one transaction: create the day's table (no indexes), fi
 one set-based INSERT ... SELECT (its open drops go to open_slots in the same statement), build
 the parent's indexes on it in bulk, ANALYZE it, then ATTACH it as the day's partition. A
 matching CHECK spares ATTACH its validation scan and the prebuilt indexes are adopted, so the
-ATTACH, the only step that locks the parent, is catalog-only: loaders never queue behind each
-other's work. Building an index once over a full table is several times cheaper than
-maintaining it row by row.
+ATTACH, the only step that locks the parent, is catalog-only: a loader waits at most for
+another's ATTACH and commit, never for its load. Building an index once over a full table is
+several times cheaper than maintaining it row by row.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ LOADERS = 2  # one per core of a small machine; days are independent
 # Statistics for the columns queries filter or group drop_events by; the unique text columns
 # (slot_id, dedupe_key) would make ANALYZE several times slower and are only ever compared by
 # equality.
-_ANALYZED = "bucket_id, event_type, venue_id"
+ANALYZED = "bucket_id, event_type, venue_id"
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,7 @@ def load(
             id_base = int(
                 conn.execute(text("SELECT coalesce(max(id), 0) FROM drop_events")).scalar_one()
             )
+        _reserve_ids(conn, id_base + 2 * max(b.n0 + b.pairs for b in plan.buckets))
     base: int = id_base
     finished: list[dt.date] = []
     lock = threading.Lock()
@@ -81,15 +82,17 @@ def load(
     # Live days (with open state) cost twice as much: start them first so loaders end together.
     order = sorted(wanted, key=lambda day: day < plan.today)
     with ThreadPoolExecutor(max_workers=LOADERS) as pool:
-        for future in [pool.submit(load_one, day) for day in order]:
-            future.result()
-    with engine.begin() as conn:
-        conn.execute(
-            text(
-                "SELECT setval(pg_get_serial_sequence('drop_events', 'id'),"
-                " greatest((SELECT max(id) FROM drop_events), 1))"
-            )
-        )
+        futures = {pool.submit(load_one, day): day for day in order}
+        for future, day in futures.items():
+            try:
+                future.result()
+            except Exception as exc:
+                pool.shutdown(cancel_futures=True)  # the days not started yet are not loaded
+                cause = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+                raise DropwatchError(
+                    f"seed: loading {day} failed ({cause}); the days loaded before stay, "
+                    "so seed an empty database to start over"
+                ) from exc
     with engine.connect() as conn:
         conn.execution_options(isolation_level="AUTOCOMMIT")
         conn.execute(text("ANALYZE open_slots, baseline_slots, discovery_buckets, venues"))
@@ -109,6 +112,8 @@ def _load_day(
 ) -> None:
     name = partition_name(day)
     with engine.begin() as conn:
+        # A day of a large load can take longer than the services' statement timeout.
+        conn.execute(text("SET LOCAL statement_timeout = 0"))
         conn.execute(text("SET LOCAL maintenance_work_mem = '256MB'"))
         conn.execute(
             text(f"CREATE TABLE {name} (LIKE {PARENT} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
@@ -116,7 +121,7 @@ def _load_day(
         write_day(conn, plan, day, id_base, name)
         for index in indexes:
             conn.execute(text(index.ddl(name)))
-        conn.execute(text(f"ANALYZE {name} ({_ANALYZED})"))
+        conn.execute(text(f"ANALYZE {name} ({ANALYZED})"))
         _attach(conn, day)
 
 
@@ -150,6 +155,7 @@ def write_day(conn: Connection, plan: SeedPlan, day: dt.date, id_base: int, tabl
         "anchors": [b.anchor for b in buckets],
         "n0s": [b.n0 for b in buckets],
         "opens": [b.open_drops for b in buckets],
+        "zone": plan.zone,
     }
     # A day's pairs (tens of MB at most) stay in memory.
     conn.execute(text("SET LOCAL work_mem = '64MB'"))
@@ -159,7 +165,6 @@ def write_day(conn: Connection, plan: SeedPlan, day: dt.date, id_base: int, tabl
             **common,
             "pairs": [b.pairs for b in buckets],
             "fresh": [b.fresh for b in buckets],
-            "zone": plan.zone,
             "market": plan.market,
             "prime": list(plan.prime_anchors),
             "id_base": id_base,
@@ -169,6 +174,16 @@ def write_day(conn: Connection, plan: SeedPlan, day: dt.date, id_base: int, tabl
     if any(b.baseline for b in buckets):
         conn.execute(text(sql.BASELINE), {**common, "baselines": [b.baseline for b in buckets]})
     conn.execute(text(sql.MARK_BUCKETS), {"now": plan.now, "ids": common["ids"]})
+
+
+def _reserve_ids(conn: Connection, top: int) -> None:
+    """Move the id sequence past every id the plan uses, before loading: the poller's next
+    event never reuses a seeded id, even if the load stops half-way."""
+    seq = conn.execute(text("SELECT pg_get_serial_sequence('drop_events', 'id')")).scalar_one()
+    conn.execute(
+        text(f"SELECT setval(:seq, greatest(:top, (SELECT last_value FROM {seq})))"),
+        {"seq": seq, "top": max(top, 1)},
+    )
 
 
 def _refuse_non_empty_days(conn: Connection, days: list[dt.date]) -> None:
@@ -200,8 +215,11 @@ class _Index:
     unique: bool
 
     def ddl(self, table: str) -> str:
-        # The parent's index name with the partition's name in it.
-        name = self.name.replace(PARENT, table, 1)[:63]
+        # The parent's index name with the partition's name in it (or in front of it).
+        if PARENT in self.name:
+            name = self.name.replace(PARENT, table, 1)[:63]
+        else:
+            name = f"{table}_{self.name}"[:63]
         if self.constraint is not None:
             return f"ALTER TABLE {table} ADD CONSTRAINT {name} {self.constraint}"
         unique = "UNIQUE " if self.unique else ""
@@ -222,6 +240,7 @@ def _parent_indexes(conn: Connection) -> list[_Index]:
             FROM pg_index x
             JOIN pg_class i ON i.oid = x.indexrelid
             LEFT JOIN pg_constraint c ON c.conindid = x.indexrelid AND c.conrelid = x.indrelid
+                 AND c.contype IN ('p', 'u', 'x')
             WHERE x.indrelid = CAST(:parent AS regclass)
             ORDER BY i.relname
             """

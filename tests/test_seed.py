@@ -134,45 +134,24 @@ def test_maintenance_runs_on_seeded_history(engine: Engine, db_url: str) -> None
 def test_seed_cli(db_url: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DROPWATCH_")}
     env["DROPWATCH_DATABASE_URL"] = db_url
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "services.cli",
-            "seed",
-            "--events",
-            "5000",
-            "--days",
-            "2",
-            "--venues",
-            "50",
-        ],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+
+    def seed_cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "services.cli", "seed", *args],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    result = seed_cli("--events", "5000", "--days", "2", "--venues", "50")
     assert result.returncode == 0, result.stderr
     assert "seeded" in result.stdout and "events/s" in result.stdout
-    again = subprocess.run(
-        [sys.executable, "-m", "services.cli", "seed", "--events", "5000"],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    again = seed_cli("--events", "5000")
     assert again.returncode == 2 and "already has events" in again.stderr
     assert "Traceback" not in again.stderr
-    bad = subprocess.run(
-        [sys.executable, "-m", "services.cli", "seed", "--events", "10", "--open-ratio", "1.5"],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    bad = seed_cli("--events", "10", "--open-ratio", "1.5")
     assert bad.returncode == 2 and "--open-ratio: 1.5 is not between 0 and 1" in bad.stderr
 
 

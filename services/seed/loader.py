@@ -59,9 +59,8 @@ def load(
     wanted = sorted(set(plan.days if days is None else days))
     started = time.perf_counter()
     with engine.begin() as conn:
-        _refuse_non_empty_days(conn, wanted)
+        _clear_days(conn, wanted)
         add_venues_and_buckets(conn, plan, wanted)
-        _drop_empty_partitions(conn, wanted)
         indexes = _parent_indexes(conn)
         if id_base is None:
             id_base = int(
@@ -186,23 +185,17 @@ def _reserve_ids(conn: Connection, top: int) -> None:
     )
 
 
-def _refuse_non_empty_days(conn: Connection, days: list[dt.date]) -> None:
+def _clear_days(conn: Connection, days: list[dt.date]) -> None:
+    """Refuse days that hold events; drop the empty partitions made ahead of the others (each
+    day is attached fully built)."""
     existing = set(list_partitions(conn))
     for day in days:
-        if day in existing:
-            has_rows = conn.execute(
-                text(f"SELECT EXISTS (SELECT 1 FROM {partition_name(day)})")
-            ).scalar_one()
-            if has_rows:
-                raise DropwatchError(f"seed: {day} already has events; seed an empty database")
-
-
-def _drop_empty_partitions(conn: Connection, days: list[dt.date]) -> None:
-    """Each day is attached fully built; drop the empty partitions made ahead of it."""
-    existing = set(list_partitions(conn))
-    for day in days:
-        if day in existing:
-            conn.execute(text(f"DROP TABLE {partition_name(day)}"))
+        if day not in existing:
+            continue
+        name = partition_name(day)
+        if conn.execute(text(f"SELECT EXISTS (SELECT 1 FROM {name})")).scalar_one():
+            raise DropwatchError(f"seed: {day} already has events; seed an empty database")
+        conn.execute(text(f"DROP TABLE {name}"))
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,12 @@ import sys
 
 import pytest
 from pydantic import SecretStr
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import IntegrityError
 
 from services.maintenance.run import run as maintenance_run
 from services.maintenance.settings import MaintenanceSettings
-from services.seed import Shape, load, make_plan, seed
+from services.seed import Shape, load, make_plan, open_state, seed
 from services.seed.plan import open_slot_index, slot_for
 from shared.errors import DropwatchError
 from shared.settings import Settings
@@ -191,7 +192,85 @@ def test_a_failed_day_stops_the_load_with_the_ids_reserved(engine: Engine, db_ur
         nextval = conn.execute(
             text("SELECT nextval(pg_get_serial_sequence('drop_events', 'id'))")
         ).scalar_one()
+        # The live days loaded before the failure have their open state, and no stage is left.
+        assert not open_state.staged(conn)
+        open_rows = conn.execute(
+            text(
+                "SELECT count(*) FROM open_slots o JOIN discovery_buckets b USING (bucket_id)"
+                " WHERE b.bucket_date < :blocked"
+            ),
+            {"blocked": blocked},
+        ).scalar_one()
+        stray = conn.execute(
+            text(
+                "SELECT count(*) FROM open_slots o JOIN discovery_buckets b USING (bucket_id)"
+                " WHERE b.bucket_date = :blocked"
+            ),
+            {"blocked": blocked},
+        ).scalar_one()
     assert nextval > 2 * max(b.n0 + b.pairs for b in plan.buckets) >= top
+    loaded = [b for b in plan.buckets if plan.today <= b.day < blocked]
+    assert open_rows == sum(b.open_drops + b.baseline for b in loaded) > 0
+    assert stray == 0
+
+
+def _open_slots_catalog(conn: Connection) -> list[tuple[str, str]]:
+    """open_slots' constraints and indexes, as definitions."""
+    rows = conn.execute(
+        text(
+            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint"
+            " WHERE conrelid = 'open_slots'::regclass"
+            " UNION ALL SELECT c.relname, pg_get_indexdef(c.oid) FROM pg_index x"
+            " JOIN pg_class c ON c.oid = x.indexrelid WHERE x.indrelid = 'open_slots'::regclass"
+            " ORDER BY 1, 2"
+        )
+    )
+    return [(name, definition) for name, definition in rows]
+
+
+def test_open_state_moves_in_bulk_and_keeps_every_index(engine: Engine, db_url: str) -> None:
+    """The move drops and rebuilds open_slots' keys and indexes: they come back the same, and
+    they hold (a duplicate slot or an unknown bucket fails the move, which rolls back)."""
+    settings = Settings(database_url=SecretStr(db_url))
+    with engine.connect() as conn:
+        before = _open_slots_catalog(conn)
+    result = seed(engine, settings, events=8_000, past_days=1, venues=100, now=NOW)
+    with engine.begin() as conn:
+        assert _open_slots_catalog(conn) == before and len(before) >= 6
+        assert conn.execute(text("SELECT count(*) FROM open_slots")).scalar_one() == (
+            result.open_drops + result.baseline
+        )
+        assert conn.execute(
+            text("SELECT reltuples FROM pg_class WHERE relname = 'open_slots'")
+        ).scalar_one() == (result.open_drops + result.baseline)  # analyzed
+        open_state.stage(conn)
+        conn.execute(text(f"INSERT INTO {open_state.STAGE} SELECT * FROM open_slots LIMIT 1"))
+    with engine.begin() as conn, pytest.raises(IntegrityError, match="pk_open_slots"):
+        open_state.move(conn)
+    with engine.begin() as conn:
+        assert open_state.staged(conn) and _open_slots_catalog(conn) == before
+        conn.execute(text(f"UPDATE {open_state.STAGE} SET bucket_id = 'nowhere', slot_id = 'x'"))
+    with engine.begin() as conn, pytest.raises(IntegrityError, match="fk_open_slots"):
+        open_state.move(conn)
+
+
+def test_an_interrupted_seed_moves_its_staged_state_first(engine: Engine, db_url: str) -> None:
+    """A seed killed between its days and the move leaves the stage behind; the next seed (of
+    other days) moves it before anything else."""
+    settings = Settings(database_url=SecretStr(db_url))
+    plan = make_plan(settings, 6_000, now=NOW, past_days=1, venues=100)
+    live = [day for day in plan.days if day >= plan.today]
+    first = load(engine, plan, days=live[:2])
+    with engine.begin() as conn:  # as if that seed had died before its move
+        open_state.stage(conn)
+        conn.execute(text(f"INSERT INTO {open_state.STAGE} SELECT * FROM open_slots"))
+        conn.execute(text("DELETE FROM open_slots"))
+    load(engine, plan, days=live[2:3], id_base=first.id_base)
+    with engine.connect() as conn:
+        assert not open_state.staged(conn)
+        rows = conn.execute(text("SELECT count(*) FROM open_slots")).scalar_one()
+    chosen = [b for b in plan.buckets if b.day in live[:3]]
+    assert rows == sum(b.open_drops + b.baseline for b in chosen) > 0
 
 
 def test_many_past_days_keep_the_event_count() -> None:

@@ -42,9 +42,8 @@ def _slot_columns(x: str) -> str:
 # Per pair: its slot, when it opened and closed. History opened uniformly over the two weeks
 # before its bucket (or now, if sooner) and stayed open 30 s plus an exponential 15 minutes;
 # an open drop is fresh (the last five minutes) or older (exponential, `:mean_age` seconds).
-# One statement writes the day's events into the day table (`__DAY_TABLE__`) and its open
-# drops into open_slots. NEW_DROP of pair n is id :id_base + 2n - 1, its CLOSED the next id.
-EVENTS = f"""
+# NEW_DROP of pair n is id :id_base + 2n - 1, its CLOSED the next id.
+_PAIRS = f"""
 WITH b AS (
     SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:anchors AS text[]), CAST(:n0s AS bigint[]),
                          CAST(:pairs AS int[]), CAST(:opens AS int[]), CAST(:fresh AS int[]))
@@ -93,33 +92,47 @@ p AS MATERIALIZED (
             ELSE g.wstart + g.r1 * (g.wend - g.wstart)
         END AS opened_at
     ) o
-),
-ev AS (
-    INSERT INTO __DAY_TABLE__ (id, bucket_date, bucket_id, market, provider, slot_id, venue_id,
-        event_type, opened_at, closed_at, drop_duration_seconds, slot_date, slot_time,
-        seating_type, party_sizes, time_slot, time_bucket, dedupe_key, drop_event_id,
-        created_at)
-    SELECT :id_base + 2 * p.n - 1 + k.closing, :day, p.bucket_id, :market, '{PROVIDER}',
-        p.slot_id, p.venue_id, k.event_type, p.opened_at,
-        CASE WHEN k.closing = 1 THEN p.closed_at END,
-        CASE WHEN k.closing = 1
-             THEN CAST(extract(epoch FROM p.closed_at - p.opened_at) AS float8) END,
-        p.slot_date, p.slot_time, p.seating_type, p.sizes, p.anchor,
-        CASE WHEN p.anchor = ANY(CAST(:prime AS text[])) THEN 'prime' ELSE 'off_peak' END,
-        CASE WHEN k.closing = 0
-             THEN 'NEW_DROP:' || p.bucket_id || ':' || p.slot_id || '/seed' || p.n
-             ELSE 'CLOSED:' || (:id_base + 2 * p.n - 1) END,
-        CASE WHEN k.closing = 1 THEN :id_base + 2 * p.n - 1 END,
-        CASE WHEN k.closing = 1 THEN p.closed_at ELSE p.opened_at END
-    FROM p CROSS JOIN (VALUES ('NEW_DROP', 0), ('CLOSED', 1)) AS k (event_type, closing)
-    WHERE NOT (p.is_open AND k.closing = 1)
 )
-INSERT INTO open_slots (bucket_id, slot_id, venue_id, slot_date, slot_time, seating_type,
-                        party_sizes, time_slot, first_seen_at, drop_event_id, opened_at)
+"""
+
+_DAY_EVENTS = f"""
+INSERT INTO __DAY_TABLE__ (id, bucket_date, bucket_id, market, provider, slot_id, venue_id,
+    event_type, opened_at, closed_at, drop_duration_seconds, slot_date, slot_time,
+    seating_type, party_sizes, time_slot, time_bucket, dedupe_key, drop_event_id,
+    created_at)
+SELECT :id_base + 2 * p.n - 1 + k.closing, :day, p.bucket_id, :market, '{PROVIDER}',
+    p.slot_id, p.venue_id, k.event_type, p.opened_at,
+    CASE WHEN k.closing = 1 THEN p.closed_at END,
+    CASE WHEN k.closing = 1
+         THEN CAST(extract(epoch FROM p.closed_at - p.opened_at) AS float8) END,
+    p.slot_date, p.slot_time, p.seating_type, p.sizes, p.anchor,
+    CASE WHEN p.anchor = ANY(CAST(:prime AS text[])) THEN 'prime' ELSE 'off_peak' END,
+    CASE WHEN k.closing = 0
+         THEN 'NEW_DROP:' || p.bucket_id || ':' || p.slot_id || '/seed' || p.n
+         ELSE 'CLOSED:' || (:id_base + 2 * p.n - 1) END,
+    CASE WHEN k.closing = 1 THEN :id_base + 2 * p.n - 1 END,
+    CASE WHEN k.closing = 1 THEN p.closed_at ELSE p.opened_at END
+FROM p CROSS JOIN (VALUES ('NEW_DROP', 0), ('CLOSED', 1)) AS k (event_type, closing)
+WHERE NOT (p.is_open AND k.closing = 1)
+"""
+
+_OPEN_DROPS = """
+INSERT INTO __OPEN_TABLE__ (bucket_id, slot_id, venue_id, slot_date, slot_time, seating_type,
+                            party_sizes, time_slot, first_seen_at, drop_event_id, opened_at)
 SELECT p.bucket_id, p.slot_id, p.venue_id, p.slot_date, p.slot_time, p.seating_type, p.sizes,
        p.anchor, p.opened_at, :id_base + 2 * p.n - 1, p.opened_at
 FROM p WHERE p.is_open
 """
+
+
+def events(day_table: str, open_table: str | None) -> str:
+    """One statement: the day's pairs into `day_table` as events, and its open drops into
+    `open_table` when the day has any (a day without touches no open-state table)."""
+    into_day = _DAY_EVENTS.replace("__DAY_TABLE__", day_table)
+    if open_table is None:
+        return _PAIRS + into_day
+    return f"{_PAIRS},\nev AS ({into_day})" + _OPEN_DROPS.replace("__OPEN_TABLE__", open_table)
+
 
 # Baseline slots: open since the bucket was first seen, never drops. They follow the bucket's
 # open drops in its slot order, so the two never share a slot.
@@ -144,8 +157,8 @@ s AS MATERIALIZED (
 bl AS (
     INSERT INTO baseline_slots (bucket_id, slot_id) SELECT bucket_id, slot_id FROM s
 )
-INSERT INTO open_slots (bucket_id, slot_id, venue_id, slot_date, slot_time, seating_type,
-                        party_sizes, time_slot, first_seen_at)
+INSERT INTO __OPEN_TABLE__ (bucket_id, slot_id, venue_id, slot_date, slot_time, seating_type,
+                            party_sizes, time_slot, first_seen_at)
 SELECT s.bucket_id, s.slot_id, s.venue_id, s.slot_date, s.slot_time, s.seating_type,
        CAST('{{2,4}}' AS smallint[]), s.anchor,
        -- first seen when its bucket's two weeks began, before any drop of the bucket
@@ -154,21 +167,20 @@ SELECT s.bucket_id, s.slot_id, s.venue_id, s.slot_date, s.slot_time, s.seating_t
 FROM s
 """
 
-# Each seeded bucket as its last healthy poll left it (past buckets too: they were polled).
-MARK_BUCKETS = """
-UPDATE discovery_buckets b
+# Each seeded bucket as its last healthy poll left it (past buckets too: they were polled),
+# with the number of slots the plan leaves open in it.
+BUCKETS = """
+INSERT INTO discovery_buckets AS d (bucket_id, market, date_str, bucket_date, time_slot,
+    baseline_polls, snapshot_version, last_polled_at, last_healthy_poll_at, last_outcome,
+    next_poll_at, last_slot_count)
+SELECT b.id, :market, to_char(b.day, 'YYYY-MM-DD'), b.day, b.anchor,
+       3, 1, :now, :now, 'healthy', :now, b.slots
+FROM unnest(CAST(:ids AS text[]), CAST(:days AS date[]), CAST(:anchors AS text[]),
+            CAST(:slots AS int[])) AS b(id, day, anchor, slots)
+ON CONFLICT (bucket_id) DO UPDATE
 SET baseline_polls = 3, snapshot_version = 1, last_polled_at = :now,
     last_healthy_poll_at = :now, last_outcome = 'healthy', next_poll_at = :now,
-    last_slot_count = (SELECT count(*) FROM open_slots o WHERE o.bucket_id = b.bucket_id)
-WHERE b.bucket_id = ANY(CAST(:ids AS text[]))
-"""
-
-BUCKETS = """
-INSERT INTO discovery_buckets (bucket_id, market, date_str, bucket_date, time_slot)
-SELECT b.id, :market, to_char(b.day, 'YYYY-MM-DD'), b.day, b.anchor
-FROM unnest(CAST(:ids AS text[]), CAST(:days AS date[]), CAST(:anchors AS text[]))
-     AS b(id, day, anchor)
-ON CONFLICT (bucket_id) DO NOTHING
+    last_slot_count = excluded.last_slot_count
 """
 
 VENUES = """

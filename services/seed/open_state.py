@@ -1,0 +1,98 @@
+"""Seeded open state goes to open_slots in one bulk step, after the days that stage it.
+
+The loaders write each live day's open slots to a bare staging table (no index, no foreign
+key) as part of that day's transaction. `move` then, in one transaction, drops open_slots'
+indexes and constraints, copies the staged rows in, and rebuilds them: building an index once
+over every row is several times cheaper than maintaining four indexes and a foreign key check
+row by row (docs/architecture.md, "Seeding"). A crash rolls the whole move back, indexes
+included; the staged rows stay, and the next seed moves them before anything else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, text
+
+TARGET = "open_slots"
+STAGE = "seed_open_slots"
+
+
+def stage(conn: Connection) -> None:
+    """Create the (empty) staging table the day loaders write open slots to."""
+    conn.execute(text(f"CREATE TABLE {STAGE} (LIKE {TARGET} INCLUDING DEFAULTS)"))
+
+
+def staged(conn: Connection) -> bool:
+    return bool(conn.execute(text("SELECT to_regclass(:t) IS NOT NULL"), {"t": STAGE}).scalar_one())
+
+
+def move(conn: Connection) -> int:
+    """Move the staged rows into open_slots and drop the stage; returns the rows moved.
+
+    Holds an exclusive lock on open_slots until commit: the feed waits for the move (about a
+    second per 300k rows), it never reads open state half-moved.
+    """
+    if not staged(conn):
+        return 0
+    conn.execute(text("SET LOCAL statement_timeout = 0"))
+    conn.execute(text("SET LOCAL maintenance_work_mem = '256MB'"))
+    conn.execute(text(f"LOCK TABLE {TARGET} IN ACCESS EXCLUSIVE MODE"))
+    rebuilt = _definitions(conn)
+    for item in reversed(rebuilt):  # foreign keys first, the primary key last
+        conn.execute(text(item.drop))
+    if not conn.execute(text(f"SELECT EXISTS (SELECT 1 FROM {TARGET})")).scalar_one():
+        # A new, empty file: with wal_level = minimal its rows skip the WAL.
+        conn.execute(text(f"TRUNCATE {TARGET}"))
+    moved = conn.execute(text(f"INSERT INTO {TARGET} SELECT * FROM {STAGE}")).rowcount
+    for item in rebuilt:
+        conn.execute(text(item.create))
+    conn.execute(text(f"DROP TABLE {STAGE}"))
+    conn.execute(text(f"ANALYZE {TARGET}"))
+    return int(moved)
+
+
+@dataclass(frozen=True)
+class _Definition:
+    drop: str
+    create: str
+
+
+def _definitions(conn: Connection) -> list[_Definition]:
+    """open_slots' constraints and indexes, read from the catalog (so the move follows every
+    migration), in the order to rebuild them: keys, then plain indexes, then foreign keys."""
+    constraints = conn.execute(
+        text(
+            """
+            SELECT conname, pg_get_constraintdef(oid), contype
+            FROM pg_constraint
+            WHERE conrelid = CAST(:t AS regclass) AND contype IN ('p', 'u', 'x', 'f')
+            ORDER BY contype = 'f', contype <> 'p', conname
+            """
+        ),
+        {"t": TARGET},
+    ).all()
+    indexes = conn.execute(
+        text(
+            """
+            SELECT i.relname, pg_get_indexdef(x.indexrelid)
+            FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
+            WHERE x.indrelid = CAST(:t AS regclass)
+              AND NOT EXISTS (SELECT 1 FROM pg_constraint c
+                              WHERE c.conindid = x.indexrelid AND c.conrelid = x.indrelid)
+            ORDER BY i.relname
+            """
+        ),
+        {"t": TARGET},
+    ).all()
+
+    def constraint(name: str, definition: str) -> _Definition:
+        return _Definition(
+            f'ALTER TABLE {TARGET} DROP CONSTRAINT "{name}"',
+            f'ALTER TABLE {TARGET} ADD CONSTRAINT "{name}" {definition}',
+        )
+
+    keys = [constraint(n, d) for n, d, kind in constraints if kind != "f"]
+    foreign = [constraint(n, d) for n, d, kind in constraints if kind == "f"]
+    plain = [_Definition(f'DROP INDEX "{name}"', ddl) for name, ddl in indexes]
+    return keys + plain + foreign

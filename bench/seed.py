@@ -43,7 +43,8 @@ from bench._db import (
 from bench.points import Point, write_points
 from bench.tables import md_table, plain_table
 from services.seed import SeedPlan, Shape, load, make_plan
-from services.seed.loader import ANALYZED, LOADERS, add_venues_and_buckets, write_day
+from services.seed import day as day_rows
+from services.seed.loader import ANALYZED, LOADERS, add_venues_and_buckets
 from shared.db.engine import make_engine
 from shared.db.partitions import ensure_partitions, partition_name
 
@@ -69,7 +70,7 @@ def naive_load(engine: Engine, plan: SeedPlan) -> None:
 
     def one_day(day: dt.date) -> None:
         with engine.begin() as conn:
-            write_day(conn, plan, day, 0, "drop_events")
+            day_rows.insert(conn, plan, day, 0)
 
     with ThreadPoolExecutor(max_workers=LOADERS) as pool:
         list(pool.map(one_day, plan.days))

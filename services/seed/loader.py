@@ -1,14 +1,14 @@
 """Load a seed plan fast: each day is built as a standalone table, then attached.
 
-Per reservation day, in one transaction: create the day's table (no indexes), fill it with
-one set-based INSERT ... SELECT (its open drops go to open_state's stage in the same
-statement), build the parent's indexes on it in bulk, ANALYZE it, then ATTACH it as the day's
-partition. A matching CHECK spares ATTACH its validation scan and the prebuilt indexes are
-adopted, so the ATTACH, the only step that locks the parent, is catalog-only: a loader waits
-at most for another's ATTACH and commit, never for its load. Building an index once over a
-full table is several times cheaper than maintaining it row by row; for the same reason the
-staged open state moves to open_slots in one bulk step (open_state.py) as soon as the days
-with open state are loaded, while the other days still load.
+Per reservation day, in one transaction: create the day's table and INSERT its events
+(day.py; its open drops go from there to open_state's stage), build the parent's indexes on it
+in bulk (parent.py), ANALYZE it, then ATTACH it as the day's partition.
+A matching CHECK spares ATTACH its validation scan and the prebuilt indexes are adopted, so
+the ATTACH, the only step that locks the parent, is catalog-only: a loader waits at most for
+another's ATTACH and commit, never for its load. Building an index once over a full table is
+several times cheaper than maintaining it row by row; for the same reason the staged open
+state moves to open_slots in one bulk step (open_state.py) as soon as the days with open
+state are loaded, while the other days still load.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
-from services.seed import open_state, sql
-from services.seed.plan import NEIGHBORHOODS, PROVIDER, SeedPlan, stride
-from shared.db.partitions import PARENT, list_partitions, partition_name
+from services.seed import day as day_rows
+from services.seed import open_state, parent, sql
+from services.seed.plan import NEIGHBORHOODS, PROVIDER, SeedPlan
+from shared.db.partitions import list_partitions, partition_name
 from shared.errors import DropwatchError
 
 LOADERS = 2  # one per core of a small machine; days are independent
@@ -67,7 +67,7 @@ def load(
     with engine.begin() as conn:
         _clear_days(conn, wanted)
         add_venues_and_buckets(conn, plan, wanted)
-        indexes = _parent_indexes(conn)
+        indexes = parent.indexes(conn)
         if id_base is None:
             id_base = int(
                 conn.execute(text("SELECT coalesce(max(id), 0) FROM drop_events")).scalar_one()
@@ -128,24 +128,21 @@ def load(
 
 
 def _load_day(
-    engine: Engine, plan: SeedPlan, day: dt.date, id_base: int, indexes: list[_Index]
+    engine: Engine, plan: SeedPlan, day: dt.date, id_base: int, indexes: list[parent.Index]
 ) -> None:
     name = partition_name(day)
     with engine.begin() as conn:
         # A day of a large load can take longer than the services' statement timeout.
         conn.execute(text("SET LOCAL statement_timeout = 0"))
         conn.execute(text("SET LOCAL maintenance_work_mem = '256MB'"))
-        conn.execute(
-            text(f"CREATE TABLE {name} (LIKE {PARENT} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
-        )
-        write_day(conn, plan, day, id_base, name, open_state.STAGE)
+        day_rows.create(conn, plan, day, id_base, name, open_state.STAGE)
         for index in indexes:
             conn.execute(text(index.ddl(name)))
         # A 6,000-row sample (the default is 30,000): n_distinct of venue_id still comes out
         # within a few percent, at a quarter of the cost.
         conn.execute(text("SET LOCAL default_statistics_target = 20"))
         conn.execute(text(f"ANALYZE {name} ({ANALYZED})"))
-        _attach(conn, day)
+        parent.attach(conn, day)
 
 
 def add_venues_and_buckets(conn: Connection, plan: SeedPlan, days: list[dt.date]) -> None:
@@ -166,49 +163,6 @@ def add_venues_and_buckets(conn: Connection, plan: SeedPlan, days: list[dt.date]
             "slots": [b.open_drops + b.baseline for b in chosen],
         },
     )
-
-
-def write_day(
-    conn: Connection,
-    plan: SeedPlan,
-    day: dt.date,
-    id_base: int,
-    table: str,
-    open_table: str = open_state.TARGET,
-) -> None:
-    """The day's events into `table`, its open drops and baseline slots into `open_table`."""
-    buckets = [b for b in plan.buckets if b.day == day]
-    common: dict[str, Any] = {
-        "day": day,
-        "now": plan.now,
-        "venues": plan.venues,
-        "space": plan.space,
-        "stride": stride(plan.space),
-        "ids": [b.bucket_id for b in buckets],
-        "anchors": [b.anchor for b in buckets],
-        "n0s": [b.n0 for b in buckets],
-        "opens": [b.open_drops for b in buckets],
-        "zone": plan.zone,
-    }
-    # A day's pairs (tens of MB at most) stay in memory.
-    conn.execute(text("SET LOCAL work_mem = '64MB'"))
-    conn.execute(
-        text(sql.events(table, open_table if any(b.open_drops for b in buckets) else None)),
-        {
-            **common,
-            "pairs": [b.pairs for b in buckets],
-            "fresh": [b.fresh for b in buckets],
-            "market": plan.market,
-            "prime": list(plan.prime_anchors),
-            "id_base": id_base,
-            "mean_age": plan.mean_age_hours * 3600.0,
-        },
-    )
-    if any(b.baseline for b in buckets):
-        conn.execute(
-            text(sql.BASELINE.replace("__OPEN_TABLE__", open_table)),
-            {**common, "baselines": [b.baseline for b in buckets]},
-        )
 
 
 def _reserve_ids(conn: Connection, top: int) -> None:
@@ -232,70 +186,3 @@ def _clear_days(conn: Connection, days: list[dt.date]) -> None:
         if conn.execute(text(f"SELECT EXISTS (SELECT 1 FROM {name})")).scalar_one():
             raise DropwatchError(f"seed: {day} already has events; seed an empty database")
         conn.execute(text(f"DROP TABLE {name}"))
-
-
-@dataclass(frozen=True)
-class _Index:
-    """One index of the parent, to build on a day table before it is attached."""
-
-    name: str
-    constraint: str | None  # e.g. "PRIMARY KEY (id, bucket_date)"; None for a plain index
-    definition: str  # what follows USING in its CREATE INDEX: "btree (bucket_id)"
-    unique: bool
-
-    def ddl(self, table: str) -> str:
-        # The parent's index name with the partition's name in it (or in front of it).
-        if PARENT in self.name:
-            name = self.name.replace(PARENT, table, 1)[:63]
-        else:
-            name = f"{table}_{self.name}"[:63]
-        if self.constraint is not None:
-            return f"ALTER TABLE {table} ADD CONSTRAINT {name} {self.constraint}"
-        unique = "UNIQUE " if self.unique else ""
-        return f"CREATE {unique}INDEX {name} ON {table} USING {self.definition}"
-
-
-def _parent_indexes(conn: Connection) -> list[_Index]:
-    """The parent's indexes, read from the catalog so seeding follows every migration.
-
-    ATTACH PARTITION adopts a partition's index that matches one of the parent's (a
-    constraint's index only if it backs the same kind of constraint) instead of building it.
-    """
-    rows = conn.execute(
-        text(
-            """
-            SELECT i.relname, pg_get_indexdef(x.indexrelid), x.indisunique,
-                   pg_get_constraintdef(c.oid)
-            FROM pg_index x
-            JOIN pg_class i ON i.oid = x.indexrelid
-            LEFT JOIN pg_constraint c ON c.conindid = x.indexrelid AND c.conrelid = x.indrelid
-                 AND c.contype IN ('p', 'u', 'x')
-            WHERE x.indrelid = CAST(:parent AS regclass)
-            ORDER BY i.relname
-            """
-        ),
-        {"parent": PARENT},
-    )
-    return [
-        _Index(name, constraint, definition.split(" USING ", 1)[1], unique)
-        for name, definition, unique, constraint in rows
-    ]
-
-
-def _attach(conn: Connection, day: dt.date) -> None:
-    """Attach the built day table; a CHECK matching the bound spares ATTACH its scan."""
-    name = partition_name(day)
-    lower, upper = day.isoformat(), (day + dt.timedelta(days=1)).isoformat()
-    conn.execute(
-        text(
-            f"ALTER TABLE {name} ADD CONSTRAINT {name}_bound"
-            f" CHECK (bucket_date >= '{lower}' AND bucket_date < '{upper}')"
-        )
-    )
-    conn.execute(
-        text(
-            f"ALTER TABLE {PARENT} ATTACH PARTITION {name}"
-            f" FOR VALUES FROM ('{lower}') TO ('{upper}')"
-        )
-    )
-    conn.execute(text(f"ALTER TABLE {name} DROP CONSTRAINT {name}_bound"))

@@ -95,43 +95,60 @@ p AS MATERIALIZED (
 )
 """
 
-_DAY_EVENTS = f"""
-INSERT INTO __DAY_TABLE__ (id, bucket_date, bucket_id, market, provider, slot_id, venue_id,
-    event_type, opened_at, closed_at, drop_duration_seconds, slot_date, slot_time,
-    seating_type, party_sizes, time_slot, time_bucket, dedupe_key, drop_event_id,
-    created_at)
-SELECT :id_base + 2 * p.n - 1 + k.closing, :day, p.bucket_id, :market, '{PROVIDER}',
-    p.slot_id, p.venue_id, k.event_type, p.opened_at,
-    CASE WHEN k.closing = 1 THEN p.closed_at END,
-    CASE WHEN k.closing = 1
-         THEN CAST(extract(epoch FROM p.closed_at - p.opened_at) AS float8) END,
-    p.slot_date, p.slot_time, p.seating_type, p.sizes, p.anchor,
-    CASE WHEN p.anchor = ANY(CAST(:prime AS text[])) THEN 'prime' ELSE 'off_peak' END,
-    CASE WHEN k.closing = 0
-         THEN 'NEW_DROP:' || p.bucket_id || ':' || p.slot_id || '/seed' || p.n
-         ELSE 'CLOSED:' || (:id_base + 2 * p.n - 1) END,
-    CASE WHEN k.closing = 1 THEN :id_base + 2 * p.n - 1 END,
-    CASE WHEN k.closing = 1 THEN p.closed_at ELSE p.opened_at END
+# Each event column from pair `p` and kind `k` (a NEW_DROP, or its CLOSED when the drop closed).
+EVENT_VALUES = {
+    "id": ":id_base + 2 * p.n - 1 + k.closing",
+    "bucket_date": "CAST(:day AS date)",
+    "bucket_id": "p.bucket_id",
+    "market": ":market",
+    "provider": f"'{PROVIDER}'",
+    "slot_id": "p.slot_id",
+    "venue_id": "p.venue_id",
+    "event_type": "k.event_type",
+    "opened_at": "p.opened_at",
+    "closed_at": "CASE WHEN k.closing = 1 THEN p.closed_at END",
+    "drop_duration_seconds": "CASE WHEN k.closing = 1"
+    " THEN CAST(extract(epoch FROM p.closed_at - p.opened_at) AS float8) END",
+    "slot_date": "p.slot_date",
+    "slot_time": "p.slot_time",
+    "seating_type": "p.seating_type",
+    "party_sizes": "p.sizes",
+    "time_slot": "p.anchor",
+    "time_bucket": "CASE WHEN p.anchor = ANY(CAST(:prime AS text[]))"
+    " THEN 'prime' ELSE 'off_peak' END",
+    "dedupe_key": "CASE WHEN k.closing = 0"
+    " THEN 'NEW_DROP:' || p.bucket_id || ':' || p.slot_id || '/seed' || p.n"
+    " ELSE 'CLOSED:' || (:id_base + 2 * p.n - 1) END",
+    "drop_event_id": "CASE WHEN k.closing = 1 THEN :id_base + 2 * p.n - 1 END",
+    "created_at": "CASE WHEN k.closing = 1 THEN p.closed_at ELSE p.opened_at END",
+}
+
+_EVENT_ROWS = """
 FROM p CROSS JOIN (VALUES ('NEW_DROP', 0), ('CLOSED', 1)) AS k (event_type, closing)
 WHERE NOT (p.is_open AND k.closing = 1)
 """
 
-_OPEN_DROPS = """
+
+def insert_events(table: str) -> str:
+    """INSERT the day's events into `table` (a day table, or the partitioned parent)."""
+    names = ", ".join(EVENT_VALUES)
+    values = ",\n    ".join(EVENT_VALUES.values())
+    return f"{_PAIRS}INSERT INTO {table} ({names})\nSELECT {values}{_EVENT_ROWS}"
+
+
+# A live day's open drops, from its NEW_DROP events: pair n of a bucket is open when it is one
+# of the bucket's first `opens` pairs (plan.py), and its NEW_DROP has id :id_base + 2n - 1.
+OPEN_DROPS = """
 INSERT INTO __OPEN_TABLE__ (bucket_id, slot_id, venue_id, slot_date, slot_time, seating_type,
                             party_sizes, time_slot, first_seen_at, drop_event_id, opened_at)
-SELECT p.bucket_id, p.slot_id, p.venue_id, p.slot_date, p.slot_time, p.seating_type, p.sizes,
-       p.anchor, p.opened_at, :id_base + 2 * p.n - 1, p.opened_at
-FROM p WHERE p.is_open
+SELECT d.bucket_id, d.slot_id, d.venue_id, d.slot_date, d.slot_time, d.seating_type,
+       d.party_sizes, d.time_slot, d.opened_at, d.id, d.opened_at
+FROM __DAY_TABLE__ AS d
+JOIN unnest(CAST(:ids AS text[]), CAST(:n0s AS bigint[]), CAST(:opens AS int[]))
+     AS b(bucket_id, n0, opens) ON b.bucket_id = d.bucket_id
+WHERE d.bucket_date = :day AND d.event_type = 'NEW_DROP'
+  AND (d.id - :id_base + 1) / 2 <= b.n0 + b.opens
 """
-
-
-def events(day_table: str, open_table: str | None) -> str:
-    """One statement: the day's pairs into `day_table` as events, and its open drops into
-    `open_table` when the day has any (a day without touches no open-state table)."""
-    into_day = _DAY_EVENTS.replace("__DAY_TABLE__", day_table)
-    if open_table is None:
-        return _PAIRS + into_day
-    return f"{_PAIRS},\nev AS ({into_day})" + _OPEN_DROPS.replace("__OPEN_TABLE__", open_table)
 
 
 # Baseline slots: open since the bucket was first seen, never drops. They follow the bucket's

@@ -316,6 +316,19 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def busy_cpu_seconds() -> float | None:
+    """CPU time this whole machine has spent busy since boot (Linux /proc/stat), all processes:
+    the difference over a load is what the load cost with the database server on this machine,
+    whatever the other core was doing."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq = (int(f) for f in fields[:7])
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    return (user + nice + system + irq + softirq) / ticks
+
+
 def memory_gib() -> float | None:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():

@@ -50,6 +50,8 @@ def test_benchmark_runs_and_reports_its_targets(name: str, tmp_path: Path) -> No
     assert result.returncode == 0, result.stderr[-2000:]
     assert "| target | measured | verdict |" in result.stdout
     assert "PASS" in result.stdout or "MISS" in result.stdout
+    if name == "seed":  # the machine's ceiling, measured in the same run
+        assert "Ceiling at" in result.stdout and "floor: the same rows copied" in result.stdout
     points = json.loads(points_file.read_text())
     assert points["benchmark"] == name and points["points"]
     for p in points["points"]:

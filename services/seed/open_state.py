@@ -38,7 +38,7 @@ def move(conn: Connection) -> int:
     conn.execute(text("SET LOCAL statement_timeout = 0"))
     conn.execute(text("SET LOCAL maintenance_work_mem = '256MB'"))
     conn.execute(text(f"LOCK TABLE {TARGET} IN ACCESS EXCLUSIVE MODE"))
-    rebuilt = _definitions(conn)
+    rebuilt = definitions(conn)
     for item in reversed(rebuilt):  # foreign keys first, the primary key last
         conn.execute(text(item.drop))
     if not conn.execute(text(f"SELECT EXISTS (SELECT 1 FROM {TARGET})")).scalar_one():
@@ -53,12 +53,12 @@ def move(conn: Connection) -> int:
 
 
 @dataclass(frozen=True)
-class _Definition:
+class Definition:
     drop: str
     create: str
 
 
-def _definitions(conn: Connection) -> list[_Definition]:
+def definitions(conn: Connection) -> list[Definition]:
     """open_slots' constraints and indexes, read from the catalog (so the move follows every
     migration), in the order to rebuild them: keys, then plain indexes, then foreign keys."""
     constraints = conn.execute(
@@ -86,13 +86,13 @@ def _definitions(conn: Connection) -> list[_Definition]:
         {"t": TARGET},
     ).all()
 
-    def constraint(name: str, definition: str) -> _Definition:
-        return _Definition(
+    def constraint(name: str, definition: str) -> Definition:
+        return Definition(
             f'ALTER TABLE {TARGET} DROP CONSTRAINT "{name}"',
             f'ALTER TABLE {TARGET} ADD CONSTRAINT "{name}" {definition}',
         )
 
     keys = [constraint(n, d) for n, d, kind in constraints if kind != "f"]
     foreign = [constraint(n, d) for n, d, kind in constraints if kind == "f"]
-    plain = [_Definition(f'DROP INDEX "{name}"', ddl) for name, ddl in indexes]
+    plain = [Definition(f'DROP INDEX "{name}"', ddl) for name, ddl in indexes]
     return keys + plain + foreign

@@ -252,6 +252,9 @@ def test_open_state_moves_in_bulk_and_keeps_every_index(engine: Engine, db_url: 
         conn.execute(text(f"UPDATE {open_state.STAGE} SET bucket_id = 'nowhere', slot_id = 'x'"))
     with engine.begin() as conn, pytest.raises(IntegrityError, match="fk_open_slots"):
         open_state.move(conn)
+    # A seed finds the stage first, and says what failed and where the rows are.
+    with pytest.raises(DropwatchError, match=r"moving the open state .*fk_open_slots.* stay in"):
+        seed(engine, settings, events=1000, now=NOW)
 
 
 def test_an_interrupted_seed_moves_its_staged_state_first(engine: Engine, db_url: str) -> None:

@@ -62,8 +62,7 @@ def load(
     chosen = [b for b in plan.buckets if b.day in wanted]
     with_state = sorted({b.day for b in chosen if b.open_drops or b.baseline})
     started = time.perf_counter()
-    with engine.begin() as conn:
-        open_state.move(conn)  # what an interrupted seed staged, before anything else
+    _move_open_state(engine)  # what an interrupted seed staged, before anything else
     with engine.begin() as conn:
         _clear_days(conn, wanted)
         add_venues_and_buckets(conn, plan, wanted)
@@ -88,8 +87,7 @@ def load(
 
     def move_after(loading: list[Future[None]]) -> None:
         wait(loading)  # those days are running or done by now: the pool took them first
-        with engine.begin() as conn:
-            open_state.move(conn)
+        _move_open_state(engine)
 
     # Days with open state go first: their state then moves while the others still load.
     failed: tuple[dt.date, BaseException] | None = None
@@ -103,13 +101,12 @@ def load(
                 failed = (day, future.exception() or RuntimeError())
                 break
     if moving is not None and moving.cancelled():  # the loaded days' state moves anyway
-        with engine.begin() as conn:
-            open_state.move(conn)
+        _move_open_state(engine)
     elif moving is not None:
         moving.result()
     if failed is not None:
         day, exc = failed
-        cause = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        cause = _cause(exc)
         raise DropwatchError(
             f"seed: loading {day} failed ({cause}); the days loaded before stay, "
             "so seed an empty database to start over"
@@ -125,6 +122,22 @@ def load(
         seconds=time.perf_counter() - started,
         id_base=base,
     )
+
+
+def _move_open_state(engine: Engine) -> None:
+    try:
+        with engine.begin() as conn:
+            open_state.move(conn)
+    except Exception as exc:
+        raise DropwatchError(
+            f"seed: moving the open state into {open_state.TARGET} failed ({_cause(exc)}); "
+            f"its rows stay in {open_state.STAGE}, and the next seed moves them first"
+        ) from exc
+
+
+def _cause(exc: BaseException) -> str:
+    """The first line of the database's own message, without SQLAlchemy's wrapping."""
+    return str(getattr(exc, "orig", None) or exc).splitlines()[0]
 
 
 def _load_day(

@@ -6,6 +6,8 @@ import datetime as dt
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 from pydantic import SecretStr
@@ -212,6 +214,17 @@ def test_a_failed_day_stops_the_load_with_the_ids_reserved(engine: Engine, db_ur
     loaded = [b for b in plan.buckets if plan.today <= b.day < blocked]
     assert open_rows == sum(b.open_drops + b.baseline for b in loaded) > 0
     assert stray == 0
+    with engine.connect() as conn:  # the failed day's buckets were never marked polled
+        polls = dict(
+            conn.execute(
+                text(
+                    "SELECT bucket_date = :blocked, max(baseline_polls) FROM discovery_buckets"
+                    " GROUP BY 1"
+                ),
+                {"blocked": blocked},
+            ).all()
+        )
+    assert polls == {True: 0, False: 3}
 
 
 def _open_slots_catalog(conn: Connection) -> list[tuple[str, str]]:
@@ -252,9 +265,66 @@ def test_open_state_moves_in_bulk_and_keeps_every_index(engine: Engine, db_url: 
         conn.execute(text(f"UPDATE {open_state.STAGE} SET bucket_id = 'nowhere', slot_id = 'x'"))
     with engine.begin() as conn, pytest.raises(IntegrityError, match="fk_open_slots"):
         open_state.move(conn)
-    # A seed finds the stage first, and says what failed and where the rows are.
-    with pytest.raises(DropwatchError, match=r"moving the open state .*fk_open_slots.* stay in"):
+    # Left by an interrupted seed, rows of a vanished bucket are stale: the next seed drops
+    # them before anything else (and then refuses the days that hold events).
+    with pytest.raises(DropwatchError, match="already has events"):
         seed(engine, settings, events=1000, now=NOW)
+    with engine.connect() as conn:
+        assert not open_state.staged(conn) and _open_slots_catalog(conn) == before
+        assert conn.execute(text("SELECT count(*) FROM open_slots")).scalar_one() == (
+            result.open_drops + result.baseline
+        )
+
+
+def test_a_stage_that_cannot_move_is_one_clear_error(engine: Engine, db_url: str) -> None:
+    settings = Settings(database_url=SecretStr(db_url))
+    seed(engine, settings, events=4_000, past_days=0, venues=100, now=NOW)
+    with engine.begin() as conn:  # the same slot staged twice, absent from open_slots
+        open_state.stage(conn)
+        conn.execute(
+            text(
+                "WITH one AS (DELETE FROM open_slots"
+                " WHERE ctid = (SELECT min(ctid) FROM open_slots) RETURNING *)"
+                f" INSERT INTO {open_state.STAGE}"
+                " SELECT one.* FROM one CROSS JOIN generate_series(1, 2)"
+            )
+        )
+    with pytest.raises(DropwatchError, match=r"pk_open_slots.*DROP TABLE seed_open_slots"):
+        seed(engine, settings, events=1000, now=NOW)
+
+
+def test_the_move_takes_its_locks_in_the_pollers_order(engine: Engine, db_url: str) -> None:
+    """A poll locks its bucket row, then writes open_slots. The move must not hold open_slots
+    while it waits for discovery_buckets (that deadlocked): it waits, then runs."""
+    settings = Settings(database_url=SecretStr(db_url))
+    seed(engine, settings, events=4_000, past_days=0, venues=100, now=NOW)
+    with engine.begin() as conn:
+        bucket = conn.execute(text("SELECT min(bucket_id) FROM open_slots")).scalar_one()
+        open_state.stage(conn)
+    poll = engine.connect()
+    tx = poll.begin()
+    poll.execute(
+        text("SELECT 1 FROM discovery_buckets WHERE bucket_id = :b FOR UPDATE"), {"b": bucket}
+    )
+    errors: list[BaseException] = []
+
+    def move() -> None:
+        try:
+            with engine.begin() as conn:
+                open_state.move(conn)
+        except BaseException as exc:
+            errors.append(exc)
+
+    mover = threading.Thread(target=move)
+    mover.start()
+    time.sleep(0.5)  # the move is now waiting for discovery_buckets
+    poll.execute(text("DELETE FROM open_slots WHERE bucket_id = :b"), {"b": bucket})
+    tx.commit()
+    poll.close()
+    mover.join(timeout=30)
+    assert not mover.is_alive() and errors == []
+    with engine.connect() as conn:
+        assert not open_state.staged(conn)
 
 
 def test_an_interrupted_seed_moves_its_staged_state_first(engine: Engine, db_url: str) -> None:

@@ -37,6 +37,7 @@ def create(
     )
     conn.execute(text(sql.insert_events(table)), params)
     _open_state(conn, buckets, params, table, open_table)
+    _mark_buckets(conn, plan, buckets)
 
 
 def insert(
@@ -50,6 +51,7 @@ def insert(
     buckets, params = _params(plan, day, id_base)
     conn.execute(text(sql.insert_events(PARENT)), params)
     _open_state(conn, buckets, params, PARENT, open_table)
+    _mark_buckets(conn, plan, buckets)
 
 
 def _params(plan: SeedPlan, day: dt.date, id_base: int) -> tuple[list[BucketSeed], dict[str, Any]]:
@@ -89,3 +91,14 @@ def _open_state(
         conn.execute(text(statement.replace("__DAY_TABLE__", day_table)), params)
     if any(b.baseline for b in buckets):
         conn.execute(text(sql.BASELINE.replace("__OPEN_TABLE__", open_table)), params)
+
+
+def _mark_buckets(conn: Connection, plan: SeedPlan, buckets: list[BucketSeed]) -> None:
+    conn.execute(
+        text(sql.MARK_BUCKETS),
+        {
+            "now": plan.now,
+            "ids": [b.bucket_id for b in buckets],
+            "slots": [b.open_drops + b.baseline for b in buckets],
+        },
+    )

@@ -62,7 +62,7 @@ def load(
     chosen = [b for b in plan.buckets if b.day in wanted]
     with_state = sorted({b.day for b in chosen if b.open_drops or b.baseline})
     started = time.perf_counter()
-    _move_open_state(engine)  # what an interrupted seed staged, before anything else
+    _move_open_state(engine, leftover=True)  # what an interrupted seed staged, first
     with engine.begin() as conn:
         _clear_days(conn, wanted)
         add_venues_and_buckets(conn, plan, wanted)
@@ -100,17 +100,23 @@ def load(
                 pool.shutdown(cancel_futures=True)  # the days not started yet are not loaded
                 failed = (day, future.exception() or RuntimeError())
                 break
-    if moving is not None and moving.cancelled():  # the loaded days' state moves anyway
-        _move_open_state(engine)
-    elif moving is not None:
-        moving.result()
+    moved: DropwatchError | None = None
+    try:
+        if moving is not None and moving.cancelled():  # the loaded days' state moves anyway
+            _move_open_state(engine)
+        elif moving is not None:
+            moving.result()
+    except DropwatchError as error:
+        moved = error
     if failed is not None:
-        day, exc = failed
-        cause = _cause(exc)
+        day, cause = failed
+        also = f"; {moved}" if moved is not None else ""
         raise DropwatchError(
-            f"seed: loading {day} failed ({cause}); the days loaded before stay, "
-            "so seed an empty database to start over"
-        ) from exc
+            f"seed: loading {day} failed ({_cause(cause)}); the days loaded before stay, "
+            f"so seed an empty database to start over{also}"
+        ) from cause
+    if moved is not None:
+        raise moved
     with engine.connect() as conn:
         conn.execution_options(isolation_level="AUTOCOMMIT")
         conn.execute(text("ANALYZE baseline_slots, discovery_buckets, venues"))
@@ -124,14 +130,15 @@ def load(
     )
 
 
-def _move_open_state(engine: Engine) -> None:
+def _move_open_state(engine: Engine, *, leftover: bool = False) -> None:
     try:
         with engine.begin() as conn:
-            open_state.move(conn)
+            open_state.move(conn, leftover=leftover)
     except Exception as exc:
         raise DropwatchError(
             f"seed: moving the open state into {open_state.TARGET} failed ({_cause(exc)}); "
-            f"its rows stay in {open_state.STAGE}, and the next seed moves them first"
+            f"its rows stay in {open_state.STAGE}: the next seed tries again, "
+            f"DROP TABLE {open_state.STAGE} discards them"
         ) from exc
 
 
@@ -159,7 +166,7 @@ def _load_day(
 
 
 def add_venues_and_buckets(conn: Connection, plan: SeedPlan, days: list[dt.date]) -> None:
-    """The plan's venues, and the days' buckets as their last poll left them."""
+    """The plan's venues and the days' buckets (each day's load marks them polled)."""
     conn.execute(
         text(sql.VENUES),
         {"provider": PROVIDER, "hoods": list(NEIGHBORHOODS), "venues": plan.venues},
@@ -169,11 +176,9 @@ def add_venues_and_buckets(conn: Connection, plan: SeedPlan, days: list[dt.date]
         text(sql.BUCKETS),
         {
             "market": plan.market,
-            "now": plan.now,
             "ids": [b.bucket_id for b in chosen],
             "days": [b.day for b in chosen],
             "anchors": [b.anchor for b in chosen],
-            "slots": [b.open_drops + b.baseline for b in chosen],
         },
     )
 

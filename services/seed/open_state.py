@@ -27,17 +27,34 @@ def staged(conn: Connection) -> bool:
     return bool(conn.execute(text("SELECT to_regclass(:t) IS NOT NULL"), {"t": STAGE}).scalar_one())
 
 
-def move(conn: Connection) -> int:
+def move(conn: Connection, *, leftover: bool = False) -> int:
     """Move the staged rows into open_slots and drop the stage; returns the rows moved.
 
-    Holds an exclusive lock on open_slots until commit: the feed waits for the move (about a
-    second per 300k rows), it never reads open state half-moved.
+    `leftover`: the stage is an interrupted seed's, so its rows may have gone stale since:
+    those of a bucket that no longer exists, or of a slot the poller has written since, are
+    dropped (the database's current state wins).
+
+    Locks discovery_buckets (rebuilding the foreign key needs it) and then open_slots, in the
+    order a poll takes them, until commit: the poller and the feed wait for the move (about
+    2 s for 300k rows) and never see open state half-moved. Seed with the services stopped.
     """
     if not staged(conn):
         return 0
     conn.execute(text("SET LOCAL statement_timeout = 0"))
     conn.execute(text("SET LOCAL maintenance_work_mem = '256MB'"))
-    conn.execute(text(f"LOCK TABLE {TARGET} IN ACCESS EXCLUSIVE MODE"))
+    conn.execute(text(f"LOCK TABLE discovery_buckets, {TARGET} IN ACCESS EXCLUSIVE MODE"))
+    if leftover:
+        conn.execute(
+            text(
+                f"""
+                DELETE FROM {STAGE} s
+                WHERE NOT EXISTS (SELECT 1 FROM discovery_buckets b
+                                  WHERE b.bucket_id = s.bucket_id)
+                   OR EXISTS (SELECT 1 FROM {TARGET} o
+                              WHERE o.bucket_id = s.bucket_id AND o.slot_id = s.slot_id)
+                """
+            )
+        )
     rebuilt = definitions(conn)
     for item in reversed(rebuilt):  # foreign keys first, the primary key last
         conn.execute(text(item.drop))
@@ -64,7 +81,7 @@ def definitions(conn: Connection) -> list[Definition]:
     constraints = conn.execute(
         text(
             """
-            SELECT conname, pg_get_constraintdef(oid), contype
+            SELECT quote_ident(conname), pg_get_constraintdef(oid), contype
             FROM pg_constraint
             WHERE conrelid = CAST(:t AS regclass) AND contype IN ('p', 'u', 'x', 'f')
             ORDER BY contype = 'f', contype <> 'p', conname
@@ -75,7 +92,7 @@ def definitions(conn: Connection) -> list[Definition]:
     indexes = conn.execute(
         text(
             """
-            SELECT i.relname, pg_get_indexdef(x.indexrelid)
+            SELECT quote_ident(i.relname), pg_get_indexdef(x.indexrelid)
             FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
             WHERE x.indrelid = CAST(:t AS regclass)
               AND NOT EXISTS (SELECT 1 FROM pg_constraint c
@@ -88,11 +105,11 @@ def definitions(conn: Connection) -> list[Definition]:
 
     def constraint(name: str, definition: str) -> Definition:
         return Definition(
-            f'ALTER TABLE {TARGET} DROP CONSTRAINT "{name}"',
-            f'ALTER TABLE {TARGET} ADD CONSTRAINT "{name}" {definition}',
+            f"ALTER TABLE {TARGET} DROP CONSTRAINT {name}",
+            f"ALTER TABLE {TARGET} ADD CONSTRAINT {name} {definition}",
         )
 
     keys = [constraint(n, d) for n, d, kind in constraints if kind != "f"]
     foreign = [constraint(n, d) for n, d, kind in constraints if kind == "f"]
-    plain = [Definition(f'DROP INDEX "{name}"', ddl) for name, ddl in indexes]
+    plain = [Definition(f"DROP INDEX {name}", ddl) for name, ddl in indexes]
     return keys + plain + foreign

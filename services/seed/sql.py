@@ -147,7 +147,7 @@ FROM __DAY_TABLE__ AS d
 JOIN unnest(CAST(:ids AS text[]), CAST(:n0s AS bigint[]), CAST(:opens AS int[]))
      AS b(bucket_id, n0, opens) ON b.bucket_id = d.bucket_id
 WHERE d.bucket_date = :day AND d.event_type = 'NEW_DROP'
-  AND (d.id - :id_base + 1) / 2 <= b.n0 + b.opens
+  AND (d.id - :id_base + 1) / 2 BETWEEN b.n0 + 1 AND b.n0 + b.opens
 """
 
 
@@ -184,20 +184,24 @@ SELECT s.bucket_id, s.slot_id, s.venue_id, s.slot_date, s.slot_time, s.seating_t
 FROM s
 """
 
-# Each seeded bucket as its last healthy poll left it (past buckets too: they were polled),
-# with the number of slots the plan leaves open in it.
 BUCKETS = """
-INSERT INTO discovery_buckets AS d (bucket_id, market, date_str, bucket_date, time_slot,
-    baseline_polls, snapshot_version, last_polled_at, last_healthy_poll_at, last_outcome,
-    next_poll_at, last_slot_count)
-SELECT b.id, :market, to_char(b.day, 'YYYY-MM-DD'), b.day, b.anchor,
-       3, 1, :now, :now, 'healthy', :now, b.slots
-FROM unnest(CAST(:ids AS text[]), CAST(:days AS date[]), CAST(:anchors AS text[]),
-            CAST(:slots AS int[])) AS b(id, day, anchor, slots)
-ON CONFLICT (bucket_id) DO UPDATE
+INSERT INTO discovery_buckets (bucket_id, market, date_str, bucket_date, time_slot)
+SELECT b.id, :market, to_char(b.day, 'YYYY-MM-DD'), b.day, b.anchor
+FROM unnest(CAST(:ids AS text[]), CAST(:days AS date[]), CAST(:anchors AS text[]))
+     AS b(id, day, anchor)
+ON CONFLICT (bucket_id) DO NOTHING
+"""
+
+# Each of the day's buckets as its last healthy poll left it (past buckets too: they were
+# polled), with the number of slots the plan leaves open in it; in the day's transaction, so
+# a day that fails leaves its buckets unpolled.
+MARK_BUCKETS = """
+UPDATE discovery_buckets b
 SET baseline_polls = 3, snapshot_version = 1, last_polled_at = :now,
     last_healthy_poll_at = :now, last_outcome = 'healthy', next_poll_at = :now,
-    last_slot_count = excluded.last_slot_count
+    last_slot_count = c.slots
+FROM unnest(CAST(:ids AS text[]), CAST(:slots AS int[])) AS c(bucket_id, slots)
+WHERE b.bucket_id = c.bucket_id
 """
 
 VENUES = """

@@ -3,7 +3,7 @@
 #   docker run dropwatch:dev services.feed                (the default)
 #   docker run dropwatch:dev services.poller
 #   docker run dropwatch:dev services.maintenance run
-#   docker run dropwatch:dev services.cli migrate
+#   docker run dropwatch:dev shared.db.migrate
 # Kubernetes sets the full command (deploy/k8s/base). Configuration is DROPWATCH_* environment
 # variables only (README.md); the image holds no settings and no secrets.
 

@@ -27,8 +27,8 @@ import psycopg
 from sqlalchemy import Engine, event, text
 from sqlalchemy.engine import make_url
 
-from services.seed import Shape, load, make_plan
-from services.seed.loader import LOADERS
+from tools.seed import Shape, load, make_plan
+from tools.seed.loader import LOADERS
 from shared.db import embedded, migrate
 from shared.db.engine import make_engine, to_sqlalchemy_url
 from shared.settings import Settings

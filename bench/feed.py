@@ -76,7 +76,7 @@ from bench.tables import details, md_table, plain_table
 from services.feed import store
 from services.feed.cache import AnswerCache
 from services.feed.paging import PageTokens
-from services.feed.query import FeedQuery, from_just_opened, from_still_open
+from services.feed.request import FeedQuery, from_just_opened, from_still_open
 from services.feed.servicer import FeedServicer
 from services.feed.settings import FeedSettings
 from shared.db.buckets import market_today

@@ -10,7 +10,7 @@ Not a test: it prints figures. Steps:
 1. One PostgreSQL server (`DROPWATCH_DATABASE_URL`'s, or an embedded one in a temporary
    directory). A template database, migrated to head (drop_events: primary key and dedupe key
    only; migration 0003 dropped the review's six other indexes), gets about `--events`
-   `drop_events` from the project's loader, `services.seed` (`make_plan` + `load`: 14 past
+   `drop_events` from the project's loader, `tools.seed` (`make_plan` + `load`: 14 past
    days and the settings' 14 live days relative to a fixed "now" of today 07:05 in the
    market's zone, anchors 15:00 and 19:00, 2000 venues, NEW_DROP/CLOSED pairs with durations,
    the live buckets' open state; each day built as its own table, indexed, ANALYZEd and
@@ -44,7 +44,7 @@ Not a test: it prints figures. Steps:
    remaining past and 14 live days). The 2 x (1 + `--repeats`) pruned days cannot all be in a
    100k table at once, so each starts as an empty partition and is filled just before its
    round (untimed,
-   all sizes: `services.seed.load` of that day, VACUUM (ANALYZE) of its partition, its
+   all sizes: `tools.seed.load` of that day, VACUUM (ANALYZE) of its partition, its
    aggregation), then one CHECKPOINT; so at each prune the table holds about the
    `--prune-sizes` value, of which the pruned day is `--day-events`. This is the issue's
    "pruning a day's worth of events costs the same at 100k and at 5M rows".
@@ -106,8 +106,8 @@ from bench.tables import md_table, plain_table
 from services.maintenance import run as maintenance_run
 from services.maintenance import sql as maintenance_sql
 from services.maintenance.settings import MaintenanceSettings
-from services.seed import SeedPlan, load, make_plan
-from services.seed.loader import LOADERS
+from tools.seed import SeedPlan, load, make_plan
+from tools.seed.loader import LOADERS
 from shared.db.buckets import bucket_id_for, market_today
 from shared.db.engine import make_engine
 from shared.db.models import (
@@ -539,7 +539,7 @@ class DataInfo:
     past_days: int
     partitions: int
     open_slots: int
-    load_seconds: float  # services.seed.load: every day built, indexed, ANALYZEd, attached
+    load_seconds: float  # tools.seed.load: every day built, indexed, ANALYZEd, attached
     vacuum_seconds: float
     workers: int  # days loaded at a time
     id_base: int  # the load's event id base: a later load of more days reuses it
@@ -565,7 +565,7 @@ class RunPart:
 def load_data(
     engine: Engine, events: int, now: dt.datetime, plan: SeedPlan | None = None
 ) -> DataInfo:
-    """Load `plan` (default: `seed_plan(events, now)`) with `services.seed`, then VACUUM the
+    """Load `plan` (default: `seed_plan(events, now)`) with `tools.seed`, then VACUUM the
     whole database."""
     plan = plan if plan is not None else seed_plan(events, now)
     loaded = load(engine, plan)
@@ -801,7 +801,7 @@ class PruneTarget:
         event.listen(self.engine, "commit", lambda conn: self.commits.append(time.perf_counter()))
 
     def refill(self, day: dt.date) -> None:
-        """Fill the empty past day `day` with its events (untimed): `services.seed.load` of that
+        """Fill the empty past day `day` with its events (untimed): `tools.seed.load` of that
         day (its partition rebuilt with the parent's indexes of the moment), VACUUM (ANALYZE)
         of its partition (as after the load), its aggregation."""
         assert self.refill_plan is not None and day in self.fixed
@@ -973,7 +973,7 @@ class Report:
         if self.run is None:
             return (
                 f"prune databases only (--skip-run): {self.shape}, one daily partition each, "
-                f"loaded by services.seed ({LOADERS} days at a time), then VACUUM (as autovacuum "
+                f"loaded by tools.seed ({LOADERS} days at a time), then VACUUM (as autovacuum "
                 "would have visited the past days' partitions); the schema at head (drop_events: "
                 "primary key and dedupe key; the review's six other indexes only where its row "
                 f'DELETE runs). "now" = {self.now.isoformat()}'
@@ -982,7 +982,7 @@ class Report:
         return (
             f"{d.events:,} drop_events ({d.new_drops:,} NEW_DROP, {d.closed:,} CLOSED) in "
             f"{d.partitions} daily partitions ({d.shape}; the {d.past_days} past days hold "
-            f"{d.past_events:,} events), {d.open_slots:,} open_slots; loaded by services.seed "
+            f"{d.past_events:,} events), {d.open_slots:,} open_slots; loaded by tools.seed "
             "(per day: its own table filled by one INSERT ... SELECT, its indexes built in bulk, "
             f"ANALYZE, ATTACH; {d.workers} days at a time) in {d.load_seconds:.1f} s = "
             f"{d.events_per_second:,.0f} events/s, then VACUUM ({d.vacuum_seconds:.1f} s; as "
@@ -1196,7 +1196,7 @@ class Report:
             "'<day after>_00:00'` (the earlier days are gone, so it deletes exactly one day). "
             f"Each method's first day is an untimed warm-up, then {n} timed days; times include "
             "the COMMIT. The row DELETE's later costs (dead rows for VACUUM, dirtied pages to "
-            "write back) are not in its figure. Load s = services.seed's time (every day built, "
+            "write back) are not in its figure. Load s = tools.seed's time (every day built, "
             "indexed, ANALYZEd and attached), without the VACUUM."
         )
 
@@ -1225,7 +1225,7 @@ class Report:
             f"live), while the {days} days to prune (warm-up + {n} timed, for each method) start "
             f"as empty partitions{fit}. Before each "
             f"round, each size's next day is filled with its {self.day_events:,} events "
-            "(untimed: services.seed's load of that day, which builds its partition with the "
+            "(untimed: tools.seed's load of that day, which builds its partition with the "
             "parent's indexes of the moment, VACUUM (ANALYZE) of its partition, its "
             f"aggregation), then {checkpoint}; the earlier filled days are gone by then, so at "
             "every prune the table holds the events in the first column, of which the pruned "

@@ -8,7 +8,7 @@ Not a test: it prints figures. Steps:
 1. A fresh database (on `DROPWATCH_DATABASE_URL`'s server, or an embedded PostgreSQL in a
    temporary directory), migrated to head: drop_events has its primary key and dedupe key
    only (migration 0003 dropped the review's six other indexes).
-2. About `--events` `drop_events` loaded by the project's loader, `services.seed` (14 past days
+2. About `--events` `drop_events` loaded by the project's loader, `tools.seed` (14 past days
    and the settings' live window, "today" in the market's zone, anchors 15:00 (off_peak) and
    19:00 (prime), 2000 venues, NEW_DROP/CLOSED pairs, the live buckets' open state in
    `open_slots` (open drops and baseline slots) and `baseline_slots`; each day built as its
@@ -70,9 +70,9 @@ from bench.points import Point, write_points
 from bench.tables import details, md_table, plain_table
 from services.poller import store
 from services.poller.slots import BucketFetch, Slot
-from services.seed import SeedPlan, SeedResult, load, make_plan
-from services.seed.loader import LOADERS
-from services.seed.plan import PROVIDER, BucketSeed, slot_for, venue_info
+from tools.seed import SeedPlan, SeedResult, load, make_plan
+from tools.seed.loader import LOADERS
+from tools.seed.plan import PROVIDER, BucketSeed, slot_for, venue_info
 from shared.db.buckets import bucket_id_for
 from shared.db.engine import make_async_engine, make_engine
 from shared.db.models import EVENT_CLOSED, EVENT_NEW_DROP, DiscoveryBucket, DropEvent
@@ -81,7 +81,7 @@ OWNER = "bench-poller"
 PRIME_ANCHOR = "19:00"  # both benchmark buckets: today+3 (ours) and today+4 (original)
 OURS_DAY = 3
 ORIGINAL_DAY = 4
-# Slot indices (per bucket, see services.seed.plan.slot_for) of the benchmark's own polls.
+# Slot indices (per bucket, see tools.seed.plan.slot_for) of the benchmark's own polls.
 BENCH_NEW_BASE = 40_000
 BENCH_OPEN = 2000  # slots in the benchmark bucket's open state (its first 2000 slot indices)
 MIN_EVENTS = 10_000
@@ -101,7 +101,7 @@ def log(message: str) -> None:
 
 @dataclass(frozen=True)
 class Loaded:
-    """What `services.seed` loaded, with the database's own counts."""
+    """What `tools.seed` loaded, with the database's own counts."""
 
     seed: SeedResult
     new_drops: int
@@ -129,7 +129,7 @@ def bench_plan(events: int, now: dt.datetime) -> tuple[SeedPlan, BucketSeed, Buc
 
 
 def load_data(engine: Engine, plan: SeedPlan) -> Loaded:
-    """Load the plan with `services.seed`; check the database holds what the plan says."""
+    """Load the plan with `tools.seed`; check the database holds what the plan says."""
     seeded = load(engine, plan)
     with engine.connect() as conn:
         counts: dict[str, int] = dict(
@@ -585,7 +585,7 @@ class Report:
             f"{' and '.join(sorted({b.anchor for b in plan.buckets}))}), {plan.venues} venues; "
             f"{ld.open_slots:,} open_slots ({ld.seed.open_drops:,} open drops, "
             f"{ld.seed.baseline:,} baseline) and {ld.baseline_slots:,} baseline_slots. Loaded by "
-            "services.seed (per day: its own table filled by one INSERT ... SELECT, its indexes "
+            "tools.seed (per day: its own table filled by one INSERT ... SELECT, its indexes "
             f"built in bulk, ANALYZE, ATTACH; {LOADERS} days at a time) in "
             f"{ld.seed.seconds:.1f} s = {ld.seed.events_per_second:,.0f} events/s. Schema at "
             "head: drop_events has its primary key and dedupe key only; the review's "

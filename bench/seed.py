@@ -4,10 +4,10 @@
 
 Not a test: it prints figures. For each size, four fresh databases on one server (the one
 `DROPWATCH_DATABASE_URL` names, or an embedded PostgreSQL in a temporary directory), loaded
-with the same plan (`services.seed.make_plan`: the floor experiment's shape, ~0.267 open drops
+with the same plan (`tools.seed.make_plan`: the floor experiment's shape, ~0.267 open drops
 per event, 2000 venues, 28 days) but for the second:
 
-1. ours: `services.seed.load` (each day built as a table, indexed in bulk, attached; the open
+1. ours: `tools.seed.load` (each day built as a table, indexed in bulk, attached; the open
    state moved into open_slots in one bulk step);
 2. the same plan without open state (`dropwatch seed --open-ratio 0`): the history alone;
 3. the first plan with the review's six extra drop_events indexes in place (what migration 0003
@@ -56,9 +56,9 @@ from bench._db import (
 )
 from bench.points import Point, write_points
 from bench.tables import md_table, plain_table
-from services.seed import SeedPlan, Shape, load, make_plan, open_state, parent
-from services.seed import day as day_rows
-from services.seed.loader import ANALYZED, LOADERS, add_venues_and_buckets
+from tools.seed import SeedPlan, Shape, load, make_plan, open_state, parent
+from tools.seed import day as day_rows
+from tools.seed.loader import ANALYZED, LOADERS, add_venues_and_buckets
 from shared.db.engine import make_engine
 from shared.db.partitions import ensure_partitions, partition_name
 

@@ -10,11 +10,11 @@ from services.feed.server import start_feed
 from services.feed.settings import FeedSettings
 from shared.errors import DropwatchError
 from shared.metrics_http import serve_metrics
-from shared.service_main import run_service
+from shared.startup import run_service
 
 
 def serve(port: int | None = None, metrics_port: int | None = None) -> int:
-    return run_service(FeedSettings, _main, {"feed_port": port, "metrics_port": metrics_port})
+    return run_service(FeedSettings, "feed", _main, feed_port=port, metrics_port=metrics_port)
 
 
 async def _main(settings: FeedSettings, url: str, stop: asyncio.Event) -> None:

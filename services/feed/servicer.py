@@ -21,7 +21,7 @@ from services.feed import store
 from services.feed.cache import AnswerCache
 from services.feed.errors import InvalidArgumentError
 from services.feed.paging import Cursor, PageTokens
-from services.feed.query import FeedQuery, from_just_opened, from_still_open
+from services.feed.request import FeedQuery, from_just_opened, from_still_open
 from services.feed.settings import FeedSettings
 from shared.db.buckets import market_today
 from shared.db.engine import unavailable_as_error

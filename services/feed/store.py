@@ -21,7 +21,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.feed.paging import Cursor
-from services.feed.query import JUST_OPENED, FeedQuery
+from services.feed.request import JUST_OPENED, FeedQuery
 
 
 class FeedRow(NamedTuple):

@@ -15,11 +15,9 @@ import sys
 from services.maintenance.push import push_summary
 from services.maintenance.run import run
 from services.maintenance.settings import MaintenanceSettings
-from shared.db.database import open_database
-from shared.db.engine import make_engine, unavailable_as_error
+from shared.db.engine import unavailable_as_error
 from shared.errors import ConfigError, DropwatchError
-from shared.logs import configure_logging
-from shared.settings import load_settings
+from shared.startup import started
 
 log = logging.getLogger("dropwatch.maintenance")
 
@@ -37,18 +35,9 @@ def parse_now(raw: str | None) -> dt.datetime | None:
 
 
 def run_once(now: dt.datetime | None = None) -> int:
-    settings = load_settings(MaintenanceSettings)
-    configure_logging(settings.log_level, settings.secret_values())
-    database = open_database(settings)
-    try:
-        engine = make_engine(settings, name="maintenance", url=database.url)
-        try:
-            with unavailable_as_error():
-                summary = run(settings, engine, now)
-        finally:
-            engine.dispose()
-    finally:
-        database.close()
+    with started(MaintenanceSettings, "maintenance") as up, unavailable_as_error():
+        settings = up.settings
+        summary = run(settings, up.engine, now)
     print(json.dumps(summary.as_dict()), flush=True)
     if summary.ran and settings.pushgateway_url:
         try:

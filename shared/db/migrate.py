@@ -1,4 +1,4 @@
-"""Run Alembic migrations programmatically (`dropwatch migrate`).
+"""Run Alembic migrations (`python -m shared.db.migrate`, `dropwatch migrate`).
 
 Migrations are the only way the schema is created or changed. A session-level advisory lock
 makes concurrent migrators (several pods starting at once) wait for each other.
@@ -6,6 +6,9 @@ makes concurrent migrators (several pods starting at once) wait for each other.
 
 from __future__ import annotations
 
+import argparse
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from alembic import command
@@ -56,3 +59,26 @@ def current_revision(engine: Engine) -> str | None:
 
 def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The production migration entry point (the Kubernetes Job runs it)."""
+    from shared.errors import DropwatchError
+    from shared.settings import Settings
+    from shared.startup import started
+
+    parser = argparse.ArgumentParser(prog="python -m shared.db.migrate")
+    parser.add_argument("--revision", default="head", help="target revision (default: head)")
+    args = parser.parse_args(argv)
+    try:
+        with started(Settings, "migrate") as up:
+            upgrade(up.engine, args.revision)
+            print(f"database at revision {current_revision(up.engine)}")
+    except DropwatchError as exc:
+        print(f"dropwatch migrate: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -62,7 +62,7 @@ COMPONENTS: dict[str, dict[str, Any]] = {
         "grpc": None,
     },
     "dropwatch-migrate": {
-        "command": ["python", "-m", "services.cli", "migrate"],
+        "command": ["python", "-m", "cli.main", "migrate"],
         "settings": Settings,
         "grpc": None,
     },

@@ -44,7 +44,7 @@ from sqlalchemy import Connection, Engine, text
 
 from services.feed import store
 from services.feed.paging import Cursor
-from services.feed.query import JUST_OPENED, FeedQuery, from_just_opened, from_still_open
+from services.feed.request import JUST_OPENED, FeedQuery, from_just_opened, from_still_open
 from shared.db.buckets import ensure_live_buckets
 from shared.db.engine import make_engine
 from shared.gen.dropwatch.feed.v1 import feed_pb2

@@ -274,7 +274,7 @@ def test_cli_prints_json_and_pushes_to_the_pushgateway(db_url: str) -> None:
             DROPWATCH_PUSHGATEWAY_URL=f"http://127.0.0.1:{server.server_port}",
         )
         result = subprocess.run(
-            [sys.executable, "-m", "services.cli", "maintenance", "run", "--now", NOW.isoformat()],
+            [sys.executable, "-m", "cli.main", "maintenance", "run", "--now", NOW.isoformat()],
             cwd=REPO_ROOT,
             env=env,
             capture_output=True,

@@ -14,7 +14,7 @@ import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import Engine, text
 
-from services.simulator.server import Simulator
+from tools.simulator.server import Simulator
 from tests.conftest import REPO_ROOT, free_port
 
 
@@ -101,7 +101,7 @@ def test_poll_once_cli_polls_one_bucket_regardless_of_cooldown(db_url: str) -> N
             DROPWATCH_WINDOW_DAYS="2",
         )
         first = subprocess.run(
-            [sys.executable, "-m", "services.cli", "poll", "--once"],
+            [sys.executable, "-m", "cli.main", "poll", "--once"],
             cwd=REPO_ROOT,
             env=env,
             capture_output=True,
@@ -112,7 +112,7 @@ def test_poll_once_cli_polls_one_bucket_regardless_of_cooldown(db_url: str) -> N
         assert "4 bucket(s) polled" in first.stdout
         bucket = first.stdout.split()[0]
         again = subprocess.run(
-            [sys.executable, "-m", "services.cli", "poll", "--once", "--bucket", bucket],
+            [sys.executable, "-m", "cli.main", "poll", "--once", "--bucket", bucket],
             cwd=REPO_ROOT,
             env=env,
             capture_output=True,
@@ -125,7 +125,7 @@ def test_poll_once_cli_polls_one_bucket_regardless_of_cooldown(db_url: str) -> N
             [
                 sys.executable,
                 "-m",
-                "services.cli",
+                "cli.main",
                 "poll",
                 "--once",
                 "--bucket",

@@ -21,7 +21,7 @@ from google.protobuf import descriptor, descriptor_pb2
 
 from shared.gen.dropwatch.feed.v1 import feed_pb2, feed_pb2_grpc
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 PROTO_DIR = REPO_ROOT / "protos"
 PROTO_FILE = "dropwatch/feed/v1/feed.proto"
 SERVICE = "dropwatch.feed.v1.FeedService"

@@ -6,7 +6,7 @@ Every statement works on one day's buckets, passed as arrays; random-looking cho
 
 from __future__ import annotations
 
-from services.seed.plan import PROVIDER, SEATINGS, TIMES
+from tools.seed.plan import PROVIDER, SEATINGS, TIMES
 
 
 def _unit(n: str, salt: int) -> str:

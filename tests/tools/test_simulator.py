@@ -20,11 +20,11 @@ from typing import Any
 import httpx
 import pytest
 
-from services.simulator import faults
-from services.simulator.model import TimeWindow
-from services.simulator.server import ScriptedSlot, ScriptedVenue, Simulator
+from tools.simulator import faults
+from tools.simulator.model import TimeWindow
+from tools.simulator.server import ScriptedSlot, ScriptedVenue, Simulator
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SEARCH = "/3/venuesearch/search"
 HEADERS = {"User-Agent": "Mozilla/5.0 (dropwatch tests)", "Origin": "https://widgets.resy.com"}
 NOW = datetime(2026, 12, 1, 17, 0, tzinfo=UTC)
@@ -733,7 +733,7 @@ def test_context_manager_starts_and_stops(clock: FakeClock) -> None:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_module_runs_as_a_process_and_stops_cleanly(sig: signal.Signals) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.simulator", "--port", "0", "--venues", "30"],
+        [sys.executable, "-m", "tools.simulator", "--port", "0", "--venues", "30"],
         cwd=REPO,
         stderr=subprocess.PIPE,
         text=True,

@@ -1,4 +1,4 @@
-"""Run the simulator as a process: `python -m services.simulator --port 8765`.
+"""Run the simulator as a process: `python -m tools.simulator --port 8765`.
 
 It logs one "simulator listening on URL" line (so a parent process can read the port when
 --port 0 picked one) and exits 0 on SIGINT or SIGTERM after closing every connection.
@@ -13,7 +13,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from services.simulator.server import Simulator
+from tools.simulator.server import Simulator
 
 # Simulated minutes per real minute for local runs. At speed 1 the 300-venue model already
 # changes a few hundred slot states a minute across 28 buckets x 2 party sizes; 5 keeps the
@@ -25,7 +25,7 @@ log = logging.getLogger("dropwatch.simulator")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m services.simulator",
+        prog="python -m tools.simulator",
         description="A local stand-in for Resy's venue-search API.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")

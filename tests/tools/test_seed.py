@@ -16,8 +16,8 @@ from sqlalchemy.exc import IntegrityError
 
 from services.maintenance.run import run as maintenance_run
 from services.maintenance.settings import MaintenanceSettings
-from services.seed import Shape, load, make_plan, open_state, seed
-from services.seed.plan import open_slot_index, slot_for
+from tools.seed import Shape, load, make_plan, open_state, seed
+from tools.seed.plan import open_slot_index, slot_for
 from shared.errors import DropwatchError
 from shared.settings import Settings
 from tests.conftest import REPO_ROOT
@@ -140,7 +140,7 @@ def test_seed_cli(db_url: str) -> None:
 
     def seed_cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "services.cli", "seed", *args],
+            [sys.executable, "-m", "cli.main", "seed", *args],
             cwd=REPO_ROOT,
             env=env,
             capture_output=True,

@@ -21,7 +21,7 @@ async def _cli(*args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "services.cli",
+        "cli.main",
         *args,
         cwd=REPO_ROOT,
         env=env,

@@ -12,9 +12,9 @@ from collections.abc import Callable
 
 from sqlalchemy import Engine
 
-from services.seed import open_state
-from services.seed.loader import SeedResult, load
-from services.seed.plan import SeedPlan, Shape, make_plan
+from tools.seed import open_state
+from tools.seed.loader import SeedResult, load
+from tools.seed.plan import SeedPlan, Shape, make_plan
 from shared.settings import Settings
 
 __all__ = ["SeedPlan", "SeedResult", "Shape", "load", "make_plan", "open_state", "seed"]

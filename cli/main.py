@@ -14,33 +14,20 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from shared.db import migrate
-from shared.db.database import open_database
-from shared.db.engine import make_engine, unavailable_as_error
+from shared.db.engine import unavailable_as_error
 from shared.errors import DropwatchError
-from shared.logs import configure_logging
-from shared.settings import Settings, load_settings
+from shared.settings import Settings
+from shared.startup import started
 
 log = logging.getLogger("dropwatch")
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
-    settings = load_settings(Settings)
-    configure_logging(settings.log_level, settings.secret_values())
-    database = open_database(settings)
-    try:
-        engine = make_engine(settings, name="migrate", url=database.url)
-        try:
-            migrate.upgrade(engine, args.revision)
-            print(f"database at revision {migrate.current_revision(engine)}")
-        finally:
-            engine.dispose()
-    finally:
-        database.close()
-    return 0
+    return migrate.main(["--revision", args.revision])
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    from services.up import run_up
+    from tools.up import run_up
 
     return run_up(free_ports=args.free_ports, plain=args.plain)
 
@@ -64,36 +51,26 @@ def _cmd_maintenance(args: argparse.Namespace) -> int:
 def _cmd_seed(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
-    from services.seed import Shape, seed
+    from tools.seed import Shape, seed
 
     shape = Shape()  # the flags given replace its defaults
     if args.open_ratio is not None:
         shape = dataclasses.replace(shape, open_ratio=args.open_ratio)
     if args.recent is not None:
         shape = dataclasses.replace(shape, recent=args.recent)
-    settings = load_settings(Settings)
-    configure_logging(settings.log_level, settings.secret_values())
-    database = open_database(settings)
-    try:
-        engine = make_engine(settings, name="seed", url=database.url)
-        try:
-            with unavailable_as_error():
-                migrate.upgrade(engine)
-                with Progress(transient=True) as bar:
-                    task = bar.add_task("seeding days", total=None)
-                    result = seed(
-                        engine,
-                        settings,
-                        events=args.events,
-                        past_days=args.days,
-                        venues=args.venues,
-                        shape=shape,
-                        progress=lambda done, total: bar.update(task, completed=done, total=total),
-                    )
-        finally:
-            engine.dispose()
-    finally:
-        database.close()
+    with started(Settings, "seed") as up, unavailable_as_error():
+        migrate.upgrade(up.engine)
+        with Progress(transient=True) as bar:
+            task = bar.add_task("seeding days", total=None)
+            result = seed(
+                up.engine,
+                up.settings,
+                events=args.events,
+                past_days=args.days,
+                venues=args.venues,
+                shape=shape,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
     print(
         f"seeded {result.events:,} events ({result.open_drops:,} drops still open) over "
         f"{result.days} days in {result.seconds:.1f}s: {result.events_per_second:,.0f} events/s"
@@ -114,7 +91,7 @@ def _sizes(value: str) -> list[int]:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from services.bench_report import run_benchmarks
+    from bench.report import run_benchmarks
 
     repo = Path.cwd()
     if not (repo / "bench").is_dir():
@@ -123,7 +100,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_feed(args: argparse.Namespace) -> int:
-    from services.feed import client
+    from cli import feed as client
 
     return client.call(args.kind, args, max_age=args.max_age, min_age=args.min_age)
 
@@ -134,13 +111,8 @@ def _cmd_poll(args: argparse.Namespace) -> int:
     from services.poller.app import poll_once
     from services.poller.settings import PollerSettings
 
-    settings = load_settings(PollerSettings)
-    configure_logging(settings.log_level, settings.secret_values())
-    database = open_database(settings)
-    try:
-        outcomes = asyncio.run(poll_once(settings, database.url, args.bucket))
-    finally:
-        database.close()
+    with started(PollerSettings, "poll") as up:
+        outcomes = asyncio.run(poll_once(up.settings, up.url, args.bucket))
     if args.bucket and not outcomes:
         raise DropwatchError(f"bucket {args.bucket} does not exist or another poller holds it")
     for o in outcomes:
@@ -259,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--now", help="pretend it is this ISO-8601 time (with a UTC offset)")
     q.set_defaults(func=_cmd_maintenance)
 
-    from services.feed import client
+    from cli import feed as client
 
     p = sub.add_parser("feed", help="call the feed: just-opened or still-open")
     feed_sub = p.add_subparsers(dest="kind", required=True, metavar="LIST")

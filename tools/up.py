@@ -24,10 +24,10 @@ from rich.table import Table
 from sqlalchemy import Engine, text
 
 from shared.db import migrate
-from shared.db.database import open_database
-from shared.db.engine import make_engine, unavailable_as_error
+from shared.db.engine import unavailable_as_error
 from shared.errors import DropwatchError
-from shared.settings import Settings, load_settings
+from shared.settings import Settings
+from shared.startup import started
 
 
 @dataclass
@@ -89,72 +89,75 @@ class Stack:
 
 
 def run_up(free_ports: bool = False, plain: bool = False) -> int:
-    settings = load_settings(Settings)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
     ports = Ports.free() if free_ports else Ports()
     console = Console()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    database = open_database(settings)
     stack = Stack()
-    engine = make_engine(settings, name="up", url=database.url)
-    try:
-        with unavailable_as_error():
-            migrate.upgrade(engine)
-        console.print(f"[green]PostgreSQL[/] ready: {settings.display_database_url()} (migrated)")
-        env = _child_env(settings, database.url)
-        # DROPWATCH_PROVIDER picks what `up` points the poller at: the local simulator (default)
-        # or the real Resy ("resy"); the poller itself always speaks Resy's protocol.
-        provider = env.pop("DROPWATCH_PROVIDER", "simulator")
-        if provider not in ("simulator", "resy"):
-            raise DropwatchError("DROPWATCH_PROVIDER: must be 'simulator' or 'resy'")
-        if provider == "simulator":
-            stack.start(
-                "simulator",
-                f"http://127.0.0.1:{ports.simulator}",
-                ["services.simulator", "--port", str(ports.simulator)],
-                env,
+    with started(Settings, "up") as up:
+        settings, engine = up.settings, up.engine
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            with unavailable_as_error():
+                migrate.upgrade(engine)
+            console.print(
+                f"[green]PostgreSQL[/] ready: {settings.display_database_url()} (migrated)"
             )
-            env["DROPWATCH_RESY_BASE_URL"] = f"http://127.0.0.1:{ports.simulator}"
-            # A local simulator can take far more than Resy's polite rate; poll briskly so
-            # baselines form and drops show up within a minute.
-            env.setdefault("DROPWATCH_REQUESTS_PER_SECOND", "100")
-            env.setdefault("DROPWATCH_COOLDOWN_SECONDS", "8")
-            _wait_port(ports.simulator, stack)
-        stack.start(
-            "poller",
-            f"metrics :{ports.poller_metrics}, health :{ports.poller_health}",
-            [
-                "services.poller",
-                "--metrics-port",
-                str(ports.poller_metrics),
-                "--health-port",
-                str(ports.poller_health),
-            ],
-            env,
-        )
-        stack.start(
-            "feed",
-            f"grpc 127.0.0.1:{ports.feed}, metrics :{ports.feed_metrics}",
-            ["services.feed", "--port", str(ports.feed), "--metrics-port", str(ports.feed_metrics)],
-            env,
-        )
-        _wait_port(ports.feed, stack)
-        console.print(
-            f"feed on 127.0.0.1:{ports.feed}: try `dropwatch feed just-opened "
-            f"--addr 127.0.0.1:{ports.feed}`; `dropwatch maintenance run` in another "
-            "terminal; Ctrl-C stops everything.",
-            highlight=False,
-        )
-        print("stack ready", flush=True)
-        _watch(engine, stack, stop, plain or not console.is_terminal, console)
-    finally:
-        stack.stop()
-        engine.dispose()
-        database.close()
-        print("stopped.", flush=True)
+            _start_services(stack, ports, _child_env(settings, up.url))
+            console.print(
+                f"feed on 127.0.0.1:{ports.feed}: try `dropwatch feed just-opened "
+                f"--addr 127.0.0.1:{ports.feed}`; `dropwatch maintenance run` in another "
+                "terminal; Ctrl-C stops everything.",
+                highlight=False,
+            )
+            print("stack ready", flush=True)
+            _watch(engine, stack, stop, plain or not console.is_terminal, console)
+        finally:
+            stack.stop()
+            print("stopped.", flush=True)
     return 0
+
+
+def _start_services(stack: Stack, ports: Ports, env: dict[str, str]) -> None:
+    """Simulator (unless the real Resy is asked for), poller and feed, in that order."""
+    # DROPWATCH_PROVIDER picks what `up` points the poller at: the local simulator (default)
+    # or the real Resy ("resy"); the poller itself always speaks Resy's protocol.
+    provider = env.pop("DROPWATCH_PROVIDER", "simulator")
+    if provider not in ("simulator", "resy"):
+        raise DropwatchError("DROPWATCH_PROVIDER: must be 'simulator' or 'resy'")
+    if provider == "simulator":
+        stack.start(
+            "simulator",
+            f"http://127.0.0.1:{ports.simulator}",
+            ["tools.simulator", "--port", str(ports.simulator)],
+            env,
+        )
+        env["DROPWATCH_RESY_BASE_URL"] = f"http://127.0.0.1:{ports.simulator}"
+        # A local simulator can take far more than Resy's polite rate; poll briskly so
+        # baselines form and drops show up within a minute.
+        env.setdefault("DROPWATCH_REQUESTS_PER_SECOND", "100")
+        env.setdefault("DROPWATCH_COOLDOWN_SECONDS", "8")
+        _wait_port(ports.simulator, stack)
+    stack.start(
+        "poller",
+        f"metrics :{ports.poller_metrics}, health :{ports.poller_health}",
+        [
+            "services.poller",
+            "--metrics-port",
+            str(ports.poller_metrics),
+            "--health-port",
+            str(ports.poller_health),
+        ],
+        env,
+    )
+    stack.start(
+        "feed",
+        f"grpc 127.0.0.1:{ports.feed}, metrics :{ports.feed_metrics}",
+        ["services.feed", "--port", str(ports.feed), "--metrics-port", str(ports.feed_metrics)],
+        env,
+    )
+    _wait_port(ports.feed, stack)
 
 
 def _child_env(settings: Settings, url: str) -> dict[str, str]:

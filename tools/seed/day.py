@@ -17,8 +17,8 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from services.seed import open_state, sql
-from services.seed.plan import BucketSeed, SeedPlan, stride
+from tools.seed import open_state, sql
+from tools.seed.plan import BucketSeed, SeedPlan, stride
 from shared.db.partitions import PARENT
 
 

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, text
 
-from services.seed import day as day_rows
-from services.seed import open_state, parent, sql
-from services.seed.plan import NEIGHBORHOODS, PROVIDER, SeedPlan
+from tools.seed import day as day_rows
+from tools.seed import open_state, parent, sql
+from tools.seed.plan import NEIGHBORHOODS, PROVIDER, SeedPlan
 from shared.db.partitions import list_partitions, partition_name
 from shared.errors import DropwatchError
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.bench_charts import draw
+from bench.charts import draw
 from shared.errors import DropwatchError
 
 

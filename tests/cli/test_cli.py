@@ -17,7 +17,7 @@ from shared.db import migrate
 from shared.db.engine import make_engine
 from shared.settings import Settings
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -30,7 +30,7 @@ def _dropwatch(
     *args: str, env: dict[str, str], timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", *args],
+        [sys.executable, "-m", "cli.main", *args],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -122,7 +122,7 @@ def test_up_runs_the_whole_stack_and_ctrl_c_leaves_nothing(tmp_path: Path) -> No
     env = _env(DROPWATCH_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1")
     for attempt in range(2):  # the second run reuses the data directory
         proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "up", "--free-ports", "--plain"],
+            [sys.executable, "-m", "cli.main", "up", "--free-ports", "--plain"],
             cwd=REPO,
             env=env,
             stdout=subprocess.PIPE,
@@ -178,7 +178,7 @@ def test_help_lists_every_command() -> None:
 
 
 def test_bench_report_keeps_one_section_per_benchmark(tmp_path: Path) -> None:
-    from services.bench_report import _read_sections, _write
+    from bench.report import _read_sections, _write
 
     report = tmp_path / "performance.md"
     _write(report, {"feed": "## Feed\nold", "maintenance": "## Maintenance\nkept"}, [])
@@ -192,7 +192,7 @@ def test_bench_report_keeps_one_section_per_benchmark(tmp_path: Path) -> None:
 
 
 def test_bench_sizes_become_each_benchmarks_runs() -> None:
-    from services.bench_report import sized_runs
+    from bench.report import sized_runs
 
     sizes = [100_000, 1_000_000]
     assert sized_runs("seed", sizes) == (("--sizes", "100000,1000000"),)

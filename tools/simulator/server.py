@@ -24,9 +24,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, TypeGuard
 
-from services.simulator import faults as fk
-from services.simulator.faults import Fault, FaultPlan
-from services.simulator.model import (
+from tools.simulator import faults as fk
+from tools.simulator.faults import Fault, FaultPlan
+from tools.simulator.model import (
     DEFAULT_BBOX,
     AvailabilityModel,
     BoundingBox,

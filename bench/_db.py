@@ -27,11 +27,11 @@ import psycopg
 from sqlalchemy import Engine, event, text
 from sqlalchemy.engine import make_url
 
-from tools.seed import Shape, load, make_plan
-from tools.seed.loader import LOADERS
 from shared.db import embedded, migrate
 from shared.db.engine import make_engine, to_sqlalchemy_url
 from shared.settings import Settings
+from tools.seed import Shape, load, make_plan
+from tools.seed.loader import LOADERS
 
 EXTERNAL_URL_ENV = "DROPWATCH_DATABASE_URL"
 

@@ -106,8 +106,6 @@ from bench.tables import md_table, plain_table
 from services.maintenance import run as maintenance_run
 from services.maintenance import sql as maintenance_sql
 from services.maintenance.settings import MaintenanceSettings
-from tools.seed import SeedPlan, load, make_plan
-from tools.seed.loader import LOADERS
 from shared.db.buckets import bucket_id_for, market_today
 from shared.db.engine import make_engine
 from shared.db.models import (
@@ -119,6 +117,8 @@ from shared.db.models import (
     VenueRollingMetrics,
 )
 from shared.db.partitions import list_partitions, partition_name
+from tools.seed import SeedPlan, load, make_plan
+from tools.seed.loader import LOADERS
 
 REPO = Path(__file__).resolve().parents[1]
 NOW_TIME = dt.time(7, 5)

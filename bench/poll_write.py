@@ -70,12 +70,12 @@ from bench.points import Point, write_points
 from bench.tables import details, md_table, plain_table
 from services.poller import store
 from services.poller.slots import BucketFetch, Slot
-from tools.seed import SeedPlan, SeedResult, load, make_plan
-from tools.seed.loader import LOADERS
-from tools.seed.plan import PROVIDER, BucketSeed, slot_for, venue_info
 from shared.db.buckets import bucket_id_for
 from shared.db.engine import make_async_engine, make_engine
 from shared.db.models import EVENT_CLOSED, EVENT_NEW_DROP, DiscoveryBucket, DropEvent
+from tools.seed import SeedPlan, SeedResult, load, make_plan
+from tools.seed.loader import LOADERS
+from tools.seed.plan import PROVIDER, BucketSeed, slot_for, venue_info
 
 OWNER = "bench-poller"
 PRIME_ANCHOR = "19:00"  # both benchmark buckets: today+3 (ours) and today+4 (original)

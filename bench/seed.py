@@ -56,11 +56,11 @@ from bench._db import (
 )
 from bench.points import Point, write_points
 from bench.tables import md_table, plain_table
+from shared.db.engine import make_engine
+from shared.db.partitions import ensure_partitions, partition_name
 from tools.seed import SeedPlan, Shape, load, make_plan, open_state, parent
 from tools.seed import day as day_rows
 from tools.seed.loader import ANALYZED, LOADERS, add_venues_and_buckets
-from shared.db.engine import make_engine
-from shared.db.partitions import ensure_partitions, partition_name
 
 TARGET_EVENTS_PER_SECOND = 200_000
 VARIANTS = ("ours", "history", "review_indexes", "naive", "floor")

@@ -25,12 +25,12 @@ from services.feed.server import start_feed
 from services.feed.settings import FeedSettings
 from services.poller.app import run_poller
 from services.poller.settings import PollerSettings
-from tools.simulator.server import Simulator
 from shared.gen.dropwatch.feed.v1 import feed_pb2, feed_pb2_grpc
 from shared.metrics_http import serve_metrics
 from tests.conftest import free_port
 from tests.deploy import tools
 from tests.deploy.test_monitoring import RULES
+from tools.simulator.server import Simulator
 
 T = TypeVar("T")
 WAIT_SECONDS = 30.0

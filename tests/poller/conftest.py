@@ -11,8 +11,8 @@ from sqlalchemy import Engine
 from services.poller.app import build_context
 from services.poller.poll import PollContext
 from services.poller.scheduler import Scheduler
-from tools.simulator.server import Simulator
 from tests.poller.helpers import TODAY, poller_settings
+from tools.simulator.server import Simulator
 
 NOW = dt.datetime.combine(TODAY, dt.time(12, 0), tzinfo=dt.UTC)
 

@@ -11,9 +11,9 @@ from sqlalchemy import Engine, text
 from services.poller import store
 from services.poller.app import build_context
 from services.poller.poll import PollContext
-from tools.simulator.server import ScriptedSlot, ScriptedVenue, Simulator
 from tests.poller.conftest import scheduler_for
 from tests.poller.helpers import TODAY, bucket_row, events, make_due, open_slot_ids, poller_settings
+from tools.simulator.server import ScriptedSlot, ScriptedVenue, Simulator
 
 BUCKET = f"{TODAY.isoformat()}_19:00"
 

@@ -14,8 +14,8 @@ import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import Engine, text
 
-from tools.simulator.server import Simulator
 from tests.conftest import REPO_ROOT, free_port
+from tools.simulator.server import Simulator
 
 
 def test_poller_process_polls_serves_health_and_metrics_and_stops_on_sigterm(

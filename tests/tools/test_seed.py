@@ -16,11 +16,11 @@ from sqlalchemy.exc import IntegrityError
 
 from services.maintenance.run import run as maintenance_run
 from services.maintenance.settings import MaintenanceSettings
-from tools.seed import Shape, load, make_plan, open_state, seed
-from tools.seed.plan import open_slot_index, slot_for
 from shared.errors import DropwatchError
 from shared.settings import Settings
 from tests.conftest import REPO_ROOT
+from tools.seed import Shape, load, make_plan, open_state, seed
+from tools.seed.plan import open_slot_index, slot_for
 
 NOW = dt.datetime(2026, 12, 10, 17, 0, tzinfo=dt.UTC)
 

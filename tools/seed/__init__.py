@@ -12,10 +12,10 @@ from collections.abc import Callable
 
 from sqlalchemy import Engine
 
+from shared.settings import Settings
 from tools.seed import open_state
 from tools.seed.loader import SeedResult, load
 from tools.seed.plan import SeedPlan, Shape, make_plan
-from shared.settings import Settings
 
 __all__ = ["SeedPlan", "SeedResult", "Shape", "load", "make_plan", "open_state", "seed"]
 

@@ -17,9 +17,9 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
+from shared.db.partitions import PARENT
 from tools.seed import open_state, sql
 from tools.seed.plan import BucketSeed, SeedPlan, stride
-from shared.db.partitions import PARENT
 
 
 def create(

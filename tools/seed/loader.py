@@ -22,11 +22,11 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, text
 
+from shared.db.partitions import list_partitions, partition_name
+from shared.errors import DropwatchError
 from tools.seed import day as day_rows
 from tools.seed import open_state, parent, sql
 from tools.seed.plan import NEIGHBORHOODS, PROVIDER, SeedPlan
-from shared.db.partitions import list_partitions, partition_name
-from shared.errors import DropwatchError
 
 LOADERS = 2  # one per core of a small machine; days are independent
 # Statistics for the columns queries filter or group drop_events by; the unique text columns

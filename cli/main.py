@@ -23,7 +23,8 @@ log = logging.getLogger("dropwatch")
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
-    return migrate.main(["--revision", args.revision])
+    migrate.migrate_database(args.revision)
+    return 0
 
 
 def _cmd_up(args: argparse.Namespace) -> int:

@@ -61,19 +61,25 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
+def migrate_database(revision: str = "head") -> None:
+    """Start up from the environment, migrate to `revision` and say where the database is."""
+    from shared.settings import Settings
+    from shared.startup import started
+
+    with started(Settings, "migrate") as up:
+        upgrade(up.engine, revision)
+        print(f"database at revision {current_revision(up.engine)}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The production migration entry point (the Kubernetes Job runs it)."""
     from shared.errors import DropwatchError
-    from shared.settings import Settings
-    from shared.startup import started
 
     parser = argparse.ArgumentParser(prog="python -m shared.db.migrate")
     parser.add_argument("--revision", default="head", help="target revision (default: head)")
     args = parser.parse_args(argv)
     try:
-        with started(Settings, "migrate") as up:
-            upgrade(up.engine, args.revision)
-            print(f"database at revision {current_revision(up.engine)}")
+        migrate_database(args.revision)
     except DropwatchError as exc:
         print(f"dropwatch migrate: error: {exc}", file=sys.stderr)
         return 2

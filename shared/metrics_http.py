@@ -1,4 +1,8 @@
-"""Serve a service's Prometheus registry on `/metrics` from a background thread."""
+"""Serve a service's Prometheus registry on `/metrics` from a background thread.
+
+Every listener of a service binds `DROPWATCH_BIND_HOST`: all interfaces in a pod (probes and
+scrapes come from outside), 127.0.0.1 for `make run`, which says so.
+"""
 
 from __future__ import annotations
 
@@ -30,3 +34,8 @@ def serve_metrics(registry: CollectorRegistry, port: int, addr: str = "0.0.0.0")
     actual = int(server.server_port)
     log.info("metrics on http://%s:%d/metrics", addr, actual)
     return MetricsServer(port=actual, _server=server, _thread=thread)
+
+
+def grpc_address(host: str, port: int) -> str:
+    """The `host:port` a gRPC server binds (an IPv6 literal in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

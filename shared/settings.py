@@ -52,6 +52,9 @@ class Settings(BaseSettings):
 
     # --- observability --------------------------------------------------------------------
     metrics_port: int = Field(default=9100, ge=0, le=65535, description="0 = pick a free port.")
+    bind_host: str = Field(
+        default="0.0.0.0", description="Interface of /metrics and gRPC (`make run`: 127.0.0.1)."
+    )
     log_level: str = Field(default="INFO", pattern=r"(?i)^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
 
     # --- market and discovery buckets -----------------------------------------------------

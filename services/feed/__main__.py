@@ -19,7 +19,7 @@ def serve(port: int | None = None, metrics_port: int | None = None) -> int:
 
 async def _main(settings: FeedSettings, url: str, stop: asyncio.Event) -> None:
     feed = await start_feed(settings, url)
-    metrics = serve_metrics(feed.registry, settings.metrics_port)
+    metrics = serve_metrics(feed.registry, settings.metrics_port, settings.bind_host)
     try:
         await stop.wait()
     finally:

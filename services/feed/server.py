@@ -26,6 +26,7 @@ from shared.db.engine import make_async_engine
 from shared.db.pool_metrics import PoolMetrics
 from shared.gen.dropwatch.feed.v1 import feed_pb2
 from shared.health import Health
+from shared.metrics_http import grpc_address
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ async def start_feed(
     server = grpc.aio.server(
         interceptors=[MetricsInterceptor(GrpcServerMetrics(registry))],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+        options=[("grpc.so_reuseport", 0)],  # a taken port is an error, not a shared one
     )
     handlers = _method_handlers(servicer)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
@@ -111,7 +113,7 @@ async def start_feed(
     reflection.enable_server_reflection(
         (SERVICE_NAME, "grpc.health.v1.Health", reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(f"[::]:{settings.feed_port}")
+    port = server.add_insecure_port(grpc_address(settings.bind_host, settings.feed_port))
     await server.start()
     await health.set(True)
     stop_listener = asyncio.Event()

@@ -18,7 +18,7 @@ from services.poller.scheduler import Scheduler
 from services.poller.settings import PollerSettings
 from shared.db.engine import make_async_engine
 from shared.health import Health
-from shared.metrics_http import serve_metrics
+from shared.metrics_http import grpc_address, serve_metrics
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +44,11 @@ def build_context(settings: PollerSettings, database_url: str) -> PollContext:
 async def run_poller(settings: PollerSettings, database_url: str, stop: asyncio.Event) -> None:
     """Serve health and metrics and poll until `stop` is set; then shut down in order."""
     ctx = build_context(settings, database_url)
-    metrics_server = serve_metrics(ctx.metrics.registry, settings.metrics_port)
+    metrics_server = serve_metrics(ctx.metrics.registry, settings.metrics_port, settings.bind_host)
     health = Health((HEALTH_SERVICE,))
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])  # a taken port is an error
     health.add_to(server)
-    port = server.add_insecure_port(f"[::]:{settings.health_port}")
+    port = server.add_insecure_port(grpc_address(settings.bind_host, settings.health_port))
     await server.start()
     log.info(
         "poller %s: gRPC health on port %d, provider %s", ctx.owner, port, settings.resy_base_url

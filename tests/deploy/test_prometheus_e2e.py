@@ -11,10 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import subprocess
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import httpx
@@ -30,21 +29,8 @@ from shared.metrics_http import serve_metrics
 from tests.conftest import free_port
 from tests.deploy import tools
 from tests.deploy.test_monitoring import RULES
+from tests.waiting import wait_until_async
 from tools.simulator.server import Simulator
-
-T = TypeVar("T")
-WAIT_SECONDS = 30.0
-
-
-async def _eventually(probe: Callable[[], Awaitable[T | None]], what: str) -> T:
-    deadline = time.monotonic() + WAIT_SECONDS
-    while True:
-        result = await probe()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.25)
 
 
 @contextlib.asynccontextmanager
@@ -147,14 +133,14 @@ async def _check(http: httpx.AsyncClient, log_path: Path, targets: dict[str, int
         except httpx.TransportError:
             return False
 
-    await _eventually(ready, f"Prometheus to start:\n{log_path.read_text()}")
+    await wait_until_async(ready, lambda: f"Prometheus to start:\n{log_path.read_text()}")
 
     async def targets_up() -> dict[str, str] | None:
         active = (await http.get("/api/v1/targets")).json()["data"]["activeTargets"]
         health = {t["labels"]["job"]: t["health"] for t in active}
         return health if health == dict.fromkeys(targets, "up") else None
 
-    await _eventually(targets_up, "both targets to be up")
+    await wait_until_async(targets_up, "both targets to be up")
 
     async def query(expr: str) -> list[dict[str, Any]]:
         body = (await http.get("/api/v1/query", params={"query": expr})).json()
@@ -166,7 +152,7 @@ async def _check(http: httpx.AsyncClient, log_path: Path, targets: dict[str, int
         found = {r["metric"]["pool"] for r in await query("dropwatch_db_pool_size")}
         return found if found == {"feed", "poller"} else None
 
-    await _eventually(pools, "dropwatch_db_pool_size of both services")
+    await wait_until_async(pools, "dropwatch_db_pool_size of both services")
     buckets = await query("grpc_server_handling_seconds_bucket")
     assert buckets and {r["metric"]["grpc_method"] for r in buckets} == {"JustOpened"}
     assert {r["metric"]["job"] for r in buckets} == {"dropwatch-feed"}
@@ -175,14 +161,14 @@ async def _check(http: httpx.AsyncClient, log_path: Path, targets: dict[str, int
     async def fresh_buckets() -> list[dict[str, Any]]:
         return await query("dropwatch_poller_bucket_last_healthy_poll_timestamp_seconds")
 
-    await _eventually(fresh_buckets, "a healthy poll recorded by the poller")
+    await wait_until_async(fresh_buckets, "a healthy poll recorded by the poller")
 
     async def rules_evaluated() -> list[dict[str, Any]] | None:
         groups = (await http.get("/api/v1/rules")).json()["data"]["groups"]
         rules = [r for g in groups for r in g["rules"]]
         return rules if rules and all(r["health"] == "ok" for r in rules) else None
 
-    rules = await _eventually(rules_evaluated, "every alert rule to evaluate without error")
+    rules = await wait_until_async(rules_evaluated, "every alert rule to evaluate without error")
     expected = [r["alert"] for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
     assert [r["name"] for r in rules] == expected
 

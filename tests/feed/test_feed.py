@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 
 import grpc
@@ -14,6 +13,7 @@ from services.feed.server import FeedServer
 from shared.gen.dropwatch.feed.v1 import feed_pb2, feed_pb2_grpc
 from tests.feed.conftest import NOW, TODAY
 from tests.seeding import Seeder, SeedSlot
+from tests.waiting import wait_until_async
 
 D0, D1 = TODAY, TODAY + dt.timedelta(days=1)
 Stub = feed_pb2_grpc.FeedServiceStub
@@ -212,6 +212,10 @@ async def test_token_from_another_query_or_tampered_is_rejected(seeder: Seeder, 
         assert "page_token" in (info.value.details() or "")
 
 
+# Below the cache's 2 s TTL, so only the commit's NOTIFY can have cleared the cached answer.
+NOTIFY = 1.5
+
+
 def _sample(feed: FeedServer, name: str) -> float:
     for line in generate_latest(feed.registry).decode().splitlines():
         if line.startswith(name + " ") or line.startswith(name + "{"):
@@ -231,11 +235,12 @@ async def test_default_answer_is_cached_and_invalidated_by_a_commit(
     hits = 'dropwatch_feed_cache_requests_total{result="hit",rpc="JustOpened"}'
     assert _sample(feed, hits) >= 1
     await seeder.open([SeedSlot(2, D0, "19:30")], at=ago(50))
-    for _ in range(50):  # NOTIFY is asynchronous; it lands within milliseconds
+
+    async def both() -> feed_pb2.JustOpenedResponse | None:  # NOTIFY lands asynchronously
         reply = await stub.JustOpened(feed_pb2.JustOpenedRequest())
-        if len(reply.items) == 2:
-            break
-        await asyncio.sleep(0.02)
+        return reply if len(reply.items) == 2 else None
+
+    reply = await wait_until_async(both, "the commit's NOTIFY to clear the cache", timeout=NOTIFY)
     assert [i.venue.id for i in reply.items] == [2, 1]
     assert _sample(feed, "dropwatch_feed_cache_invalidations_total") >= 1
 
@@ -264,9 +269,10 @@ async def test_filtered_answers_are_cached_per_request_and_invalidated(
     hits = 'dropwatch_feed_cache_requests_total{result="hit",rpc="StillOpen"}'
     assert _sample(feed, hits) == 1
     await seeder.open([SeedSlot(2, D0, "19:30")], at=ago(900))
-    for _ in range(50):
+
+    async def both() -> feed_pb2.StillOpenResponse | None:
         reply = await stub.StillOpen(request)
-        if len(reply.items) == 2:
-            break
-        await asyncio.sleep(0.02)
+        return reply if len(reply.items) == 2 else None
+
+    reply = await wait_until_async(both, "the commit's NOTIFY to clear the cache", timeout=NOTIFY)
     assert [i.venue.id for i in reply.items] == [2, 1]

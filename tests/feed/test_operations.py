@@ -23,6 +23,7 @@ from shared.gen.dropwatch.feed.v1 import feed_pb2, feed_pb2_grpc
 from tests.conftest import REPO_ROOT, free_port
 from tests.feed.conftest import NOW, feed_settings
 from tests.seeding import Seeder, SeedSlot
+from tests.waiting import wait_until, wait_until_async
 
 Stub = feed_pb2_grpc.FeedServiceStub
 
@@ -50,6 +51,16 @@ async def _feed_queries_running(db_url: str) -> int:
         return int(row[0]) if row else 0
 
 
+def _serving(channel: grpc.Channel) -> bool:
+    """Whether the feed still takes new calls (after SIGTERM: NOT_SERVING, then refused)."""
+    health = health_pb2_grpc.HealthStub(channel)
+    try:
+        reply = health.Check(health_pb2.HealthCheckRequest(), timeout=2)
+    except grpc.RpcError:
+        return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
 async def test_client_deadline_cancels_the_database_query(db_url: str, stub: Stub) -> None:
     blocker = await _locked(db_url)
     try:
@@ -58,11 +69,13 @@ async def test_client_deadline_cancels_the_database_query(db_url: str, stub: Stu
             await stub.StillOpen(feed_pb2.StillOpenRequest(), timeout=0.5)
         assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
         assert time.monotonic() - started < 2
-        for _ in range(20):  # the server-side statement timeout follows the deadline
-            if await _feed_queries_running(db_url) == 0:
-                break
-            await asyncio.sleep(0.1)
-        assert await _feed_queries_running(db_url) == 0
+
+        async def query_cancelled() -> bool:
+            return await _feed_queries_running(db_url) == 0
+
+        # The server-side statement timeout follows the deadline: the query ends well before
+        # the feed's own 5 s statement timeout would end it.
+        await wait_until_async(query_cancelled, "the feed's query to be cancelled", timeout=3)
     finally:
         await blocker.rollback()
         await blocker.close()
@@ -75,7 +88,9 @@ async def test_overload_is_resource_exhausted_not_a_queue(db_url: str, seeder: S
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             stub = feed_pb2_grpc.FeedServiceStub(channel)
             slow = asyncio.ensure_future(stub.StillOpen(feed_pb2.StillOpenRequest(), timeout=5))
-            await asyncio.sleep(0.3)
+            await wait_until_async(
+                lambda: _feed_queries_running(db_url), "the first call's query behind the lock"
+            )
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await stub.StillOpen(feed_pb2.StillOpenRequest(), timeout=5)
             assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -187,9 +202,12 @@ def test_sigterm_drains_in_flight_calls_and_exits_zero(db_url: str, tmp_path: Pa
             blocker = psycopg.connect(libpq(db_url))
             blocker.execute("LOCK TABLE open_slots IN ACCESS EXCLUSIVE MODE")
             future = stub.StillOpen.future(feed_pb2.StillOpenRequest(), timeout=10)
-            time.sleep(0.5)
+            wait_until(
+                lambda: asyncio.run(_feed_queries_running(db_url)),
+                "the call's query behind the lock",
+            )
             proc.send_signal(signal.SIGTERM)
-            time.sleep(0.5)
+            wait_until(lambda: not _serving(channel), "the feed to stop serving new calls")
             blocker.rollback()  # the in-flight call can now finish inside the grace period
             blocker.close()
             assert future.result().applied_limit == 1000

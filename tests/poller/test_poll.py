@@ -13,6 +13,7 @@ from services.poller.app import build_context
 from services.poller.poll import PollContext
 from tests.poller.conftest import scheduler_for
 from tests.poller.helpers import TODAY, bucket_row, events, make_due, open_slot_ids, poller_settings
+from tests.waiting import wait_until_async
 from tools.simulator.server import ScriptedSlot, ScriptedVenue, Simulator
 
 BUCKET = f"{TODAY.isoformat()}_19:00"
@@ -269,11 +270,14 @@ async def test_a_dead_replicas_lease_expires_and_is_taken_over(
         conn.execute(
             text(
                 "UPDATE discovery_buckets SET lease_owner = 'dead-replica', "
-                "lease_expires_at = now() + interval '1 second'"
+                "lease_expires_at = now() + interval '1 hour'"
             )
         )
     assert await scheduler.poll_once() == []
-    await asyncio.sleep(1.2)
+    with engine.begin() as conn:  # the dead replica's lease runs out: no wall-clock wait
+        conn.execute(
+            text("UPDATE discovery_buckets SET lease_expires_at = now() - interval '1 ms'")
+        )
     taken = await scheduler.poll_once()
     assert {o.bucket_id for o in taken} >= {BUCKET}
 
@@ -290,7 +294,11 @@ async def test_health_goes_not_serving_when_the_database_is_unreachable(sim: Sim
     scheduler = scheduler_for(context)
     scheduler._on_health = on_health
     task = asyncio.create_task(scheduler.run(stop))
-    await asyncio.sleep(0.5)
+
+    async def reported() -> bool:
+        return len(reports) >= 2  # not a single lucky tick
+
+    await wait_until_async(reported, "two health reports from a scheduler without a database")
     stop.set()
     await task
     await context.provider.aclose()

@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import Engine, text
 
 from tests.conftest import REPO_ROOT, free_port
+from tests.waiting import wait_until
 from tools.simulator.server import Simulator
 
 
@@ -51,10 +52,8 @@ def test_poller_process_polls_serves_health_and_metrics_and_stops_on_sigterm(
                 stderr=subprocess.STDOUT,
             )
             try:
-                deadline = time.monotonic() + 30
-                polled = 0
-                while time.monotonic() < deadline and polled < 4:
-                    time.sleep(0.5)
+
+                def every_bucket_polled() -> bool:
                     with engine.connect() as conn:
                         polled = conn.execute(
                             text(
@@ -62,7 +61,12 @@ def test_poller_process_polls_serves_health_and_metrics_and_stops_on_sigterm(
                                 " WHERE last_healthy_poll_at IS NOT NULL"
                             )
                         ).scalar_one()
-                assert polled == 4, log_path.read_text()
+                    return bool(polled == 4)
+
+                wait_until(
+                    every_bucket_polled,
+                    lambda: f"a healthy poll of all 4 buckets:\n{log_path.read_text()}",
+                )
                 with grpc.insecure_channel(f"127.0.0.1:{health_port}") as channel:
                     stub = health_pb2_grpc.HealthStub(channel)
                     for service in ("", "dropwatch.poller"):

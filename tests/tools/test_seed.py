@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 from pydantic import SecretStr
@@ -19,6 +18,7 @@ from services.maintenance.settings import MaintenanceSettings
 from shared.errors import DropwatchError
 from shared.settings import Settings
 from tests.conftest import REPO_ROOT
+from tests.waiting import wait_until
 from tools.seed import Shape, load, make_plan, open_state, seed
 from tools.seed.plan import open_slot_index, slot_for
 
@@ -306,6 +306,7 @@ def test_the_move_takes_its_locks_in_the_pollers_order(engine: Engine, db_url: s
     poll.execute(
         text("SELECT 1 FROM discovery_buckets WHERE bucket_id = :b FOR UPDATE"), {"b": bucket}
     )
+    poll_pid = poll.execute(text("SELECT pg_backend_pid()")).scalar_one()
     errors: list[BaseException] = []
 
     def move() -> None:
@@ -317,7 +318,20 @@ def test_the_move_takes_its_locks_in_the_pollers_order(engine: Engine, db_url: s
 
     mover = threading.Thread(target=move)
     mover.start()
-    time.sleep(0.5)  # the move is now waiting for discovery_buckets
+
+    def move_waits_for_the_poll() -> bool:
+        with engine.connect() as conn:
+            return bool(
+                conn.execute(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity"
+                        " WHERE :p = ANY(pg_blocking_pids(pid))"
+                    ),
+                    {"p": poll_pid},
+                ).scalar_one()
+            )
+
+    wait_until(move_waits_for_the_poll, "the move to wait for the poll's bucket lock")
     poll.execute(text("DELETE FROM open_slots WHERE bucket_id = :b"), {"b": bucket})
     tx.commit()
     poll.close()

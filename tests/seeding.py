@@ -14,8 +14,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.poller import store
-from services.poller.slots import BucketFetch, Slot, VenueInfo, slot_id_for
+from services.poller.slots import BucketFetch, Slot, VenueInfo
 from shared.db.buckets import ensure_live_buckets
+from shared.slots import slot_id_for
 
 OWNER = "seeder"
 

@@ -5,7 +5,7 @@ answer is kept serialized per normalised request; a hit sends the stored bytes a
 (see `server.py`): building and serializing 1,000 items costs more than everything else.
 
 Fresh means younger than `ttl` (at most 2 s) and no poll has committed new drops or closes
-since it was built: the poller's `pg_notify('dropwatch_feed', ...)` reaches `listen()`, which
+since it was built: the poller's NOTIFY on `contracts.FEED_CHANNEL` reaches `listen()`, which
 clears the cache. If the listening connection is lost, the TTL alone bounds staleness until it
 is back.
 """
@@ -20,11 +20,11 @@ from collections.abc import Hashable
 
 import psycopg
 from prometheus_client import CollectorRegistry, Counter
-from sqlalchemy.engine import make_url
+
+from services.feed import sql
+from shared.db.urls import libpq_url
 
 log = logging.getLogger(__name__)
-
-CHANNEL = "dropwatch_feed"
 
 
 class AnswerCache:
@@ -89,18 +89,14 @@ class AnswerCache:
 
     async def listen(self, database_url: str, stop: asyncio.Event) -> None:
         """Clear the cache on every NOTIFY; reconnect with backoff when the link drops."""
-        conninfo = (
-            make_url(database_url)
-            .set(drivername="postgresql")
-            .render_as_string(hide_password=False)
-        )
+        conninfo = libpq_url(database_url)
         delay = 0.5
         while not stop.is_set():
             try:
                 async with await psycopg.AsyncConnection.connect(
                     conninfo, autocommit=True, connect_timeout=5
                 ) as conn:
-                    await conn.execute(f"LISTEN {CHANNEL}")
+                    await conn.execute(sql.LISTEN)
                     self.invalidate()  # we may have missed notifications while away
                     self.listening.set()
                     delay = 0.5

@@ -14,7 +14,6 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.feed import store
@@ -63,26 +62,30 @@ class FeedServicer:
         self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
 
     async def JustOpened(self, request: feed_pb2.JustOpenedRequest, context: Context) -> bytes:
+        return await self._serve(
+            "JustOpened", lambda: from_just_opened(request), context, feed_pb2.JustOpenedResponse
+        )
+
+    async def StillOpen(self, request: feed_pb2.StillOpenRequest, context: Context) -> bytes:
+        return await self._serve(
+            "StillOpen", lambda: from_still_open(request), context, feed_pb2.StillOpenResponse
+        )
+
+    async def _serve(
+        self,
+        rpc: str,
+        validate: Callable[[], FeedQuery],
+        context: Context,
+        make: Callable[[], Response],
+    ) -> bytes:
+        """Validate, answer, and map every failure to a status code (`_abort`)."""
         try:
-            query = from_just_opened(request)
-            return await self._cached("JustOpened", query, context, feed_pb2.JustOpenedResponse)
+            return await self._cached(rpc, validate(), context, make)
         except DropwatchError as exc:
             await _abort(context, exc)
             raise  # unreachable: abort raises
         except Exception:  # a bug or an unexpected database error: log it, answer INTERNAL
-            log.exception("JustOpened failed")
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
-            raise
-
-    async def StillOpen(self, request: feed_pb2.StillOpenRequest, context: Context) -> bytes:
-        try:
-            query = from_still_open(request)
-            return await self._cached("StillOpen", query, context, feed_pb2.StillOpenResponse)
-        except DropwatchError as exc:
-            await _abort(context, exc)
-            raise
-        except Exception:
-            log.exception("StillOpen failed")
+            log.exception("%s failed", rpc)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
             raise
 
@@ -113,10 +116,7 @@ class FeedServicer:
         try:
             with unavailable_as_error():
                 async with self.engine.connect() as conn, conn.begin():
-                    await conn.execute(
-                        text("SELECT set_config('statement_timeout', :ms, true)"),
-                        {"ms": str(timeout_ms)},
-                    )
+                    await store.set_statement_timeout(conn, timeout_ms)
                     rows = await store.fetch_feed(
                         conn, query, today=today, snapshot=snapshot, cursor=cursor
                     )

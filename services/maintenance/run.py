@@ -20,16 +20,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
-from services.maintenance import sql
+from services.maintenance import store
 from services.maintenance.settings import MaintenanceSettings
-from shared.db.buckets import bucket_id_for, ensure_live_buckets, market_today
+from shared.db.buckets import bucket_id_for, ensure_configured_buckets, market_today
+from shared.db.contracts import MAINTENANCE_RUN_LOCK
+from shared.db.locks import session_lock
 from shared.db.partitions import drop_partition, list_partitions
 
 log = logging.getLogger(__name__)
 
-RUN_LOCK_KEY = 0x64770003
 STEPS = ("aggregate", "prune_buckets", "prune_events", "ensure_buckets", "baseline")
 
 
@@ -73,36 +74,32 @@ def run(
     today = market_today(settings.zone, moment)
     cutoff = bucket_id_for(today, settings.cutoff_time)
     summary = RunSummary(ran=False, today=today, cutoff=cutoff)
-    with engine.connect() as lock_conn:
-        got = lock_conn.execute(
-            text("SELECT pg_try_advisory_lock(:k)"), {"k": RUN_LOCK_KEY}
-        ).scalar_one()
-        lock_conn.commit()
+    with (
+        engine.connect() as lock_conn,
+        session_lock(lock_conn, MAINTENANCE_RUN_LOCK, wait=False) as got,
+    ):
         if not got:
             summary.message = "another maintenance run holds the lock; nothing to do"
             return summary
-        try:
-            summary.ran = True
-            with engine.connect() as conn:
-                past_days = [d for d in list_partitions(conn) if d < today]
-            steps: dict[str, Callable[[], StepResult]] = {
-                "aggregate": lambda: _aggregate(settings, engine, past_days, today),
-                "prune_buckets": lambda: _prune_buckets(engine, cutoff),
-                "prune_events": lambda: _prune_events(settings, engine, past_days),
-                "ensure_buckets": lambda: _ensure_buckets(settings, engine, today),
-                "baseline": lambda: _baseline(engine, today),
-            }
-            for name in STEPS:
-                started = time.perf_counter()
-                result = steps[name]()
-                result.seconds = time.perf_counter() - started
-                summary.steps[name] = result
-                log.info("%s: %d rows in %.3fs", name, result.rows, result.seconds)
-                if after_step is not None:
-                    after_step(name)
-        finally:
-            lock_conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": RUN_LOCK_KEY})
-            lock_conn.commit()
+        summary.ran = True
+        with engine.connect() as conn:
+            past_days = [d for d in list_partitions(conn) if d < today]
+        steps: dict[str, Callable[[], StepResult]] = {
+            "aggregate": lambda: _aggregate(settings, engine, past_days, today),
+            "prune_buckets": lambda: _prune_buckets(engine, cutoff),
+            "prune_events": lambda: _prune_events(settings, engine, past_days),
+            "ensure_buckets": lambda: _ensure_buckets(settings, engine, today),
+            "baseline": lambda: _baseline(engine, today),
+        }
+        for name in STEPS:
+            started = time.perf_counter()
+            result = steps[name]()
+            result.seconds = time.perf_counter() - started
+            summary.steps[name] = result
+            log.info("%s: %d rows in %.3fs", name, result.rows, result.seconds)
+            if after_step is not None:
+                after_step(name)
+    return summary
     return summary
 
 
@@ -112,17 +109,17 @@ def _aggregate(
     events = 0
     for day in past_days:  # one transaction per day: bounded work and lock time
         with engine.begin() as conn:
-            events += sql.aggregate_day(
+            events += store.aggregate_day(
                 conn, day, market=settings.market, zone=settings.market_timezone
             )
     with engine.begin() as conn:
-        venues = sql.rolling_metrics(conn, today, settings.rolling_days)
+        venues = store.rolling_metrics(conn, today, settings.rolling_days)
     return StepResult(rows=events, detail={"days": len(past_days), "rolling_venues": venues})
 
 
 def _prune_buckets(engine: Engine, cutoff: str) -> StepResult:
     with engine.begin() as conn:
-        return StepResult(rows=sql.prune_buckets(conn, cutoff))
+        return StepResult(rows=store.prune_buckets(conn, cutoff))
 
 
 def _prune_events(
@@ -133,11 +130,13 @@ def _prune_events(
         with engine.begin() as conn:
             if day not in list_partitions(conn):
                 continue  # an earlier, interrupted run already dropped it
-            sql.lock_partition(conn, day)
-            count = sql.event_count(conn, day)
-            if count != sql.aggregated_count(conn, day):
+            store.lock_partition(conn, day)
+            count = store.event_count(conn, day)
+            if count != store.aggregated_count(conn, day):
                 # Events arrived after aggregation (or it never committed): count them now.
-                sql.aggregate_day(conn, day, market=settings.market, zone=settings.market_timezone)
+                store.aggregate_day(
+                    conn, day, market=settings.market, zone=settings.market_timezone
+                )
                 reaggregated += 1
             drop_partition(conn, day)
             dropped += 1
@@ -147,19 +146,12 @@ def _prune_events(
 
 def _ensure_buckets(settings: MaintenanceSettings, engine: Engine, today: dt.date) -> StepResult:
     with engine.begin() as conn:
-        created = ensure_live_buckets(
-            conn,
-            market=settings.market,
-            today=today,
-            window_days=settings.window_days,
-            anchors=settings.anchors,
-            cutoff_time=settings.cutoff_time,
-        )
-        live = sql.live_bucket_count(conn, today)
+        created = ensure_configured_buckets(conn, settings, today)
+        live = store.live_bucket_count(conn, today)
     return StepResult(rows=created, detail={"live": live})
 
 
 def _baseline(engine: Engine, today: dt.date) -> StepResult:
     """New buckets start without a baseline; the poller builds it from healthy polls only."""
     with engine.connect() as conn:
-        return StepResult(rows=sql.buckets_awaiting_baseline(conn, today))
+        return StepResult(rows=store.buckets_awaiting_baseline(conn, today))

@@ -1,16 +1,17 @@
-"""The maintenance job's SQL: set-based aggregation and pruning. Functions never commit.
+"""The maintenance job's SQL: set-based aggregation and pruning.
 
 Every aggregate is computed inside PostgreSQL (`INSERT ... SELECT ... GROUP BY ... ON CONFLICT
 DO UPDATE`), so the job's memory does not grow with the number of events. A day's figures are
 always recomputed from *all* of that day's events and replace what was there, which makes a
-rerun idempotent: it cannot double count.
+rerun idempotent: it cannot double count. The statements that read one day's partition are
+built for it (`partition` is a name made from a date, never from input). `store.py` runs them.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import Connection, text
+from sqlalchemy import TextClause, text
 
 from shared.db.partitions import partition_name
 
@@ -74,95 +75,59 @@ ON CONFLICT (market, window_date) DO UPDATE SET
 """
 
 
-def aggregate_day(conn: Connection, day: dt.date, *, market: str, zone: str) -> int:
-    """(Re)compute venue and market figures of one past day; return its event count."""
+def day_aggregates(day: dt.date) -> tuple[TextClause, ...]:
+    """Venue figures, removal of venues without events, market figures: one day's partition."""
     partition = partition_name(day)
-    params = {"day": day, "market": market, "zone": zone}
-    conn.execute(text(_VENUE_METRICS.format(partition=partition)), params)
-    conn.execute(text(_STALE_VENUE_METRICS.format(partition=partition)), params)
-    conn.execute(text(_MARKET_METRICS.format(partition=partition)), params)
-    return event_count(conn, day)
-
-
-def event_count(conn: Connection, day: dt.date) -> int:
-    return int(conn.execute(text(f"SELECT count(*) FROM {partition_name(day)}")).scalar_one())
-
-
-def aggregated_count(conn: Connection, day: dt.date) -> int:
-    """How many events the stored venue figures of `day` account for."""
-    value = conn.execute(
-        text(
-            "SELECT coalesce(sum(new_drop_count + closed_count), 0) FROM venue_metrics"
-            " WHERE window_date = :day"
-        ),
-        {"day": day},
-    ).scalar_one()
-    return int(value)
-
-
-def lock_partition(conn: Connection, day: dt.date) -> None:
-    """Block late writers to the day while we verify and drop it (held until commit)."""
-    conn.execute(text(f"LOCK TABLE {partition_name(day)} IN SHARE MODE"))
-
-
-def rolling_metrics(conn: Connection, as_of: dt.date, days: int) -> int:
-    """Per venue, the `days` window dates before `as_of`; replaces that as-of date's rows."""
-    conn.execute(text("DELETE FROM venue_rolling_metrics WHERE as_of_date = :d"), {"d": as_of})
-    result = conn.execute(
-        text(
-            """
-            INSERT INTO venue_rolling_metrics (venue_id, as_of_date, total_drops,
-                days_with_drops, drops_per_day, rarity_score, last7_drops, prev7_drops, trend,
-                availability_rate, updated_at)
-            SELECT venue_id, :as_of, total, active, total::float8 / :days,
-                1.0 / (1 + total::float8 / :days), last7, prev7,
-                CASE WHEN prev7 > 0 THEN last7::float8 / prev7 END,
-                active::float8 / :days, now()
-            FROM (
-                SELECT venue_id,
-                    sum(new_drop_count) AS total,
-                    count(*) FILTER (WHERE new_drop_count > 0) AS active,
-                    coalesce(sum(new_drop_count)
-                        FILTER (WHERE window_date >= CAST(:as_of AS date) - 7), 0) AS last7,
-                    coalesce(sum(new_drop_count)
-                        FILTER (WHERE window_date < CAST(:as_of AS date) - 7
-                                  AND window_date >= CAST(:as_of AS date) - 14), 0) AS prev7
-                FROM venue_metrics
-                WHERE window_date >= CAST(:as_of AS date) - :days AND window_date < :as_of
-                GROUP BY venue_id
-            ) w
-            """
-        ),
-        {"as_of": as_of, "days": days},
-    )
-    return int(result.rowcount)
-
-
-def prune_buckets(conn: Connection, cutoff_bucket_id: str) -> int:
-    """Delete buckets before the cutoff; their open and baseline slots go with them."""
-    result = conn.execute(
-        text("DELETE FROM discovery_buckets WHERE bucket_id < :cutoff"),
-        {"cutoff": cutoff_bucket_id},
-    )
-    return int(result.rowcount)
-
-
-def buckets_awaiting_baseline(conn: Connection, first_day: dt.date) -> int:
-    return int(
-        conn.execute(
-            text(
-                "SELECT count(*) FROM discovery_buckets"
-                " WHERE bucket_date >= :d AND baseline_polls = 0"
-            ),
-            {"d": first_day},
-        ).scalar_one()
+    return tuple(
+        text(statement.format(partition=partition))
+        for statement in (_VENUE_METRICS, _STALE_VENUE_METRICS, _MARKET_METRICS)
     )
 
 
-def live_bucket_count(conn: Connection, first_day: dt.date) -> int:
-    return int(
-        conn.execute(
-            text("SELECT count(*) FROM discovery_buckets WHERE bucket_date >= :d"),
-            {"d": first_day},
-        ).scalar_one()
-    )
+def event_count(day: dt.date) -> TextClause:
+    return text(f"SELECT count(*) FROM {partition_name(day)}")
+
+
+def lock_partition(day: dt.date) -> TextClause:
+    return text(f"LOCK TABLE {partition_name(day)} IN SHARE MODE")
+
+
+AGGREGATED_COUNT = text(
+    "SELECT coalesce(sum(new_drop_count + closed_count), 0) FROM venue_metrics"
+    " WHERE window_date = :day"
+)
+
+DELETE_ROLLING = text("DELETE FROM venue_rolling_metrics WHERE as_of_date = :d")
+
+ROLLING_METRICS = text(
+    """
+INSERT INTO venue_rolling_metrics (venue_id, as_of_date, total_drops,
+    days_with_drops, drops_per_day, rarity_score, last7_drops, prev7_drops, trend,
+    availability_rate, updated_at)
+SELECT venue_id, :as_of, total, active, total::float8 / :days,
+    1.0 / (1 + total::float8 / :days), last7, prev7,
+    CASE WHEN prev7 > 0 THEN last7::float8 / prev7 END,
+    active::float8 / :days, now()
+FROM (
+    SELECT venue_id,
+        sum(new_drop_count) AS total,
+        count(*) FILTER (WHERE new_drop_count > 0) AS active,
+        coalesce(sum(new_drop_count)
+            FILTER (WHERE window_date >= CAST(:as_of AS date) - 7), 0) AS last7,
+        coalesce(sum(new_drop_count)
+            FILTER (WHERE window_date < CAST(:as_of AS date) - 7
+                      AND window_date >= CAST(:as_of AS date) - 14), 0) AS prev7
+    FROM venue_metrics
+    WHERE window_date >= CAST(:as_of AS date) - :days AND window_date < :as_of
+    GROUP BY venue_id
+) w
+"""
+)
+
+PRUNE_BUCKETS = text("DELETE FROM discovery_buckets WHERE bucket_id < :cutoff")
+
+AWAITING_BASELINE = text(
+    "SELECT count(*) FROM discovery_buckets WHERE bucket_date >= :d AND baseline_polls = 0"
+)
+
+LIVE_BUCKETS = text("SELECT count(*) FROM discovery_buckets WHERE bucket_date >= :d")

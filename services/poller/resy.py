@@ -31,7 +31,8 @@ from services.poller.errors import (
 from services.poller.provider import BucketSpec
 from services.poller.ratelimit import RequestBudget
 from services.poller.settings import PollerSettings
-from services.poller.slots import BucketFetch, Slot, VenueInfo, parse_local_start, slot_id_for
+from services.poller.slots import BucketFetch, Slot, VenueInfo, parse_local_start
+from shared.slots import slot_id_for
 
 log = logging.getLogger(__name__)
 

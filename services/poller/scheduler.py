@@ -17,7 +17,12 @@ from collections.abc import Awaitable, Callable
 
 from services.poller import store
 from services.poller.poll import PollContext, PollOutcome, poll_bucket
-from shared.db.buckets import bucket_id_for, ensure_live_buckets, live_days, market_today
+from shared.db.buckets import (
+    bucket_id_for,
+    ensure_configured_buckets,
+    live_days,
+    market_today,
+)
 from shared.db.engine import unavailable_as_error
 from shared.errors import DatabaseUnavailableError
 
@@ -57,14 +62,7 @@ class Scheduler:
         settings = self.ctx.settings
         async with self.ctx.engine.begin() as conn:
             created = await conn.run_sync(
-                lambda sync_conn: ensure_live_buckets(
-                    sync_conn,
-                    market=settings.market,
-                    today=today,
-                    window_days=settings.window_days,
-                    anchors=settings.anchors,
-                    cutoff_time=settings.cutoff_time,
-                )
+                lambda sync_conn: ensure_configured_buckets(sync_conn, settings, today)
             )
         self._ensured_day, self._ensured_at = today, time.monotonic()
         live = {

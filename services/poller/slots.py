@@ -1,21 +1,19 @@
-"""What a slot is, and its stable identity.
-
-A slot's id is a hash of (provider, venue id, normalised local start, seating type). Resy's
-`config.token` embeds a template id that changes over time and its time strings come in more
-than one format, so neither is ever used directly: that produced false drops in the original.
-"""
+"""What a slot is, as a fetch returns it (its id comes from `shared.slots.slot_id_for`)."""
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 from dataclasses import dataclass, field
 
 _START_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M")
 
 
 def parse_local_start(raw: str) -> dt.datetime:
-    """Parse a venue-local start time in any format seen, to minute precision."""
+    """Parse a venue-local start time in any format seen, to minute precision.
+
+    Resy's time strings come in more than one format; a slot's identity must not depend on
+    which one a response used.
+    """
     text = raw.strip()
     for fmt in _START_FORMATS:
         try:
@@ -23,16 +21,6 @@ def parse_local_start(raw: str) -> dt.datetime:
         except ValueError:
             continue
     raise ValueError(f"unrecognised slot start time {raw!r}")
-
-
-def normalise_seating(raw: str) -> str:
-    """Seating types differ only in case and spacing between responses; keep one spelling."""
-    return " ".join(raw.split()).title() or "Unknown"
-
-
-def slot_id_for(provider: str, venue_id: int, start: dt.datetime, seating: str) -> str:
-    key = f"{provider}|{venue_id}|{start:%Y-%m-%dT%H:%M}|{normalise_seating(seating).lower()}"
-    return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True)

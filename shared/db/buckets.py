@@ -11,9 +11,11 @@ from __future__ import annotations
 import datetime as dt
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection
 
+from shared.db import sql
 from shared.db.partitions import ensure_partitions
+from shared.settings import Settings
 
 
 def bucket_id_for(day: dt.date, anchor: str) -> str:
@@ -51,15 +53,18 @@ def ensure_live_buckets(
     dates = [day for day, _ in wanted]
     slots = [anchor for _, anchor in wanted]
     result = conn.execute(
-        text(
-            """
-            INSERT INTO discovery_buckets (bucket_id, market, date_str, bucket_date, time_slot)
-            SELECT b.id, :market, to_char(b.day, 'YYYY-MM-DD'), b.day, b.anchor
-            FROM unnest(CAST(:ids AS text[]), CAST(:dates AS date[]), CAST(:slots AS text[]))
-                 AS b(id, day, anchor)
-            ON CONFLICT (bucket_id) DO NOTHING
-            """
-        ),
-        {"market": market, "ids": ids, "dates": dates, "slots": slots},
+        sql.ENSURE_BUCKETS, {"market": market, "ids": ids, "dates": dates, "slots": slots}
     )
     return int(result.rowcount)
+
+
+def ensure_configured_buckets(conn: Connection, settings: Settings, today: dt.date) -> int:
+    """`ensure_live_buckets` for the market, window, anchors and cutoff of `settings`."""
+    return ensure_live_buckets(
+        conn,
+        market=settings.market,
+        today=today,
+        window_days=settings.window_days,
+        anchors=settings.anchors,
+        cutoff_time=settings.cutoff_time,
+    )

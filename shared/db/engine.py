@@ -1,9 +1,8 @@
 """One engine factory for every service.
 
-`DROPWATCH_DATABASE_URL` is a plain libpq URL (`postgresql://user@host/db?sslmode=...`) as
-Kubernetes secrets and other tools write it; it is used with the psycopg 3 driver. Each engine
-gets a pool sized from settings, a server-side statement timeout, an application name, and pool
-metrics.
+`DROPWATCH_DATABASE_URL` is a plain libpq URL, used with the psycopg 3 driver
+(`shared.db.urls.to_sqlalchemy_url`). Each engine gets a pool sized from settings, a
+server-side statement timeout, an application name, and pool metrics.
 """
 
 from __future__ import annotations
@@ -15,23 +14,14 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, QueuePool
 
 from shared.db.pool_metrics import PoolMetrics
+from shared.db.urls import to_sqlalchemy_url
 from shared.errors import ConfigError, DatabaseUnavailableError
 from shared.settings import Settings
-
-
-def to_sqlalchemy_url(raw: str) -> URL:
-    """Accept `postgres://`, `postgresql://` and `postgresql+psycopg://`; use psycopg 3."""
-    if raw.startswith("postgres://"):
-        raw = "postgresql://" + raw.removeprefix("postgres://")
-    url = make_url(raw)
-    if url.get_backend_name() != "postgresql":
-        raise ConfigError("DROPWATCH_DATABASE_URL", "must be a postgresql:// URL")
-    return url.set(drivername="postgresql+psycopg")
 
 
 class _TimedCheckout:

@@ -15,12 +15,13 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
+from shared.db.contracts import MIGRATE_LOCK
 from shared.db.engine import unavailable_as_error
+from shared.db.locks import session_lock
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-_MIGRATE_LOCK_KEY = 0x64770002
 
 
 def alembic_config() -> Config:
@@ -40,16 +41,14 @@ def downgrade(engine: Engine, revision: str) -> None:
 
 def _run(engine: Engine, action: str, revision: str) -> None:
     config = alembic_config()
-    with unavailable_as_error(), engine.connect() as conn:
-        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _MIGRATE_LOCK_KEY})
+    with (
+        unavailable_as_error(),
+        engine.connect() as conn,
+        session_lock(conn, MIGRATE_LOCK),
+    ):
+        config.attributes["connection"] = conn
+        getattr(command, action)(config, revision)
         conn.commit()
-        try:
-            config.attributes["connection"] = conn
-            getattr(command, action)(config, revision)
-            conn.commit()
-        finally:
-            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _MIGRATE_LOCK_KEY})
-            conn.commit()
 
 
 def current_revision(engine: Engine) -> str | None:

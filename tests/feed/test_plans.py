@@ -7,7 +7,7 @@ with more of them recently (opened ago = 14 days * u**3, so ~7.9k are in the def
 slots (no drop) that the partial indexes must skip, and the matching NEW_DROP events.
 
 Each case runs `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)` over exactly the SQL and parameters the
-servicer uses (`store.build_sql` / `store.params`) and checks:
+servicer uses (`services.feed.sql.build_sql` / `params`) and checks:
 - no Seq Scan of `open_slots` or `drop_events` (or a partition of it) anywhere in the plan;
 - the outer scan of `open_slots` (alias `o`) reads a bounded number of rows (its actual rows
   plus the rows its filters removed), per case:
@@ -42,7 +42,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, Engine, text
 
-from services.feed import store
+from services.feed import sql as feed_sql
 from services.feed.paging import Cursor
 from services.feed.request import JUST_OPENED, FeedQuery, from_just_opened, from_still_open
 from shared.db.buckets import ensure_live_buckets
@@ -221,8 +221,8 @@ def explain(conn: Connection, sql: str, values: dict[str, Any]) -> Plan:
 
 def run(conn: Connection, query: FeedQuery, cursor: Cursor | None) -> tuple[str, dict[str, Any]]:
     """The servicer's SQL and parameters for `query` (first page, or the page after `cursor`)."""
-    sql = store.build_sql(query, keyset=cursor is not None)
-    return sql, store.params(query, TODAY, NOW, cursor)
+    statement = feed_sql.build_sql(query, keyset=cursor is not None)
+    return statement, feed_sql.params(query, TODAY, NOW, cursor)
 
 
 def must_visit(conn: Connection, query: FeedQuery, after: Cursor | None, last: Any) -> int:

@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 from sqlalchemy import Engine, text
 
-from services.maintenance.run import RUN_LOCK_KEY, run
+from services.maintenance.run import run
 from services.maintenance.settings import MaintenanceSettings
+from shared.db.contracts import MAINTENANCE_RUN_LOCK
 from shared.db.partitions import list_partitions
 from tests.conftest import REPO_ROOT
 from tests.maintenance.helpers import (
@@ -157,9 +158,9 @@ def test_late_event_after_aggregation_is_counted_before_its_day_is_dropped(
 
 def test_a_second_concurrent_run_says_so_and_does_nothing(db_url: str, engine: Engine) -> None:
     with engine.connect() as holder:
-        holder.execute(text("SELECT pg_advisory_lock(:k)"), {"k": RUN_LOCK_KEY})
+        holder.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MAINTENANCE_RUN_LOCK})
         summary = run(msettings(db_url), engine, NOW)
-        holder.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": RUN_LOCK_KEY})
+        holder.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MAINTENANCE_RUN_LOCK})
     assert not summary.ran and "lock" in summary.message
     assert live_buckets(engine) == []
 

@@ -10,7 +10,8 @@ import pytest
 
 from services.poller.judge import judge
 from services.poller.ratelimit import RequestBudget
-from services.poller.slots import parse_local_start, slot_id_for
+from services.poller.slots import parse_local_start
+from shared.slots import slot_id_for
 
 
 @pytest.mark.parametrize(

@@ -9,9 +9,10 @@ from sqlalchemy import Engine, event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.poller import store
-from services.poller.slots import BucketFetch, Slot, VenueInfo, slot_id_for
+from services.poller.slots import BucketFetch, Slot, VenueInfo
 from shared.db.buckets import ensure_live_buckets
 from shared.db.engine import make_async_engine
+from shared.slots import slot_id_for
 from tests.poller.helpers import TODAY, events, open_slot_ids, poller_settings
 
 BUCKET = f"{TODAY.isoformat()}_19:00"

@@ -11,8 +11,9 @@ from pydantic import SecretStr
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 
-from shared.db.engine import make_async_engine, make_engine, to_sqlalchemy_url
+from shared.db.engine import make_async_engine, make_engine
 from shared.db.pool_metrics import PoolMetrics
+from shared.db.urls import to_sqlalchemy_url
 from shared.errors import ConfigError
 from shared.metrics_http import serve_metrics
 from shared.settings import Settings

@@ -19,10 +19,11 @@ import math
 from dataclasses import dataclass, replace
 from zoneinfo import ZoneInfo
 
-from services.poller.slots import Slot, VenueInfo, slot_id_for
+from services.poller.slots import Slot, VenueInfo
 from shared.db.buckets import bucket_id_for, market_today
 from shared.errors import DropwatchError
 from shared.settings import Settings
+from shared.slots import slot_id_for
 
 PROVIDER = "resy"
 SEATINGS = ("Dining Room", "Bar", "Patio")

@@ -1,0 +1,193 @@
+"""The poller's SQL: leases, and the one-statement write of a healthy poll.
+
+The functions that run these are in `store.py`; `poll.py` and `scheduler.py` own the
+transactions. The write of a healthy poll is a constant number of statements whatever the
+number of new or closed slots (see docs/architecture.md, Review findings: P1): a version check
+(`CHECK_LEASE`), a venue upsert (`UPSERT_VENUES`), and `WRITE_POLL`, whose data-modifying CTEs
+delete vanished slots, insert their CLOSED events, insert NEW_DROP events for new slots, record
+the new open state, bump the bucket's snapshot version and notify the feed.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+
+LEASE_COLUMNS = (
+    "b.bucket_id, b.bucket_date, b.time_slot, b.snapshot_version, b.baseline_polls, "
+    "b.last_slot_count, b.suspect_polls"
+)
+_TAKE_LEASE = "SET lease_owner = :owner, lease_expires_at = now() + make_interval(secs => :lease)"
+
+# Up to :limit due live buckets nobody else holds, oldest due first.
+LEASE_DUE = text(
+    f"""
+    UPDATE discovery_buckets b
+    {_TAKE_LEASE}
+    FROM (
+        SELECT bucket_id FROM discovery_buckets
+        WHERE next_poll_at <= now()
+          AND bucket_date BETWEEN :first AND :last
+          AND bucket_id >= :cutoff
+          AND (lease_expires_at IS NULL OR lease_expires_at < now())
+        ORDER BY next_poll_at
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    ) due
+    WHERE b.bucket_id = due.bucket_id
+    RETURNING {LEASE_COLUMNS}
+    """
+)
+
+# One named bucket regardless of its cooldown, unless another poller holds it.
+LEASE_ONE = text(
+    f"""
+    UPDATE discovery_buckets b
+    {_TAKE_LEASE}
+    WHERE b.bucket_id = :bucket
+      AND (b.lease_expires_at IS NULL OR b.lease_expires_at < now()
+           OR b.lease_owner = :owner)
+    RETURNING {LEASE_COLUMNS}
+    """
+)
+
+CHECK_LEASE = text(
+    "SELECT snapshot_version, lease_owner FROM discovery_buckets WHERE bucket_id = :b FOR UPDATE"
+)
+
+# Unchanged venues are filtered out before ON CONFLICT (which would lock them until commit);
+# rows go in venue-id order so concurrent writers lock in the same order.
+UPSERT_VENUES = text(
+    """
+    INSERT INTO venues AS v (venue_id, provider, name, neighborhood, price_range,
+                             url_slug, location_code)
+    SELECT n.venue_id, :provider, n.name, n.neighborhood, n.price_range, n.url_slug,
+           n.location_code
+    FROM json_to_recordset(CAST(:venues AS json))
+         AS n(venue_id bigint, name text, neighborhood text, price_range smallint,
+              url_slug text, location_code text)
+    WHERE NOT EXISTS (
+        SELECT 1 FROM venues o
+        WHERE o.venue_id = n.venue_id
+          AND (o.name, o.neighborhood, o.price_range, o.url_slug, o.location_code)
+              IS NOT DISTINCT FROM
+              (n.name, n.neighborhood, n.price_range, n.url_slug, n.location_code)
+    )
+    ORDER BY n.venue_id
+    ON CONFLICT (venue_id) DO UPDATE
+    SET name = excluded.name, neighborhood = excluded.neighborhood,
+        price_range = excluded.price_range, url_slug = excluded.url_slug,
+        location_code = excluded.location_code, updated_at = now()
+    WHERE (v.name, v.neighborhood, v.price_range, v.url_slug, v.location_code)
+          IS DISTINCT FROM (excluded.name, excluded.neighborhood, excluded.price_range,
+                            excluded.url_slug, excluded.location_code)
+    """
+)
+
+WRITE_POLL = text(
+    """
+    WITH cur AS (
+        SELECT * FROM json_to_recordset(CAST(:slots AS json))
+               AS c(slot_id text, venue_id bigint, slot_date date, slot_time time,
+                    seating_type text, sizes smallint[])
+    ),
+    gone AS (
+        DELETE FROM open_slots o
+        WHERE o.bucket_id = :bucket
+          AND NOT EXISTS (SELECT 1 FROM cur WHERE cur.slot_id = o.slot_id)
+        RETURNING o.*
+    ),
+    closed AS (
+        INSERT INTO drop_events (bucket_date, bucket_id, market, provider, slot_id, venue_id,
+            event_type, opened_at, closed_at, drop_duration_seconds, slot_date, slot_time,
+            seating_type, party_sizes, time_slot, time_bucket, dedupe_key, drop_event_id)
+        SELECT :bucket_date, :bucket, :market, :provider, g.slot_id, g.venue_id,
+            'CLOSED', g.opened_at, :now, extract(epoch FROM (:now - g.opened_at)),
+            g.slot_date, g.slot_time, g.seating_type, g.party_sizes, g.time_slot,
+            :time_bucket, 'CLOSED:' || g.drop_event_id, g.drop_event_id
+        FROM gone g
+        WHERE g.drop_event_id IS NOT NULL
+        ON CONFLICT (bucket_date, dedupe_key) DO NOTHING
+        RETURNING id
+    ),
+    fresh AS (
+        SELECT cur.* FROM cur
+        WHERE NOT EXISTS (
+            SELECT 1 FROM open_slots o WHERE o.bucket_id = :bucket AND o.slot_id = cur.slot_id
+        )
+    ),
+    drops AS (
+        INSERT INTO drop_events (bucket_date, bucket_id, market, provider, slot_id, venue_id,
+            event_type, opened_at, slot_date, slot_time, seating_type, party_sizes,
+            time_slot, time_bucket, dedupe_key)
+        SELECT :bucket_date, :bucket, :market, :provider, f.slot_id, f.venue_id,
+            'NEW_DROP', :now, f.slot_date, f.slot_time, f.seating_type,
+            f.sizes, :time_slot, :time_bucket,
+            'NEW_DROP:' || :bucket || ':' || f.slot_id || ':' || :new_version
+        FROM fresh f
+        WHERE :emit
+          AND NOT EXISTS (
+            SELECT 1 FROM baseline_slots bs
+            WHERE bs.bucket_id = :bucket AND bs.slot_id = f.slot_id
+          )
+        ON CONFLICT (bucket_date, dedupe_key) DO NOTHING
+        RETURNING id, slot_id, opened_at
+    ),
+    opened AS (
+        INSERT INTO open_slots (bucket_id, slot_id, venue_id, slot_date, slot_time,
+            seating_type, party_sizes, time_slot, first_seen_at, drop_event_id, opened_at)
+        SELECT :bucket, f.slot_id, f.venue_id, f.slot_date, f.slot_time, f.seating_type,
+            f.sizes, :time_slot, :now, d.id, d.opened_at
+        FROM fresh f LEFT JOIN drops d ON d.slot_id = f.slot_id
+        RETURNING 1
+    ),
+    resized AS (
+        UPDATE open_slots o SET party_sizes = cur.sizes
+        FROM cur
+        WHERE o.bucket_id = :bucket AND o.slot_id = cur.slot_id
+          AND o.party_sizes <> cur.sizes
+        RETURNING 1
+    ),
+    baseline AS (
+        INSERT INTO baseline_slots (bucket_id, slot_id)
+        SELECT :bucket, cur.slot_id FROM cur WHERE NOT :emit
+        ON CONFLICT DO NOTHING
+        RETURNING 1
+    ),
+    bumped AS (
+        UPDATE discovery_buckets
+        SET snapshot_version = :new_version,
+            baseline_polls = :baseline_polls,
+            last_polled_at = :now,
+            last_healthy_poll_at = :now,
+            last_outcome = :outcome,
+            last_slot_count = :slot_count,
+            suspect_polls = 0,
+            next_poll_at = :next_poll_at,
+            lease_owner = NULL,
+            lease_expires_at = NULL
+        WHERE bucket_id = :bucket
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM drops), (SELECT count(*) FROM closed),
+           (SELECT count(*) FROM bumped),
+           CASE WHEN EXISTS (SELECT 1 FROM drops) OR EXISTS (SELECT 1 FROM closed)
+                THEN pg_notify(:channel, :bucket) END
+    """
+)
+
+# An unhealthy poll keeps the snapshot: note the outcome, count a suspect poll, release.
+RECORD_UNHEALTHY = text(
+    """
+    UPDATE discovery_buckets
+    SET last_polled_at = :now, last_outcome = :outcome,
+        suspect_polls = CASE WHEN :suspect THEN suspect_polls + 1 ELSE suspect_polls END,
+        next_poll_at = :next_poll_at, lease_owner = NULL, lease_expires_at = NULL
+    WHERE bucket_id = :bucket AND lease_owner = :owner
+      AND snapshot_version = :version
+    """
+)
+
+RELEASE_LEASE = text(
+    "UPDATE discovery_buckets SET lease_owner = NULL, lease_expires_at = NULL "
+    "WHERE bucket_id = :b AND lease_owner = :owner"
+)

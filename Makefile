@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test lint typecheck proto proto-check buf-lint imports pytest test-db bench clean
+.PHONY: help install run test test-quick lint typecheck proto proto-check buf-lint imports pytest test-db bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -25,6 +25,9 @@ run: $(STAMP) ## bring up the whole local stack (Ctrl-C stops it)
 	$(BIN)/dropwatch up
 
 test: lint pytest ## every check and the whole test suite
+
+test-quick: $(STAMP) ## the tests without the slow end-to-end ones (the edit-test loop; CI runs all)
+	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(STAMP) typecheck proto-check buf-lint imports ## ruff, mypy, proto freshness, buf, import contracts
 	$(BIN)/ruff check .

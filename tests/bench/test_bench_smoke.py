@@ -33,6 +33,7 @@ TINY = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_benchmark_runs_and_reports_its_targets(name: str, tmp_path: Path) -> None:

@@ -117,6 +117,7 @@ def _just_opened(port: int) -> int:
         return len(stub.JustOpened(feed_pb2.JustOpenedRequest(), timeout=5).items)
 
 
+@pytest.mark.slow
 def test_up_runs_the_whole_stack_and_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
     data_dir = (tmp_path / "state").resolve()
     env = _env(DROPWATCH_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1")
@@ -215,6 +216,7 @@ def test_bench_size_flags_are_checked() -> None:
     assert "Traceback" not in both.stderr + tiny.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_bench_writes_the_report_its_points_and_charts(tmp_path: Path) -> None:
     """`dropwatch bench seed` end to end, at a toy size, into a scratch docs folder."""

@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 import httpx
+import pytest
 import yaml
 from pydantic import SecretStr
 
@@ -31,6 +32,8 @@ from tests.deploy import tools
 from tests.deploy.test_monitoring import RULES
 from tests.waiting import wait_until_async
 from tools.simulator.server import Simulator
+
+pytestmark = pytest.mark.slow
 
 
 @contextlib.asynccontextmanager

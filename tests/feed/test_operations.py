@@ -101,6 +101,7 @@ async def test_overload_is_resource_exhausted_not_a_queue(db_url: str, seeder: S
         await server.stop(0)
 
 
+@pytest.mark.slow
 async def test_database_down_is_unavailable_quickly() -> None:
     url = "postgresql://feed:pw-not-logged@127.0.0.1:1/nowhere"
     server = await start_feed(feed_settings(url), url)
@@ -175,6 +176,7 @@ async def test_health_and_reflection(feed: object, stub: Stub) -> None:
             assert "grpc.health.v1.Health" in names
 
 
+@pytest.mark.slow
 def test_sigterm_drains_in_flight_calls_and_exits_zero(db_url: str, tmp_path: Path) -> None:
     port, metrics_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DROPWATCH_")}

@@ -52,6 +52,8 @@ from shared.settings import Settings
 from tests.conftest import PgServer
 from tests.feed.conftest import NOW, TODAY
 
+pytestmark = pytest.mark.slow  # the module's data set takes seconds to build
+
 DROPS = 100_000
 BASELINE = 20_000
 VENUES = 2_000

@@ -323,6 +323,7 @@ def modelled(d: OpenDrop) -> Shown:
 
 # A pass takes a few seconds; a failure is shrunk for up to a few minutes (every step
 # replays polls), so the usual 120 s timeout would cut the shrink short.
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 @settings(
     max_examples=40,

@@ -11,12 +11,15 @@ from pathlib import Path
 
 import grpc
 import httpx
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import Engine, text
 
 from tests.conftest import REPO_ROOT, free_port
 from tests.waiting import wait_until
 from tools.simulator.server import Simulator
+
+pytestmark = pytest.mark.slow  # each test starts processes
 
 
 def test_poller_process_polls_serves_health_and_metrics_and_stops_on_sigterm(

@@ -22,6 +22,7 @@ def _show(url: str, name: str) -> str:
     return str(row[0])
 
 
+@pytest.mark.slow
 def test_new_data_directory_runs_with_minimal_wal_and_keeps_it(tmp_path: Path) -> None:
     server = embedded.start(tmp_path / "pgdata")
     try:

@@ -134,6 +134,7 @@ def test_maintenance_runs_on_seeded_history(engine: Engine, db_url: str) -> None
     assert aggregated == summary.steps["prune_events"].rows < result.events
 
 
+@pytest.mark.slow
 def test_seed_cli(db_url: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DROPWATCH_")}
     env["DROPWATCH_DATABASE_URL"] = db_url

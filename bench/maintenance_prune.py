@@ -1,0 +1,209 @@
+"""Pruning one past day at several table sizes: ours (drop the day's partition) against the
+original row DELETE, with the day growing with the table or of a fixed size."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
+
+from sqlalchemy import event, text
+
+from bench import harness
+from bench.harness import StatementRecorder, engine_for, median
+from services.maintenance import run as maintenance_run
+from services.maintenance import store as maintenance_store
+from services.maintenance.settings import MaintenanceSettings
+from shared.db.buckets import bucket_id_for
+from shared.db.partitions import partition_name
+from tools.database import PgServer
+from tools.seed import SeedPlan, load, make_plan
+from tools.seed.plan import BucketSeed
+
+PARTS = ("count", "drop", "checks", "commit", "rest")
+
+
+def seed_plan(events: int, now: dt.datetime) -> SeedPlan:
+    return make_plan(MaintenanceSettings(), events, now=now, past_days=14)
+
+
+def fixed_day_plan(
+    size: int, day_events: int, days: int, now: dt.datetime
+) -> tuple[SeedPlan, SeedPlan]:
+    """About `size` events whose `days` oldest past days hold `day_events` each: the plan to
+    load first (those days empty) and the plan to fill them from, one day at a time, so the
+    table holds the rest plus one filled day at every prune."""
+    base = seed_plan(size, now)
+    fixed = set(base.days[:days])
+    if any(day >= base.today for day in fixed):
+        raise SystemExit(f"{days} fixed-size days do not fit in the past days")
+    others = [b for b in base.buckets if b.day not in fixed]
+    open_drops = sum(b.open_drops for b in others)
+    # events of a bucket = 2 * pairs - open drops (an open drop has no CLOSED)
+    rest = max(
+        max(b.open_drops for b in others),
+        math.ceil((size - day_events + open_drops) / (2 * len(others))),
+    )
+    day_pairs = math.ceil(day_events / (2 * len({b.anchor for b in base.buckets})))
+    final: list[BucketSeed] = []
+    for b in base.buckets:  # pair numbers (event ids) stay unique across later fills
+        final.append(
+            replace(b, n0=sum(x.pairs for x in final), pairs=day_pairs if b.day in fixed else rest)
+        )
+    first = tuple(replace(b, pairs=0) if b.day in fixed else b for b in final)
+    return replace(base, buckets=first), replace(base, buckets=tuple(final))
+
+
+@dataclass
+class Row:
+    size: int
+    events: int  # in the table at each prune
+    load_seconds: float
+    fixed_day: int = 0  # events of every pruned day; 0: the day grows with the table
+    day_events: list[int] = field(default_factory=list)
+    day_bytes: list[int] = field(default_factory=list)  # the pruned partition on disk
+    ours_ms: list[float] = field(default_factory=list)
+    parts: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in PARTS})
+    delete_ms: list[float] = field(default_factory=list)
+    index_seconds: float = 0.0
+
+    def ours(self) -> float:
+        return median(self.ours_ms)
+
+    def delete(self) -> float:
+        return median(self.delete_ms)
+
+
+class Target:
+    """One database: loaded, its past days aggregated, pruned one day at a time."""
+
+    def __init__(self, url: str, size: int, now: dt.datetime, day_events: int, days: int) -> None:
+        self.settings = MaintenanceSettings()
+        self.engine = engine_for(url, "bench-prune")
+        self.fixed: set[dt.date] = set()
+        plan, self.refill_plan = seed_plan(size, now), None
+        if day_events:
+            plan, self.refill_plan = fixed_day_plan(size, day_events, days, now)
+            self.fixed = set(plan.days[:days])
+        seeded = load(self.engine, plan)
+        harness.vacuum(self.engine, "VACUUM")  # as autovacuum would have by now
+        harness.log(f"prune {size:,}: loaded {seeded.events:,} in {seeded.seconds:.1f} s")
+        self.id_base, self.resident = seeded.id_base, seeded.events
+        self.row = Row(size, seeded.events, seeded.seconds, day_events)
+        self.past = [d for d in plan.days if d < plan.today]
+        for day in self.past:
+            if day not in self.fixed:
+                self.aggregate(day)
+        self.recorder = StatementRecorder(self.engine)
+        self.commits: list[float] = []
+        event.listen(self.engine, "commit", lambda conn: self.commits.append(time.perf_counter()))
+
+    def aggregate(self, day: dt.date) -> int:
+        with self.engine.begin() as conn:
+            market, zone = self.settings.market, self.settings.market_timezone
+            return maintenance_store.aggregate_day(conn, day, market=market, zone=zone)
+
+    def refill(self, day: dt.date) -> None:
+        """Fill the empty `day` (untimed): its load, VACUUM (ANALYZE), its aggregation."""
+        assert self.refill_plan is not None
+        inserted = load(self.engine, self.refill_plan, days=[day], id_base=self.id_base).events
+        harness.vacuum(self.engine, f"VACUUM (ANALYZE) {partition_name(day)}")
+        if self.aggregate(day) != inserted:
+            raise SystemExit(f"fill of {day}: the aggregation counted other than {inserted}")
+        self.row.events = self.resident + inserted  # the earlier filled days are gone
+
+    def prune_ours(self, day: dt.date, keep: bool) -> None:
+        """The real prune_events step for `day` alone, timed part by part."""
+        size = f"SELECT pg_total_relation_size('{partition_name(day)}')"
+        on_disk = harness.count(self.engine, size)
+        with self.recorder.window() as window, harness.timed() as timer:
+            step = maintenance_run._prune_events(self.settings, self.engine, [day])
+        if step.detail != {"partitions": 1, "reaggregated": 0}:
+            raise SystemExit(f"prune of {day} did not go as planned: {step}")
+        if keep:
+            row = self.row
+            row.ours_ms.append(timer.ms)
+            row.day_events.append(step.rows)
+            row.day_bytes.append(on_disk)
+            spent = dict.fromkeys(PARTS, 0.0)
+            for s in window.statements:
+                sql = s.sql
+                part = "count" if sql.startswith("SELECT count(*) FROM drop_events_p") else "checks"
+                spent["drop" if sql.startswith("DROP TABLE") else part] += s.seconds * 1000
+            spent["commit"] = (timer.stopped or 0.0) * 1000 - self.commits[-1] * 1000
+            spent["rest"] = timer.ms - sum(spent.values())
+            for name, ms in spent.items():
+                row.parts[name].append(ms)
+
+    def delete_rows(self, day: dt.date, keep: bool) -> None:
+        """The original row DELETE; the earlier days are gone, so it removes `day` alone."""
+        cutoff = bucket_id_for(day + dt.timedelta(days=1), "00:00")
+        with harness.timed() as timer, self.engine.begin() as conn:
+            sql = text("DELETE FROM drop_events WHERE bucket_id < :cutoff")
+            deleted = conn.execute(sql, {"cutoff": cutoff}).rowcount
+        if self.fixed and deleted != self.row.events - self.resident:
+            raise SystemExit(f"row DELETE of the filled {day} removed {deleted} events")
+        if keep:
+            self.row.delete_ms.append(timer.ms)
+
+
+def measure(
+    server: PgServer, sizes: Sequence[int], now: dt.datetime, repeats: int, day_events: int = 0
+) -> list[Row]:
+    """One database per size, pruned in turns (one day each per round, the order reversed
+    every round) so the sizes share the machine's conditions. Ours first on the real schema;
+    then the original's indexes, and its row DELETE on the next days. Day 0 of each method is
+    an untimed warm-up."""
+    days = 2 * (1 + repeats)
+    with ExitStack() as stack:
+        targets = []
+        for size in sizes:
+            name = stack.enter_context(server.migrated("dw_bench_prune"))
+            targets.append(Target(server.url_for(name), size, now, day_events, days))
+            stack.callback(targets[-1].engine.dispose)
+        if not day_events:
+            harness.checkpoint(server)
+        for method in ("ours", "delete"):
+            offset = 0 if method == "ours" else 1 + repeats
+            if method == "delete":
+                for target in targets:
+                    target.row.index_seconds = harness.create_review_indexes(target.engine)
+                if not day_events:
+                    harness.checkpoint(server)
+            for i in range(1 + repeats):
+                if day_events:
+                    for target in targets:
+                        target.refill(target.past[offset + i])
+                    harness.checkpoint(server)
+                for target in targets if i % 2 == 0 else targets[::-1]:
+                    prune = target.prune_ours if method == "ours" else target.delete_rows
+                    prune(target.past[offset + i], i > 0)
+        for t in targets:
+            harness.log(
+                f"prune {t.row.size:,}: ours {t.row.ours():.1f} ms, DELETE {t.row.delete():.1f} ms"
+            )
+        return [t.row for t in targets]
+
+
+def tables(rows: list[Row]) -> tuple[list[list[str]], list[list[str]]]:
+    """(events, load s, day, ours, DELETE) and (where our prune's time goes) per size."""
+    first = "events in the table" if rows[0].fixed_day else "events"
+    main = [[first, "load s", "events in the day", "ours ms (median)", "ours min / max ms"]]
+    main[0] += ["row DELETE ms (median)", "DELETE min / max ms", "DELETE / ours"]
+    parts = [[first, "day's partition MB", "count(*) ms", "DROP TABLE ms", "other statements ms"]]
+    parts[0] += ["COMMIT ms", "rest ms", "ours ms (median)"]
+    for r in sorted(rows, key=lambda r: r.size):
+        day = int(median([float(n) for n in r.day_events]))
+        main.append([f"{r.events:,}", f"{r.load_seconds:.1f}", f"{day:,}", f"{r.ours():.1f}"])
+        main[-1] += [f"{min(r.ours_ms):.1f} / {max(r.ours_ms):.1f}", f"{r.delete():.1f}"]
+        main[-1] += [
+            f"{min(r.delete_ms):.1f} / {max(r.delete_ms):.1f}",
+            f"{r.delete() / r.ours():.1f}x",
+        ]
+        mb = median([b / 2**20 for b in r.day_bytes])
+        parts.append([f"{r.events:,}", f"{mb:.1f}", *(f"{median(r.parts[p]):.1f}" for p in PARTS)])
+        parts[-1].append(f"{r.ours():.1f}")
+    return main, parts

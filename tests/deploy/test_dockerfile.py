@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 from tests.deploy import tools
-from tests.deploy.test_manifests import COMPONENTS
+from tests.deploy.manifests import COMPONENTS
 
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 DOCKERIGNORE = REPO_ROOT / ".dockerignore"

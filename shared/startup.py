@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from sqlalchemy import Engine
 
 from shared.db.database import open_database
 from shared.db.engine import make_engine
+from shared.errors import DropwatchError
 from shared.logs import configure_logging
 from shared.settings import Settings, load_settings
 
@@ -66,3 +68,19 @@ async def _until_signalled(main: Main[S], settings: S, url: str) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await main(settings, url, stop)
+
+
+def exit_code(
+    name: str,
+    entry: Callable[[], int],
+    on_error: Callable[[DropwatchError], None] | None = None,
+) -> int:
+    """Run an entry point; a `DropwatchError` (bad settings, database unreachable) is one line
+    on stderr and exit code 2, not a traceback. `on_error` may report it elsewhere too."""
+    try:
+        return entry()
+    except DropwatchError as exc:
+        if on_error is not None:
+            on_error(exc)
+        print(f"dropwatch {name}: error: {exc}", file=sys.stderr)
+        return 2

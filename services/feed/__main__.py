@@ -8,9 +8,8 @@ import sys
 
 from services.feed.server import start_feed
 from services.feed.settings import FeedSettings
-from shared.errors import DropwatchError
 from shared.metrics_http import serve_metrics
-from shared.startup import run_service
+from shared.startup import exit_code, run_service
 
 
 def serve(port: int | None = None, metrics_port: int | None = None) -> int:
@@ -32,11 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, help="gRPC port (default DROPWATCH_FEED_PORT, 50051)")
     parser.add_argument("--metrics-port", type=int, help="default DROPWATCH_METRICS_PORT (9102)")
     args = parser.parse_args(argv)
-    try:
-        return serve(args.port, args.metrics_port)
-    except DropwatchError as exc:
-        print(f"dropwatch feed: error: {exc}", file=sys.stderr)
-        return 2
+    return exit_code("feed", lambda: serve(args.port, args.metrics_port))
 
 
 if __name__ == "__main__":

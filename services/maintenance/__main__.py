@@ -17,7 +17,7 @@ from services.maintenance.run import run
 from services.maintenance.settings import MaintenanceSettings
 from shared.db.engine import unavailable_as_error
 from shared.errors import ConfigError, DropwatchError
-from shared.startup import started
+from shared.startup import exit_code, started
 
 log = logging.getLogger("dropwatch.maintenance")
 
@@ -53,12 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("run", help="aggregate, prune and slide the bucket window once")
     p.add_argument("--now", help="pretend it is this ISO-8601 time (with offset)")
     args = parser.parse_args(argv)
-    try:
-        return run_once(parse_now(args.now))
-    except DropwatchError as exc:
-        print(json.dumps({"ok": False, "error": str(exc)}), flush=True)
-        print(f"dropwatch maintenance: error: {exc}", file=sys.stderr)
-        return 2
+    return exit_code("maintenance", lambda: run_once(parse_now(args.now)), _report_failure)
+
+
+def _report_failure(exc: DropwatchError) -> None:
+    """The Job's log keeps one JSON line per run, a failed one too."""
+    print(json.dumps({"ok": False, "error": str(exc)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,7 @@ import sys
 
 from services.poller.app import run_poller
 from services.poller.settings import PollerSettings
-from shared.errors import DropwatchError
-from shared.startup import run_service
+from shared.startup import exit_code, run_service
 
 
 def serve(metrics_port: int | None = None, health_port: int | None = None) -> int:
@@ -22,11 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics-port", type=int, help="default DROPWATCH_METRICS_PORT (9101)")
     parser.add_argument("--health-port", type=int, help="default DROPWATCH_HEALTH_PORT (50052)")
     args = parser.parse_args(argv)
-    try:
-        return serve(args.metrics_port, args.health_port)
-    except DropwatchError as exc:
-        print(f"dropwatch poller: error: {exc}", file=sys.stderr)
-        return 2
+    return exit_code("poller", lambda: serve(args.metrics_port, args.health_port))
 
 
 if __name__ == "__main__":

@@ -72,17 +72,16 @@ def migrate_database(revision: str = "head") -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The production migration entry point (the Kubernetes Job runs it)."""
-    from shared.errors import DropwatchError
+    from shared.startup import exit_code
 
     parser = argparse.ArgumentParser(prog="python -m shared.db.migrate")
     parser.add_argument("--revision", default="head", help="target revision (default: head)")
     args = parser.parse_args(argv)
-    try:
+    def migrate() -> int:
         migrate_database(args.revision)
-    except DropwatchError as exc:
-        print(f"dropwatch migrate: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return exit_code("migrate", migrate)
 
 
 if __name__ == "__main__":

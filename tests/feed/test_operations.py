@@ -16,9 +16,9 @@ import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from sqlalchemy.engine import make_url
 
 from services.feed.server import start_feed
+from shared.db.urls import libpq_url, to_sqlalchemy_url
 from shared.gen.dropwatch.feed.v1 import feed_pb2, feed_pb2_grpc
 from tests.conftest import REPO_ROOT, free_port
 from tests.feed.conftest import NOW, feed_settings
@@ -28,21 +28,15 @@ from tests.waiting import wait_until, wait_until_async
 Stub = feed_pb2_grpc.FeedServiceStub
 
 
-def libpq(url: str, **changes: str) -> str:
-    return (
-        make_url(url).set(drivername="postgresql", **changes).render_as_string(hide_password=False)
-    )
-
-
 async def _locked(db_url: str) -> psycopg.AsyncConnection:
     """A connection holding an exclusive lock on open_slots: feed queries block behind it."""
-    conn = await psycopg.AsyncConnection.connect(libpq(db_url))
+    conn = await psycopg.AsyncConnection.connect(libpq_url(db_url))
     await conn.execute("LOCK TABLE open_slots IN ACCESS EXCLUSIVE MODE")
     return conn
 
 
 async def _feed_queries_running(db_url: str) -> int:
-    async with await psycopg.AsyncConnection.connect(libpq(db_url), autocommit=True) as conn:
+    async with await psycopg.AsyncConnection.connect(libpq_url(db_url), autocommit=True) as conn:
         cur = await conn.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'dropwatch-feed'"
             " AND state = 'active'"
@@ -120,7 +114,7 @@ async def test_database_down_is_unavailable_quickly() -> None:
 
 async def test_recovers_when_its_connections_are_killed(db_url: str, stub: Stub) -> None:
     await stub.StillOpen(feed_pb2.StillOpenRequest())
-    async with await psycopg.AsyncConnection.connect(libpq(db_url), autocommit=True) as conn:
+    async with await psycopg.AsyncConnection.connect(libpq_url(db_url), autocommit=True) as conn:
         await conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
             " WHERE application_name = 'dropwatch-feed'"
@@ -131,16 +125,14 @@ async def test_recovers_when_its_connections_are_killed(db_url: str, stub: Stub)
 
 async def test_runs_with_a_read_only_role(db_url: str, seeder: Seeder) -> None:
     role = f"dw_feed_ro_{uuid.uuid4().hex[:8]}"
-    database = make_url(db_url).database
-    async with await psycopg.AsyncConnection.connect(libpq(db_url), autocommit=True) as conn:
+    database = to_sqlalchemy_url(db_url).database
+    async with await psycopg.AsyncConnection.connect(libpq_url(db_url), autocommit=True) as conn:
         await conn.execute(f"CREATE ROLE {role} LOGIN")
         await conn.execute(f'GRANT CONNECT ON DATABASE "{database}" TO {role}')
         await conn.execute(f"GRANT USAGE ON SCHEMA public TO {role}")
         await conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
     await seeder.open([SeedSlot(4, NOW.date(), "19:00")], at=NOW)
-    ro_url = (
-        make_url(db_url).set(username=role, password=None).render_as_string(hide_password=False)
-    )
+    ro_url = libpq_url(db_url, username=role)
     server = await start_feed(feed_settings(ro_url), ro_url)
     server.servicer.clock = lambda: NOW
     try:
@@ -149,12 +141,12 @@ async def test_runs_with_a_read_only_role(db_url: str, seeder: Seeder) -> None:
                 feed_pb2.JustOpenedRequest()
             )
             assert [i.venue.id for i in reply.items] == [4]
-        async with await psycopg.AsyncConnection.connect(libpq(ro_url)) as conn:
+        async with await psycopg.AsyncConnection.connect(libpq_url(ro_url)) as conn:
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 await conn.execute("DELETE FROM open_slots")
     finally:
         await server.stop(0)
-        async with await psycopg.AsyncConnection.connect(libpq(db_url), autocommit=True) as c:
+        async with await psycopg.AsyncConnection.connect(libpq_url(db_url), autocommit=True) as c:
             await c.execute(f"DROP OWNED BY {role}")
             await c.execute(f"DROP ROLE {role}")
 
@@ -201,7 +193,7 @@ def test_sigterm_drains_in_flight_calls_and_exits_zero(db_url: str, tmp_path: Pa
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             grpc.channel_ready_future(channel).result(timeout=20)
             stub = feed_pb2_grpc.FeedServiceStub(channel)
-            blocker = psycopg.connect(libpq(db_url))
+            blocker = psycopg.connect(libpq_url(db_url))
             blocker.execute("LOCK TABLE open_slots IN ACCESS EXCLUSIVE MODE")
             future = stub.StillOpen.future(feed_pb2.StillOpenRequest(), timeout=10)
             wait_until(
@@ -223,7 +215,7 @@ def test_sigterm_drains_in_flight_calls_and_exits_zero(db_url: str, tmp_path: Pa
 async def test_an_unexpected_database_error_is_internal_without_details(
     db_url: str, stub: Stub
 ) -> None:
-    async with await psycopg.AsyncConnection.connect(libpq(db_url), autocommit=True) as conn:
+    async with await psycopg.AsyncConnection.connect(libpq_url(db_url), autocommit=True) as conn:
         await conn.execute("ALTER TABLE venues RENAME COLUMN name TO venue_name_gone")
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.StillOpen(feed_pb2.StillOpenRequest())

@@ -18,6 +18,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
+from shared.db.urls import masked_url
 from shared.errors import ConfigError
 
 ENV_PREFIX = "DROPWATCH_"
@@ -148,7 +149,7 @@ class Settings(BaseSettings):
         """The database URL with its password masked, safe for logs."""
         if self.database_url is None:
             return f"embedded PostgreSQL in {self.data_dir / 'pgdata'}"
-        return make_url(self.database_url.get_secret_value()).render_as_string(hide_password=True)
+        return masked_url(self.database_url.get_secret_value())
 
     def secret_values(self) -> list[str]:
         """Every secret in these settings, for the log redaction filter."""

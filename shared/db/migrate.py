@@ -77,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m shared.db.migrate")
     parser.add_argument("--revision", default="head", help="target revision (default: head)")
     args = parser.parse_args(argv)
+
     def migrate() -> int:
         migrate_database(args.revision)
         return 0

@@ -3,8 +3,9 @@
 A slot's id is a hash of (provider, venue id, normalised local start, seating type). Resy's
 `config.token` embeds a template id that changes over time and its time strings come in more
 than one format, so neither is ever used directly: that produced false drops in the original
-system (see docs/architecture.md, Review findings). Whatever writes slots the poller will see
-later (the seeder) must derive their ids here, or the poller would take them for new slots.
+system (see docs/architecture.md, What the original system did wrong, 3). Whatever writes
+slots the poller will see later (the seeder) must derive their ids here, or the poller would
+take them for new slots.
 """
 
 from __future__ import annotations

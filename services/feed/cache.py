@@ -1,4 +1,7 @@
-"""Feed answers served from memory while fresh (review P4, extended to every request shape).
+"""Feed answers served from memory while fresh, for every request shape.
+
+The cache the review proposed for the default answer, extended (see docs/architecture.md,
+Review findings, P4).
 
 The feed only changes when a poll commits, and many callers ask the same questions, so each
 answer is kept serialized per normalised request; a hit sends the stored bytes as they are

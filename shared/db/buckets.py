@@ -2,8 +2,9 @@
 
 A bucket is a reservation date and an anchor time, `YYYY-MM-DD_HH:MM`. "Today" is always
 computed in the market's time zone (the original computed it in UTC and was wrong for hours
-every evening). Both the poller (at start-up and every tick) and the daily maintenance run call
-`ensure_live_buckets`, so a fresh database works without waiting for the daily job.
+every evening; docs/architecture.md, What the original system did wrong, 5). Both the poller
+(at start-up and every tick) and the daily maintenance run call `ensure_live_buckets`, so a
+fresh database works without waiting for the daily job.
 """
 
 from __future__ import annotations

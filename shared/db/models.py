@@ -1,6 +1,7 @@
 """The one PostgreSQL schema of dropwatch, as typed SQLAlchemy 2.0 models.
 
-Names follow the scalability review (the shared vocabulary operators query by). Alembic
+Names follow the original system's schema as the review describes it (the vocabulary operators
+already query by; see docs/architecture.md, Review findings). Alembic
 migrations in `shared/db/migrations` create and change this schema; a test proves both agree.
 
 Design in short (the why is in docs/architecture.md):

@@ -76,7 +76,8 @@ async def test_filters_apply_before_venue_dedupe(seeder: Seeder, stub: Stub) -> 
     for_two = await stub.JustOpened(
         feed_pb2.JustOpenedRequest(filter=feed_pb2.FeedFilter(party_sizes=[2]))
     )
-    # The original de-duplicated first and lost venue 7 here.
+    # The original de-duplicated first and lost venue 7 here (docs/architecture.md, What the
+    # original system did wrong, 10).
     assert ids(for_two) == [(7, D0.isoformat(), "18:00")]
     every = await stub.JustOpened(
         feed_pb2.JustOpenedRequest(filter=feed_pb2.FeedFilter(all_slots_per_venue=True))

@@ -33,7 +33,8 @@ NEIGHBORHOODS = ("SoHo", "Tribeca", "West Village", "Williamsburg", "Harlem", "C
 
 @dataclass(frozen=True)
 class Shape:
-    """What the market looks like; the defaults are the floor experiment's 1M-event data."""
+    """What the market looks like; the defaults are the 1M-event data set of the performance
+    targets (docs/architecture.md, Seeding)."""
 
     open_ratio: float = 0.267  # currently open drops per event (267k per 1M)
     recent: int = 2700  # open drops that opened in the last five minutes, at any size

@@ -10,6 +10,7 @@ open_slots (feed, poller) and retention drops whole partitions, so no query read
 indexes (docs/architecture.md), while every event written maintains them: the poller's insert
 and `dropwatch seed` paid for eight indexes where two are used (the primary key and the dedupe
 key). Measured in docs/architecture.md. The benchmarks recreate them for the original patterns.
+("The review" and "the original": docs/architecture.md, Review findings, P2.)
 """
 
 from __future__ import annotations

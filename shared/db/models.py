@@ -38,7 +38,9 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.dialects.postgresql.base import ischema_names
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import UserDefinedType
 
 EVENT_NEW_DROP = "NEW_DROP"
 EVENT_CLOSED = "CLOSED"
@@ -52,6 +54,24 @@ NAMING = {
 }
 
 TZ = DateTime(timezone=True)
+
+
+class XID8(UserDefinedType[int]):
+    """PostgreSQL's 64-bit transaction id (`xid8`): which transaction wrote a row."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **_kw: object) -> str:
+        return "xid8"
+
+
+ischema_names["xid8"] = XID8  # so reflection (the models/migrations comparison) knows it
+
+
+# The writing transaction of a row (commit order; see docs/architecture.md, "Commit order").
+# NULL for rows written before migration 0004: older than every cursor.
+def _xact_id() -> Mapped[int | None]:
+    return mapped_column(XID8(), server_default=text("pg_current_xact_id()"))
 
 
 class Base(DeclarativeBase):
@@ -132,6 +152,7 @@ class OpenSlot(Base):
     # Set when the slot opened as a NEW_DROP; NULL for baseline and pre-existing slots.
     drop_event_id: Mapped[int | None] = mapped_column(BigInteger)
     opened_at: Mapped[dt.datetime | None] = mapped_column(TZ)
+    xact_id: Mapped[int | None] = _xact_id()
 
     __table_args__ = (
         PrimaryKeyConstraint("bucket_id", "slot_id"),
@@ -189,6 +210,7 @@ class DropEvent(Base):
     # For CLOSED: the NEW_DROP event it closes.
     drop_event_id: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[dt.datetime] = mapped_column(TZ, server_default=func.now())
+    xact_id: Mapped[int | None] = _xact_id()
 
     __table_args__ = (
         PrimaryKeyConstraint("id", "bucket_date"),

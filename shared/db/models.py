@@ -264,6 +264,19 @@ class MarketMetrics(Base):
     __table_args__ = (PrimaryKeyConstraint("market", "window_date"),)
 
 
+class DayFigures(Base):
+    """Per reservation day with figures: how many events they count, and since when they are
+    final (the day's partition dropped; it is never created again). See docs/architecture.md,
+    Maintenance."""
+
+    __tablename__ = "day_figures"
+
+    window_date: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    event_count: Mapped[int] = mapped_column(BigInteger)
+    aggregated_at: Mapped[dt.datetime] = mapped_column(TZ, server_default=func.now())
+    final_at: Mapped[dt.datetime | None] = mapped_column(TZ)
+
+
 class VenueRollingMetrics(Base):
     """Per venue, the 14 days up to `as_of_date`."""
 

@@ -1,9 +1,10 @@
-"""Opaque, signed page tokens: a keyset cursor bound to one query.
+"""Opaque, signed page tokens: a keyset cursor bound to one query and one boundary.
 
-A token carries the query's fingerprint, the snapshot time of the first page (so later pages
-see exactly the rows that existed then, whatever arrives meanwhile), and the (opened_at,
-event_id) of the last item returned. It is HMAC-signed, so a tampered token or one from another
-query is rejected with INVALID_ARGUMENT instead of silently returning the wrong page.
+A token carries the query's fingerprint, the first page's boundary (its time and its
+commit-order horizon, so later pages see exactly the writes the first page saw, whatever
+commits meanwhile), and the (opened_at, event_id) of the last item returned. It is
+HMAC-signed, so a tampered token or one from another query is rejected with INVALID_ARGUMENT
+instead of silently returning the wrong page.
 """
 
 from __future__ import annotations
@@ -19,8 +20,17 @@ from services.feed.errors import InvalidArgumentError
 
 
 @dataclass(frozen=True)
+class Boundary:
+    """What an answer sees: rows opened at or before `at`, written by a transaction whose id
+    is below `horizon` (every such transaction had ended when the boundary was taken)."""
+
+    at: dt.datetime
+    horizon: int
+
+
+@dataclass(frozen=True)
 class Cursor:
-    snapshot: dt.datetime
+    boundary: Boundary
     opened_at: dt.datetime
     event_id: int
 
@@ -33,7 +43,8 @@ class PageTokens:
         body = json.dumps(
             [
                 fingerprint,
-                cursor.snapshot.isoformat(),
+                cursor.boundary.at.isoformat(),
+                cursor.boundary.horizon,
                 cursor.opened_at.isoformat(),
                 cursor.event_id,
             ],
@@ -49,9 +60,9 @@ class PageTokens:
             expected = hmac.new(self._secret, body, hashlib.sha256).digest()[:16]
             if not hmac.compare_digest(sig, expected):
                 raise ValueError("bad signature")
-            owner, snapshot, opened_at, event_id = json.loads(body)
+            owner, at, horizon, opened_at, event_id = json.loads(body)
             cursor = Cursor(
-                dt.datetime.fromisoformat(snapshot),
+                Boundary(dt.datetime.fromisoformat(at), int(horizon)),
                 dt.datetime.fromisoformat(opened_at),
                 int(event_id),
             )

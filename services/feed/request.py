@@ -9,17 +9,51 @@ import datetime as dt
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import TypeVar
+
+from google.protobuf.message import DecodeError
 
 from services.feed import limits
 from services.feed.errors import InvalidArgumentError
 from shared.gen.dropwatch.feed.v1 import feed_pb2
 
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+# ASCII digits only, matched whole (`fullmatch`): `\d` takes other scripts' digits and `$`
+# accepts a trailing newline, which `time.fromisoformat` then rejects (INTERNAL before).
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_HHMM = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
 
 JUST_OPENED = "just_opened"
 STILL_OPEN = "still_open"
+
+Request = TypeVar("Request", feed_pb2.JustOpenedRequest, feed_pb2.StillOpenRequest)
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    """Request bytes that are not a valid message (e.g. invalid UTF-8 in a string field)."""
+
+    problem: str
+
+
+def decoder(message: type[Request]) -> Callable[[bytes], Request | Undecodable]:
+    """The request deserializer: an undecodable request is INVALID_ARGUMENT (raising here
+    would make gRPC answer UNKNOWN or INTERNAL)."""
+
+    def decode(raw: bytes) -> Request | Undecodable:
+        try:
+            return message.FromString(raw)
+        except DecodeError as exc:
+            return Undecodable(str(exc)[:200] or "malformed message")
+
+    return decode
+
+
+def _decoded(request: Request | Undecodable) -> Request:
+    if isinstance(request, Undecodable):
+        raise InvalidArgumentError("request", f"cannot be decoded: {request.problem}")
+    return request
 
 
 @dataclass(frozen=True)
@@ -47,7 +81,8 @@ class FeedQuery:
         return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
-def from_just_opened(request: feed_pb2.JustOpenedRequest) -> FeedQuery:
+def from_just_opened(raw: feed_pb2.JustOpenedRequest | Undecodable) -> FeedQuery:
+    request = _decoded(raw)
     age = request.max_age_seconds
     if age < 0 or age > limits.MAX_MAX_AGE_SECONDS:
         raise InvalidArgumentError(
@@ -66,7 +101,8 @@ def from_just_opened(request: feed_pb2.JustOpenedRequest) -> FeedQuery:
     )
 
 
-def from_still_open(request: feed_pb2.StillOpenRequest) -> FeedQuery:
+def from_still_open(raw: feed_pb2.StillOpenRequest | Undecodable) -> FeedQuery:
+    request = _decoded(raw)
     if request.HasField("min_age_seconds"):
         age = request.min_age_seconds
         if age < 0:
@@ -111,7 +147,7 @@ def _build(
         raise InvalidArgumentError("filter.time_from", "must not be after filter.time_to")
     slots = sorted(set(f.time_slots))
     for slot in slots:
-        if not _HHMM.match(slot):
+        if not _HHMM.fullmatch(slot):
             raise InvalidArgumentError("filter.time_slots", f"{slot!r} is not HH:MM")
     return FeedQuery(
         kind=kind,
@@ -131,7 +167,7 @@ def _build(
 
 def _date(raw: str) -> dt.date:
     try:
-        if not _DATE.match(raw):
+        if not _DATE.fullmatch(raw):
             raise ValueError
         return dt.date.fromisoformat(raw)
     except ValueError:
@@ -143,6 +179,6 @@ def _date(raw: str) -> dt.date:
 def _time(field: str, raw: str) -> dt.time | None:
     if not raw:
         return None
-    if not _HHMM.match(raw):
+    if not _HHMM.fullmatch(raw):
         raise InvalidArgumentError(field, f"{raw[:40]!r} is not HH:MM")
     return dt.time.fromisoformat(raw)

@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from services.feed.cache import AnswerCache
 from services.feed.metrics import GrpcServerMetrics, MetricsInterceptor
 from services.feed.paging import PageTokens
+from services.feed.request import decoder
 from services.feed.servicer import FeedServicer
 from services.feed.settings import FeedSettings
 from shared.db.engine import make_async_engine
@@ -60,12 +61,12 @@ def _method_handlers(servicer: FeedServicer) -> dict[str, grpc.RpcMethodHandler]
     return {
         "JustOpened": grpc.unary_unary_rpc_method_handler(
             servicer.JustOpened,
-            request_deserializer=feed_pb2.JustOpenedRequest.FromString,
+            request_deserializer=decoder(feed_pb2.JustOpenedRequest),
             response_serializer=_as_is,
         ),
         "StillOpen": grpc.unary_unary_rpc_method_handler(
             servicer.StillOpen,
-            request_deserializer=feed_pb2.StillOpenRequest.FromString,
+            request_deserializer=decoder(feed_pb2.StillOpenRequest),
             response_serializer=_as_is,
         ),
     }

@@ -5,22 +5,25 @@ Domain errors are mapped to gRPC status codes here and only here (`_STATUS`).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
+import psycopg
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.feed import store
+from services.feed.boundary import Boundaries
 from services.feed.cache import AnswerCache
 from services.feed.errors import InvalidArgumentError
-from services.feed.paging import Cursor, PageTokens
-from services.feed.request import FeedQuery, from_just_opened, from_still_open
+from services.feed.paging import Boundary, Cursor, PageTokens
+from services.feed.request import FeedQuery, Undecodable, from_just_opened, from_still_open
 from services.feed.settings import FeedSettings
 from shared.db.buckets import market_today
 from shared.db.engine import unavailable_as_error
@@ -60,13 +63,20 @@ class FeedServicer:
         self.tokens = tokens
         self.cache = cache
         self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
+        # First pages asked in the same moment share one boundary, so JustOpened and StillOpen
+        # split the same data at the same edge, cached or not (`boundary.py`).
+        self.boundaries = Boundaries(settings.cache_ttl_seconds or BOUNDARY_SECONDS_WITHOUT_CACHE)
 
-    async def JustOpened(self, request: feed_pb2.JustOpenedRequest, context: Context) -> bytes:
+    async def JustOpened(
+        self, request: feed_pb2.JustOpenedRequest | Undecodable, context: Context
+    ) -> bytes:
         return await self._serve(
             "JustOpened", lambda: from_just_opened(request), context, feed_pb2.JustOpenedResponse
         )
 
-    async def StillOpen(self, request: feed_pb2.StillOpenRequest, context: Context) -> bytes:
+    async def StillOpen(
+        self, request: feed_pb2.StillOpenRequest | Undecodable, context: Context
+    ) -> bytes:
         return await self._serve(
             "StillOpen", lambda: from_still_open(request), context, feed_pb2.StillOpenResponse
         )
@@ -80,7 +90,8 @@ class FeedServicer:
     ) -> bytes:
         """Validate, answer, and map every failure to a status code (`_abort`)."""
         try:
-            return await self._cached(rpc, validate(), context, make)
+            with _database_errors():
+                return await self._cached(rpc, validate(), context, make)
         except DropwatchError as exc:
             await _abort(context, exc)
             raise  # unreachable: abort raises
@@ -96,35 +107,51 @@ class FeedServicer:
         context: Context,
         make: Callable[[], Response],
     ) -> bytes:
-        """The serialized answer: from the cache while fresh, else from PostgreSQL."""
-        key = (rpc, query.fingerprint(), query.limit, query.page_token)
-        cached = self.cache.get(rpc, key)
-        if cached is not None:
-            return cached
-        generation, started = self.cache.generation(), time.monotonic()
-        answer = (await self._answer(query, context, make())).SerializeToString()
-        self.cache.put(key, answer, generation, started)
-        return answer
+        """The serialized answer: from the cache while fresh, else from PostgreSQL.
 
-    async def _answer(self, query: FeedQuery, context: Context, response: Response) -> Response:
+        The key is the whole normalised query (limit, limit_capped and page token included)
+        and the boundary it is answered at: everything that shapes the answer.
+        """
         cursor = (
             self.tokens.read(query.page_token, query.fingerprint()) if query.page_token else None
         )
-        snapshot = cursor.snapshot if cursor else self.clock()
-        today = market_today(self.settings.zone, self.clock())
+        generation = self.cache.generation()
+        boundary = (
+            cursor.boundary
+            if cursor
+            else await self.boundaries.current(generation, self._take_boundary)
+        )
+        key = (query, boundary)
+        cached = self.cache.get(rpc, key)
+        if cached is not None:
+            return cached
+        started = time.monotonic()
+        response = await self._answer(query, boundary, cursor, context, make())
+        answer = response.SerializeToString()
+        self.cache.put(key, answer, generation, started)
+        return answer
+
+    async def _take_boundary(self) -> Boundary:
+        at = self.clock()
+        async with self.engine.connect() as conn:
+            return Boundary(at, await store.horizon(conn))
+
+    async def _answer(
+        self,
+        query: FeedQuery,
+        boundary: Boundary,
+        cursor: Cursor | None,
+        context: Context,
+        response: Response,
+    ) -> Response:
+        today = market_today(self.settings.zone, boundary.at)
         timeout_ms = self._timeout_ms(context)
-        try:
-            with unavailable_as_error():
-                async with self.engine.connect() as conn, conn.begin():
-                    await store.set_statement_timeout(conn, timeout_ms)
-                    rows = await store.fetch_feed(
-                        conn, query, today=today, snapshot=snapshot, cursor=cursor
-                    )
-                    as_of = await store.data_as_of(conn, today)
-        except sa_exc.OperationalError as exc:
-            if getattr(exc.orig, "sqlstate", None) == "57014":  # query_canceled
-                raise DeadlineError("the query did not finish in time") from exc
-            raise
+        async with self.engine.connect() as conn, conn.begin():
+            await store.set_statement_timeout(conn, timeout_ms)
+            rows = await store.fetch_feed(
+                conn, query, today=today, boundary=boundary, cursor=cursor
+            )
+            as_of = await store.data_as_of(conn, today)
         page = rows[: query.limit]
         self._fill(response, page, query)
         response.applied_limit = query.limit
@@ -133,10 +160,12 @@ class FeedServicer:
         if response.truncated:
             last = page[-1]
             response.next_page_token = self.tokens.issue(
-                query.fingerprint(), Cursor(snapshot, last.opened_at, last.event_id)
+                query.fingerprint(), Cursor(boundary, last.opened_at, last.event_id)
             )
-        if as_of is not None:
-            response.as_of.FromDatetime(as_of)
+        if as_of is None:  # no live bucket has had a healthy poll: say so, never leave it unset
+            response.no_data_yet = True
+            as_of = boundary.at
+        response.as_of.FromDatetime(as_of)
         return response
 
     def _timeout_ms(self, context: Context) -> int:
@@ -208,6 +237,38 @@ class FeedServicer:
 
 _PRIME = feed_pb2.TIME_BUCKET_PRIME
 _OFF_PEAK = feed_pb2.TIME_BUCKET_OFF_PEAK
+
+
+BOUNDARY_SECONDS_WITHOUT_CACHE = 1.0
+
+# SQLSTATEs: a statement cancelled by its timeout, a lock not granted in time.
+_TOO_SLOW = {"57014", "55P03"}
+
+
+@contextlib.contextmanager
+def _database_errors() -> Iterator[None]:
+    """Database errors as domain errors, for the SQLAlchemy path and the raw-driver path alike
+    (`store.fetch_feed` runs its query on the psycopg connection itself)."""
+    try:
+        with unavailable_as_error():
+            yield
+    except sa_exc.DBAPIError as exc:
+        _translate(exc.orig)
+        raise
+    except psycopg.Error as exc:
+        _translate(exc)
+        raise
+
+
+def _translate(exc: BaseException | None) -> None:
+    sqlstate = getattr(exc, "sqlstate", None)
+    if sqlstate in _TOO_SLOW:
+        raise DeadlineError("the query did not finish in time") from exc
+    if isinstance(exc, psycopg.OperationalError) and (
+        sqlstate is None or sqlstate.startswith("08") or sqlstate.startswith("57P")
+    ):
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DatabaseUnavailableError(f"cannot reach PostgreSQL: {reason}") from exc
 
 
 async def _abort(context: Context, exc: DropwatchError) -> None:

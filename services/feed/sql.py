@@ -19,12 +19,18 @@ from typing import Any
 
 from sqlalchemy import text
 
-from services.feed.paging import Cursor
+from services.feed.paging import Boundary, Cursor
 from services.feed.request import JUST_OPENED, FeedQuery
 from shared.db.contracts import FEED_CHANNEL
 
 # Bounds one request's statements by the caller's deadline (for this transaction only).
 SET_STATEMENT_TIMEOUT = text("SELECT set_config('statement_timeout', :ms, true)")
+
+# The commit-order horizon: the oldest transaction id still in flight. Every transaction below
+# it has ended, so the rows it reveals are final: later pages (and a stream) that keep this
+# horizon see exactly the same writes, whatever commits meanwhile (docs/architecture.md,
+# "Commit order").
+HORIZON = text("SELECT CAST(pg_snapshot_xmin(pg_current_snapshot()) AS text)")
 
 # The latest committed healthy poll of a live bucket: what an answer reflects.
 DATA_AS_OF = text(
@@ -48,6 +54,7 @@ def _filters(alias: str, query: FeedQuery) -> list[str]:
         f"{a}.drop_event_id IS NOT NULL",
         f"{a}.slot_date >= :today",
         f"{a}.opened_at <= :snapshot",
+        f"({a}.xact_id IS NULL OR {a}.xact_id < CAST(:horizon AS xid8))",
     ]
     if query.kind == JUST_OPENED:
         clauses.append(f"{a}.opened_at >= :window_edge")
@@ -95,13 +102,14 @@ def build_sql(query: FeedQuery, keyset: bool) -> str:
 
 
 def params(
-    query: FeedQuery, today: dt.date, snapshot: dt.datetime, cursor: Cursor | None
+    query: FeedQuery, today: dt.date, boundary: Boundary, cursor: Cursor | None
 ) -> dict[str, Any]:
     """The values of `build_sql`'s placeholders (unused ones are harmless)."""
     values: dict[str, Any] = {
         "today": today,
-        "snapshot": snapshot,
-        "window_edge": snapshot - dt.timedelta(seconds=query.age_seconds),
+        "snapshot": boundary.at,
+        "horizon": str(boundary.horizon),
+        "window_edge": boundary.at - dt.timedelta(seconds=query.age_seconds),
         "dates": list(query.dates),
         "sizes": list(query.party_sizes),
         "time_from": query.time_from,

@@ -13,7 +13,7 @@ from typing import NamedTuple
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.feed import sql
-from services.feed.paging import Cursor
+from services.feed.paging import Boundary, Cursor
 from services.feed.request import FeedQuery
 
 
@@ -40,7 +40,7 @@ async def fetch_feed(
     query: FeedQuery,
     *,
     today: dt.date,
-    snapshot: dt.datetime,
+    boundary: Boundary,
     cursor: Cursor | None,
 ) -> list[FeedRow]:
     """At most `query.limit + 1` rows, newest first."""
@@ -49,7 +49,7 @@ async def fetch_feed(
     driver = raw.driver_connection
     assert driver is not None
     async with driver.cursor() as cur:
-        await cur.execute(statement, sql.params(query, today, snapshot, cursor))
+        await cur.execute(statement, sql.params(query, today, boundary, cursor))
         return [FeedRow._make(row) for row in await cur.fetchall()]
 
 
@@ -61,6 +61,11 @@ def _to_driver_style(statement: str) -> str:
 async def set_statement_timeout(conn: AsyncConnection, milliseconds: int) -> None:
     """Bound the rest of this transaction's statements (the client's deadline, capped)."""
     await conn.execute(sql.SET_STATEMENT_TIMEOUT, {"ms": str(milliseconds)})
+
+
+async def horizon(conn: AsyncConnection) -> int:
+    """The oldest transaction id still in flight (see `sql.HORIZON`)."""
+    return int((await conn.execute(sql.HORIZON)).scalar_one())
 
 
 async def data_as_of(conn: AsyncConnection, today: dt.date) -> dt.datetime | None:

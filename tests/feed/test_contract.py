@@ -94,6 +94,7 @@ EXPECTED_FIELDS: dict[str, dict[str, int]] = {
         "truncated": 4,
         "next_page_token": 5,
         "as_of": 6,
+        "no_data_yet": 7,
     },
     "StillOpenResponse": {
         "items": 1,
@@ -102,6 +103,7 @@ EXPECTED_FIELDS: dict[str, dict[str, int]] = {
         "truncated": 4,
         "next_page_token": 5,
         "as_of": 6,
+        "no_data_yet": 7,
     },
     "FeedItem": {
         "event_id": 1,

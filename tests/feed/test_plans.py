@@ -43,7 +43,7 @@ import pytest
 from sqlalchemy import Connection, Engine, text
 
 from services.feed import sql as feed_sql
-from services.feed.paging import Cursor
+from services.feed.paging import Boundary, Cursor
 from services.feed.request import JUST_OPENED, FeedQuery, from_just_opened, from_still_open
 from shared.db.buckets import ensure_live_buckets
 from shared.db.engine import make_engine
@@ -51,6 +51,9 @@ from shared.gen.dropwatch.feed.v1 import feed_pb2
 from shared.settings import Settings
 from tests.conftest import PgServer
 from tests.feed.conftest import NOW, TODAY
+
+# Every write of the seeded data is below this commit-order horizon (xid8 ids are 64-bit).
+EVERY_WRITE = Boundary(NOW, 2**62)
 
 pytestmark = pytest.mark.slow  # the module's data set takes seconds to build
 
@@ -224,7 +227,7 @@ def explain(conn: Connection, sql: str, values: dict[str, Any]) -> Plan:
 def run(conn: Connection, query: FeedQuery, cursor: Cursor | None) -> tuple[str, dict[str, Any]]:
     """The servicer's SQL and parameters for `query` (first page, or the page after `cursor`)."""
     statement = feed_sql.build_sql(query, keyset=cursor is not None)
-    return statement, feed_sql.params(query, TODAY, NOW, cursor)
+    return statement, feed_sql.params(query, TODAY, EVERY_WRITE, cursor)
 
 
 def must_visit(conn: Connection, query: FeedQuery, after: Cursor | None, last: Any) -> int:
@@ -266,7 +269,7 @@ def check_common(plan: Plan) -> None:
 
 def _cursor(row: Any) -> Cursor:
     # Columns of build_sql: drop_event_id first, opened_at tenth.
-    return Cursor(NOW, row[9], row[0])
+    return Cursor(EVERY_WRITE, row[9], row[0])
 
 
 # ---------------------------------------------------------------- the cases
@@ -361,7 +364,7 @@ def test_deep_still_open_page_does_not_reread_the_pages_before_it(conn: Connecti
         ),
         {"edge": NOW - dt.timedelta(seconds=query.age_seconds), "deep": DEEP},
     ).one()
-    cursor = Cursor(NOW, deep[1], deep[0])
+    cursor = Cursor(EVERY_WRITE, deep[1], deep[0])
     sql, values = run(conn, query, cursor)
     rows = conn.execute(text(sql), values).all()
     assert len(rows) == query.limit + 1

@@ -22,7 +22,7 @@ from google.protobuf import text_format
 from google.protobuf.message import Message
 
 from services.feed import sql
-from services.feed.paging import Cursor
+from services.feed.paging import Boundary, Cursor
 from services.feed.request import FeedQuery, from_just_opened, from_still_open
 from shared.gen.dropwatch.feed.v1 import feed_pb2
 from tests.feed.conftest import NOW, TODAY
@@ -64,7 +64,7 @@ SHAPES: dict[str, tuple[Message, bool]] = {
 }
 
 _PLACEHOLDER = re.compile(r"(?<![:\w]):(\w+)")
-_CURSOR = Cursor(NOW, NOW, 1)
+_CURSOR = Cursor(Boundary(NOW, 1000), NOW, 1)
 
 
 def _query(request: Message) -> FeedQuery:
@@ -114,7 +114,7 @@ def test_every_placeholder_is_bound(name: str) -> None:
     request, keyset = SHAPES[name]
     query = _query(request)
     statement = sql.build_sql(query, keyset=keyset)
-    values = sql.params(query, TODAY, NOW, _CURSOR if keyset else None)
+    values = sql.params(query, TODAY, _CURSOR.boundary, _CURSOR if keyset else None)
     assert set(_PLACEHOLDER.findall(statement)) <= set(values)
 
 

@@ -7,6 +7,7 @@ FROM open_slots o LEFT JOIN venues v ON v.venue_id = o.venue_id
 WHERE o.drop_event_id IS NOT NULL
   AND o.slot_date >= :today
   AND o.opened_at <= :snapshot
+  AND (o.xact_id IS NULL OR o.xact_id < CAST(:horizon AS xid8))
   AND o.opened_at >= :window_edge
   AND o.slot_time >= :time_from
   AND NOT EXISTS (
@@ -16,6 +17,7 @@ WHERE o.drop_event_id IS NOT NULL
       AND n.drop_event_id IS NOT NULL
       AND n.slot_date >= :today
       AND n.opened_at <= :snapshot
+      AND (n.xact_id IS NULL OR n.xact_id < CAST(:horizon AS xid8))
       AND n.opened_at >= :window_edge
       AND n.slot_time >= :time_from
   )

@@ -27,29 +27,29 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x64ropwatch/feed/v1/feed.proto\x12\x11\x64ropwatch.feed.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa4\x01\n\nFeedFilter\x12\x19\n\x11reservation_dates\x18\x01 \x03(\t\x12\x13\n\x0bparty_sizes\x18\x02 \x03(\x05\x12\x11\n\ttime_from\x18\x03 \x01(\t\x12\x0f\n\x07time_to\x18\x04 \x01(\t\x12\x12\n\ntime_slots\x18\x05 \x03(\t\x12\x11\n\tvenue_ids\x18\x06 \x03(\x03\x12\x1b\n\x13\x61ll_slots_per_venue\x18\x07 \x01(\x08\"~\n\x11JustOpenedRequest\x12-\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1d.dropwatch.feed.v1.FeedFilter\x12\x17\n\x0fmax_age_seconds\x18\x02 \x01(\x05\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"\xc4\x01\n\x12JustOpenedResponse\x12*\n\x05items\x18\x01 \x03(\x0b\x32\x1b.dropwatch.feed.v1.FeedItem\x12\x15\n\rapplied_limit\x18\x02 \x01(\x05\x12\x14\n\x0climit_capped\x18\x03 \x01(\x08\x12\x11\n\ttruncated\x18\x04 \x01(\x08\x12\x17\n\x0fnext_page_token\x18\x05 \x01(\t\x12)\n\x05\x61s_of\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x96\x01\n\x10StillOpenRequest\x12-\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1d.dropwatch.feed.v1.FeedFilter\x12\x1c\n\x0fmin_age_seconds\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\tB\x12\n\x10_min_age_seconds\"\xc3\x01\n\x11StillOpenResponse\x12*\n\x05items\x18\x01 \x03(\x0b\x32\x1b.dropwatch.feed.v1.FeedItem\x12\x15\n\rapplied_limit\x18\x02 \x01(\x05\x12\x14\n\x0climit_capped\x18\x03 \x01(\x08\x12\x11\n\ttruncated\x18\x04 \x01(\x08\x12\x17\n\x0fnext_page_token\x18\x05 \x01(\t\x12)\n\x05\x61s_of\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xcc\x02\n\x08\x46\x65\x65\x64Item\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\x03\x12\'\n\x05venue\x18\x02 \x01(\x0b\x32\x18.dropwatch.feed.v1.Venue\x12\x18\n\x10reservation_date\x18\x03 \x01(\t\x12\x11\n\tslot_time\x18\x04 \x01(\t\x12\x14\n\x0cseating_type\x18\x05 \x01(\t\x12\x13\n\x0bparty_sizes\x18\x06 \x03(\x05\x12\x11\n\tbucket_id\x18\x07 \x01(\t\x12\x11\n\ttime_slot\x18\x08 \x01(\t\x12\x32\n\x0btime_bucket\x18\t \x01(\x0e\x32\x1d.dropwatch.feed.v1.TimeBucket\x12-\n\topened_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x62ooking_url\x18\x0b \x01(\t\x12\x0f\n\x07slot_id\x18\x0c \x01(\t\"Y\n\x05Venue\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x14\n\x0cneighborhood\x18\x03 \x01(\t\x12\x13\n\x0bprice_range\x18\x04 \x01(\x05\x12\x0b\n\x03url\x18\x05 \x01(\t*Z\n\nTimeBucket\x12\x1b\n\x17TIME_BUCKET_UNSPECIFIED\x10\x00\x12\x15\n\x11TIME_BUCKET_PRIME\x10\x01\x12\x18\n\x14TIME_BUCKET_OFF_PEAK\x10\x02\x32\xc0\x01\n\x0b\x46\x65\x65\x64Service\x12Y\n\nJustOpened\x12$.dropwatch.feed.v1.JustOpenedRequest\x1a%.dropwatch.feed.v1.JustOpenedResponse\x12V\n\tStillOpen\x12#.dropwatch.feed.v1.StillOpenRequest\x1a$.dropwatch.feed.v1.StillOpenResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x64ropwatch/feed/v1/feed.proto\x12\x11\x64ropwatch.feed.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa4\x01\n\nFeedFilter\x12\x19\n\x11reservation_dates\x18\x01 \x03(\t\x12\x13\n\x0bparty_sizes\x18\x02 \x03(\x05\x12\x11\n\ttime_from\x18\x03 \x01(\t\x12\x0f\n\x07time_to\x18\x04 \x01(\t\x12\x12\n\ntime_slots\x18\x05 \x03(\t\x12\x11\n\tvenue_ids\x18\x06 \x03(\x03\x12\x1b\n\x13\x61ll_slots_per_venue\x18\x07 \x01(\x08\"~\n\x11JustOpenedRequest\x12-\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1d.dropwatch.feed.v1.FeedFilter\x12\x17\n\x0fmax_age_seconds\x18\x02 \x01(\x05\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"\xd9\x01\n\x12JustOpenedResponse\x12*\n\x05items\x18\x01 \x03(\x0b\x32\x1b.dropwatch.feed.v1.FeedItem\x12\x15\n\rapplied_limit\x18\x02 \x01(\x05\x12\x14\n\x0climit_capped\x18\x03 \x01(\x08\x12\x11\n\ttruncated\x18\x04 \x01(\x08\x12\x17\n\x0fnext_page_token\x18\x05 \x01(\t\x12)\n\x05\x61s_of\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bno_data_yet\x18\x07 \x01(\x08\"\x96\x01\n\x10StillOpenRequest\x12-\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1d.dropwatch.feed.v1.FeedFilter\x12\x1c\n\x0fmin_age_seconds\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\tB\x12\n\x10_min_age_seconds\"\xd8\x01\n\x11StillOpenResponse\x12*\n\x05items\x18\x01 \x03(\x0b\x32\x1b.dropwatch.feed.v1.FeedItem\x12\x15\n\rapplied_limit\x18\x02 \x01(\x05\x12\x14\n\x0climit_capped\x18\x03 \x01(\x08\x12\x11\n\ttruncated\x18\x04 \x01(\x08\x12\x17\n\x0fnext_page_token\x18\x05 \x01(\t\x12)\n\x05\x61s_of\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bno_data_yet\x18\x07 \x01(\x08\"\xcc\x02\n\x08\x46\x65\x65\x64Item\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\x03\x12\'\n\x05venue\x18\x02 \x01(\x0b\x32\x18.dropwatch.feed.v1.Venue\x12\x18\n\x10reservation_date\x18\x03 \x01(\t\x12\x11\n\tslot_time\x18\x04 \x01(\t\x12\x14\n\x0cseating_type\x18\x05 \x01(\t\x12\x13\n\x0bparty_sizes\x18\x06 \x03(\x05\x12\x11\n\tbucket_id\x18\x07 \x01(\t\x12\x11\n\ttime_slot\x18\x08 \x01(\t\x12\x32\n\x0btime_bucket\x18\t \x01(\x0e\x32\x1d.dropwatch.feed.v1.TimeBucket\x12-\n\topened_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x62ooking_url\x18\x0b \x01(\t\x12\x0f\n\x07slot_id\x18\x0c \x01(\t\"Y\n\x05Venue\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x14\n\x0cneighborhood\x18\x03 \x01(\t\x12\x13\n\x0bprice_range\x18\x04 \x01(\x05\x12\x0b\n\x03url\x18\x05 \x01(\t*Z\n\nTimeBucket\x12\x1b\n\x17TIME_BUCKET_UNSPECIFIED\x10\x00\x12\x15\n\x11TIME_BUCKET_PRIME\x10\x01\x12\x18\n\x14TIME_BUCKET_OFF_PEAK\x10\x02\x32\xc0\x01\n\x0b\x46\x65\x65\x64Service\x12Y\n\nJustOpened\x12$.dropwatch.feed.v1.JustOpenedRequest\x1a%.dropwatch.feed.v1.JustOpenedResponse\x12V\n\tStillOpen\x12#.dropwatch.feed.v1.StillOpenRequest\x1a$.dropwatch.feed.v1.StillOpenResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shared.gen.dropwatch.feed.v1.feed_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TIMEBUCKET']._serialized_start=1355
-  _globals['_TIMEBUCKET']._serialized_end=1445
+  _globals['_TIMEBUCKET']._serialized_start=1397
+  _globals['_TIMEBUCKET']._serialized_end=1487
   _globals['_FEEDFILTER']._serialized_start=85
   _globals['_FEEDFILTER']._serialized_end=249
   _globals['_JUSTOPENEDREQUEST']._serialized_start=251
   _globals['_JUSTOPENEDREQUEST']._serialized_end=377
   _globals['_JUSTOPENEDRESPONSE']._serialized_start=380
-  _globals['_JUSTOPENEDRESPONSE']._serialized_end=576
-  _globals['_STILLOPENREQUEST']._serialized_start=579
-  _globals['_STILLOPENREQUEST']._serialized_end=729
-  _globals['_STILLOPENRESPONSE']._serialized_start=732
-  _globals['_STILLOPENRESPONSE']._serialized_end=927
-  _globals['_FEEDITEM']._serialized_start=930
-  _globals['_FEEDITEM']._serialized_end=1262
-  _globals['_VENUE']._serialized_start=1264
-  _globals['_VENUE']._serialized_end=1353
-  _globals['_FEEDSERVICE']._serialized_start=1448
-  _globals['_FEEDSERVICE']._serialized_end=1640
+  _globals['_JUSTOPENEDRESPONSE']._serialized_end=597
+  _globals['_STILLOPENREQUEST']._serialized_start=600
+  _globals['_STILLOPENREQUEST']._serialized_end=750
+  _globals['_STILLOPENRESPONSE']._serialized_start=753
+  _globals['_STILLOPENRESPONSE']._serialized_end=969
+  _globals['_FEEDITEM']._serialized_start=972
+  _globals['_FEEDITEM']._serialized_end=1304
+  _globals['_VENUE']._serialized_start=1306
+  _globals['_VENUE']._serialized_end=1395
+  _globals['_FEEDSERVICE']._serialized_start=1490
+  _globals['_FEEDSERVICE']._serialized_end=1682
 # @@protoc_insertion_point(module_scope)

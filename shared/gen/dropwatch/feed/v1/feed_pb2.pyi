@@ -194,6 +194,7 @@ class JustOpenedResponse(_message.Message):
     TRUNCATED_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     AS_OF_FIELD_NUMBER: _builtins.int
+    NO_DATA_YET_FIELD_NUMBER: _builtins.int
     applied_limit: _builtins.int
     """The limit the server actually used: the requested limit, the default
     (500) if the request's limit was 0, or the maximum (2000) if it was
@@ -211,6 +212,11 @@ class JustOpenedResponse(_message.Message):
     """Opaque token to pass as `page_token` to fetch the next page. Default:
     empty = this is the last page.
     """
+    no_data_yet: _builtins.bool
+    """True when no live discovery bucket has had a healthy poll yet: the
+    answer is empty because nothing has been observed, not because nothing
+    is open. Default false.
+    """
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeedItem]:
         """The matching items, newest first (opened_at descending, ties broken by
@@ -221,7 +227,9 @@ class JustOpenedResponse(_message.Message):
     @_builtins.property
     def as_of(self) -> _timestamp_pb2.Timestamp:
         """The time the data is as of, in UTC: the latest committed poll that
-        this answer reflects. Always set.
+        this answer reflects. Always set: when no live discovery bucket has had
+        a healthy poll yet, it is the time of the answer and `no_data_yet` is
+        true.
         """
 
     def __init__(
@@ -233,10 +241,11 @@ class JustOpenedResponse(_message.Message):
         truncated: _builtins.bool = ...,
         next_page_token: _builtins.str = ...,
         as_of: _timestamp_pb2.Timestamp | None = ...,
+        no_data_yet: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_limit", b"applied_limit", "as_of", b"as_of", "items", b"items", "limit_capped", b"limit_capped", "next_page_token", b"next_page_token", "truncated", b"truncated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_limit", b"applied_limit", "as_of", b"as_of", "items", b"items", "limit_capped", b"limit_capped", "next_page_token", b"next_page_token", "no_data_yet", b"no_data_yet", "truncated", b"truncated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -311,6 +320,7 @@ class StillOpenResponse(_message.Message):
     TRUNCATED_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     AS_OF_FIELD_NUMBER: _builtins.int
+    NO_DATA_YET_FIELD_NUMBER: _builtins.int
     applied_limit: _builtins.int
     """The limit the server actually used: the requested limit, the default
     (1000) if the request's limit was 0, or the maximum (10000) if it was
@@ -328,6 +338,11 @@ class StillOpenResponse(_message.Message):
     """Opaque token to pass as `page_token` to fetch the next page. Default:
     empty = this is the last page.
     """
+    no_data_yet: _builtins.bool
+    """True when no live discovery bucket has had a healthy poll yet: the
+    answer is empty because nothing has been observed, not because nothing
+    is open. Default false.
+    """
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeedItem]:
         """The matching items, newest first (opened_at descending, ties broken by
@@ -338,7 +353,9 @@ class StillOpenResponse(_message.Message):
     @_builtins.property
     def as_of(self) -> _timestamp_pb2.Timestamp:
         """The time the data is as of, in UTC: the latest committed poll that
-        this answer reflects. Always set.
+        this answer reflects. Always set: when no live discovery bucket has had
+        a healthy poll yet, it is the time of the answer and `no_data_yet` is
+        true.
         """
 
     def __init__(
@@ -350,10 +367,11 @@ class StillOpenResponse(_message.Message):
         truncated: _builtins.bool = ...,
         next_page_token: _builtins.str = ...,
         as_of: _timestamp_pb2.Timestamp | None = ...,
+        no_data_yet: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_limit", b"applied_limit", "as_of", b"as_of", "items", b"items", "limit_capped", b"limit_capped", "next_page_token", b"next_page_token", "truncated", b"truncated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_limit", b"applied_limit", "as_of", b"as_of", "items", b"items", "limit_capped", b"limit_capped", "next_page_token", b"next_page_token", "no_data_yet", b"no_data_yet", "truncated", b"truncated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,11 +1,17 @@
-"""`dropwatch feed just-opened|still-open`: call the feed and print a table or JSON."""
+"""`dropwatch feed just-opened|still-open`: call the feed and print a table or JSON.
+
+The table shows when each drop opened in market time (`DROPWATCH_MARKET_TIMEZONE`), the zone
+its slot date and time are in; JSON keeps the feed's UTC timestamps.
+"""
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import grpc
 from google.protobuf.json_format import MessageToDict
@@ -16,6 +22,15 @@ from shared.errors import DropwatchError
 from shared.gen.dropwatch.feed.v1 import feed_pb2, feed_pb2_grpc
 
 DEFAULT_ADDR = "127.0.0.1:50051"
+DEFAULT_ZONE = "America/New_York"
+
+
+def market_zone() -> ZoneInfo:
+    name = os.environ.get("DROPWATCH_MARKET_TIMEZONE") or DEFAULT_ZONE
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise DropwatchError(f"DROPWATCH_MARKET_TIMEZONE: unknown time zone {name!r}") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,17 +90,20 @@ def call(kind: str, args: argparse.Namespace, max_age: int = 0, min_age: int | N
     if args.json:
         print(json.dumps(MessageToDict(response, preserving_proto_field_name=True), indent=2))
     else:
-        _table(response, kind)
+        _table(response, kind, market_zone(), default_age=min_age is None)
     return 0
 
 
-def _table(response: Any, kind: str) -> None:
-    table = Table(title=f"{kind}: {len(response.items)} items (limit {response.applied_limit})")
-    for column in ("opened (UTC)", "venue", "date", "time", "seating", "sizes", "bucket"):
+def _table(response: Any, kind: str, zone: ZoneInfo, *, default_age: bool) -> None:
+    table = Table(
+        title=f"{kind}: {len(response.items)} items (limit {response.applied_limit}); "
+        f"times in market time ({zone.key})"
+    )
+    for column in ("opened", "venue", "date", "time", "seating", "sizes", "bucket"):
         table.add_column(column)
     for item in response.items:
         table.add_row(
-            item.opened_at.ToDatetime().strftime("%m-%d %H:%M:%S"),
+            item.opened_at.ToDatetime(dt.UTC).astimezone(zone).strftime("%m-%d %H:%M:%S"),
             f"{item.venue.name} ({item.venue.id})",
             item.reservation_date,
             item.slot_time,
@@ -97,3 +115,7 @@ def _table(response: Any, kind: str) -> None:
     console.print(table)
     if response.truncated:
         console.print(f"more: --page-token {response.next_page_token}")
+    if kind == "still-open" and not response.items and default_age:
+        console.print(
+            "(still-open lists drops open for at least 10 minutes; --min-age 0 lists newer ones)"
+        )

@@ -174,7 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "up", help="run the whole stack: PostgreSQL, simulator, poller, feed (Ctrl-C stops)"
     )
-    p.add_argument("--free-ports", action="store_true", help="pick free ports (for tests)")
+    p.add_argument(
+        "--free-ports", action="store_true", help="pick free ports instead of the usual ones"
+    )
     p.add_argument("--plain", action="store_true", help="plain log lines, no live view")
     p.set_defaults(func=_cmd_up)
 
@@ -240,19 +242,40 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_arguments(q)
     q.add_argument("--max-age", type=int, default=0, help="seconds (0 = server default 600)")
     q.set_defaults(func=_cmd_feed, min_age=None)
-    q = feed_sub.add_parser("still-open", help="older drops whose slot is still open")
+    q = feed_sub.add_parser(
+        "still-open",
+        help="drops open for at least --min-age seconds whose slot is still open",
+    )
     client.add_arguments(q)
-    q.add_argument("--min-age", type=int, default=None, help="seconds (default 600)")
+    q.add_argument(
+        "--min-age",
+        type=int,
+        default=None,
+        help="seconds (default 600, so a new stack lists nothing for ten minutes; 0 = all)",
+    )
     q.set_defaults(func=_cmd_feed, max_age=0)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _run(argv)
+    except BrokenPipeError:
+        # The reader went away (`dropwatch feed just-opened | head -1`): it has what it wanted.
+        # Point stdout at /dev/null so the interpreter's final flush cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # as if killed by SIGPIPE, like other commands in a pipeline
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
+    except BrokenPipeError:
+        raise
     except DropwatchError as exc:
         print(f"dropwatch: error: {exc}", file=sys.stderr)
         return 2

@@ -1,33 +1,37 @@
 """`dropwatch up` / `make run`: the whole stack on one machine, with a live terminal view.
 
-Starts, in order: PostgreSQL (embedded unless `DROPWATCH_DATABASE_URL` is set), migrations,
-the provider simulator (unless `DROPWATCH_PROVIDER=resy`), the poller and the feed, each as its
-own process (as in production). Ctrl-C or SIGTERM stops them in reverse order; nothing is left
-behind. The next run reuses the data in `.dropwatch/`.
+Before anything starts: one stack per folder (a second `up` says one is running), what a
+previous `up` that died left running is stopped, and every port is checked (a taken one is
+named with its holder). Then, in order: PostgreSQL (embedded unless `DROPWATCH_DATABASE_URL`
+is set), migrations, the provider simulator (unless `DROPWATCH_PROVIDER=resy`), the poller and
+the feed, each as its own process (as in production), all bound to 127.0.0.1. "stack ready"
+is printed once each service answers its own health check. Ctrl-C, SIGTERM or a closed
+terminal (SIGHUP) stops them in reverse order; nothing is left behind. The next run reuses
+the data in `.dropwatch/`, where the services' logs are too (rotated, see tools/stack/logs.py).
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
-from rich.console import Console, Group
+from rich.console import Console
 from rich.live import Live
-from rich.table import Table
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from shared.db import migrate
 from shared.db.engine import unavailable_as_error
 from shared.errors import DropwatchError
-from shared.settings import Settings
+from shared.settings import Settings, load_settings
 from shared.startup import started
+from tools.stack import guard, ready, view
+from tools.stack.children import Stack
+
+LOCAL_HOST = "127.0.0.1"
 
 
 @dataclass
@@ -42,106 +46,110 @@ class Ports:
     def free(cls) -> Ports:
         return cls(*(_free_port() for _ in range(5)))
 
+    def named(self, simulator: bool) -> dict[str, int]:
+        names = {
+            "simulator": self.simulator,
+            "poller metrics": self.poller_metrics,
+            "poller health": self.poller_health,
+            "feed gRPC": self.feed,
+            "feed metrics": self.feed_metrics,
+        }
+        if not simulator:
+            del names["simulator"]
+        return names
 
-@dataclass
-class Child:
-    name: str
-    address: str
-    proc: subprocess.Popen[bytes]
 
+class _Output:
+    """Console lines that a closed terminal (SIGHUP) cannot turn into an error."""
 
-@dataclass
-class Stack:
-    children: list[Child] = field(default_factory=list)
+    def __init__(self) -> None:
+        self.console = Console()
+        self.hung_up = threading.Event()
 
-    def start(self, name: str, address: str, args: list[str], env: dict[str, str]) -> None:
-        log_dir = env["DROPWATCH_DATA_DIR"]
-        log = open(os.path.join(log_dir, f"{name}.log"), "ab")  # noqa: SIM115 (lives with the child)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", *args],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # our Ctrl-C is forwarded by us, in order
-        )
-        self.children.append(Child(name, address, proc))
+    def say(self, message: str) -> None:
+        try:
+            self.console.print(message, highlight=False, soft_wrap=True)
+        except OSError:
+            if not self.hung_up.is_set():
+                raise
 
-    def check(self) -> None:
-        for child in self.children:
-            code = child.proc.poll()
-            if code is not None:
-                raise DropwatchError(
-                    f"{child.name} exited with code {code}; "
-                    f"see its log in .dropwatch/{child.name}.log"
-                )
-
-    def stop(self) -> None:
-        """Reverse order: SIGTERM, wait, then SIGKILL the whole process group."""
-        for child in reversed(self.children):
-            if child.proc.poll() is None:
-                child.proc.send_signal(signal.SIGTERM)
-                try:
-                    child.proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(child.proc.pid, signal.SIGKILL)
-                    child.proc.wait(timeout=5)
-        self.children.clear()
+    def plain(self, message: str) -> None:
+        try:
+            print(message, flush=True)
+        except OSError:
+            if not self.hung_up.is_set():
+                raise
 
 
 def run_up(free_ports: bool = False, plain: bool = False) -> int:
-    ports = Ports.free() if free_ports else Ports()
-    console = Console()
+    out = _Output()
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    stack = Stack()
-    with started(Settings, "up") as up:
-        settings, engine = up.settings, up.engine
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            with unavailable_as_error():
-                migrate.upgrade(engine)
-            console.print(
-                f"[green]PostgreSQL[/] ready: {settings.display_database_url()} (migrated)"
-            )
-            _start_services(stack, ports, _child_env(settings, up.url))
-            console.print(
-                f"feed on 127.0.0.1:{ports.feed}: try `dropwatch feed just-opened "
-                f"--addr 127.0.0.1:{ports.feed}`; `dropwatch maintenance run` in another "
-                "terminal; Ctrl-C stops everything.",
-                highlight=False,
-            )
-            print("stack ready", flush=True)
-            _watch(engine, stack, stop, plain or not console.is_terminal, console)
-        finally:
-            stack.stop()
-            print("stopped.", flush=True)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if signum == signal.SIGHUP:
+            out.hung_up.set()
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    settings = load_settings(Settings)
+    data_dir = settings.data_dir.resolve()
+    # A pod listens on every interface; a laptop only on loopback, unless asked otherwise.
+    host = settings.bind_host if "bind_host" in settings.model_fields_set else LOCAL_HOST
+    provider = os.environ.get("DROPWATCH_PROVIDER", "simulator")
+    if provider not in ("simulator", "resy"):
+        raise DropwatchError("DROPWATCH_PROVIDER: must be 'simulator' or 'resy'")
+    with guard.one_stack(data_dir):
+        left = guard.stop_leftovers(data_dir)
+        if left:
+            out.say(f"stopped what a previous `dropwatch up` left running: {', '.join(left)}")
+        ports = Ports.free() if free_ports else Ports()
+        guard.check_ports(ports.named(provider == "simulator"), host)
+        stack = Stack(data_dir, on_change=lambda children: guard.record(data_dir, children))
+        with started(Settings, "up") as up:
+            try:
+                with unavailable_as_error():
+                    migrate.upgrade(up.engine)
+                out.say(f"[green]PostgreSQL[/] ready: {settings.display_database_url()} (migrated)")
+                env = _child_env(settings, up.url, host)
+                checks = _start_services(stack, ports, env, host, provider)
+                if ready.wait_ready(checks, stack, stop):
+                    _say_ready(out, stack, ports, host)
+                    _watch(up.engine, stack, stop, plain or not out.console.is_terminal, out)
+            except OSError:
+                if not out.hung_up.is_set():  # writes to a closed terminal fail: expected
+                    raise
+            finally:
+                stack.stop()
+                out.plain("stopped.")
     return 0
 
 
-def _start_services(stack: Stack, ports: Ports, env: dict[str, str]) -> None:
-    """Simulator (unless the real Resy is asked for), poller and feed, in that order."""
-    # DROPWATCH_PROVIDER picks what `up` points the poller at: the local simulator (default)
-    # or the real Resy ("resy"); the poller itself always speaks Resy's protocol.
-    provider = env.pop("DROPWATCH_PROVIDER", "simulator")
-    if provider not in ("simulator", "resy"):
-        raise DropwatchError("DROPWATCH_PROVIDER: must be 'simulator' or 'resy'")
+def _start_services(
+    stack: Stack, ports: Ports, env: dict[str, str], host: str, provider: str
+) -> list[ready.Check]:
+    """Simulator (unless the real Resy is asked for), poller and feed, in that order; the
+    health checks that must pass before the stack is ready."""
+    at = _connect_host(host)
+    checks = []
     if provider == "simulator":
-        stack.start(
+        url = f"http://{at}:{ports.simulator}"
+        sim = stack.start(
             "simulator",
-            f"http://127.0.0.1:{ports.simulator}",
-            ["tools.simulator", "--port", str(ports.simulator)],
+            url,
+            ["tools.simulator", "--host", host, "--port", str(ports.simulator)],
             env,
         )
-        env["DROPWATCH_RESY_BASE_URL"] = f"http://127.0.0.1:{ports.simulator}"
+        health = ready.Check(sim.name, "GET /_sim/health", ready.http_ok(f"{url}/_sim/health"))
+        ready.wait_ready([health], stack, threading.Event())  # the poller needs it first
+        env["DROPWATCH_RESY_BASE_URL"] = url
         # A local simulator can take far more than Resy's polite rate; poll briskly so
         # baselines form and drops show up within a minute.
         env.setdefault("DROPWATCH_REQUESTS_PER_SECOND", "100")
         env.setdefault("DROPWATCH_COOLDOWN_SECONDS", "8")
-        _wait_port(ports.simulator, stack)
-    stack.start(
+    poller = stack.start(
         "poller",
-        f"metrics :{ports.poller_metrics}, health :{ports.poller_health}",
+        f"metrics {at}:{ports.poller_metrics}, health {at}:{ports.poller_health}",
         [
             "services.poller",
             "--metrics-port",
@@ -151,107 +159,64 @@ def _start_services(stack: Stack, ports: Ports, env: dict[str, str]) -> None:
         ],
         env,
     )
-    stack.start(
+    feed = stack.start(
         "feed",
-        f"grpc 127.0.0.1:{ports.feed}, metrics :{ports.feed_metrics}",
+        f"grpc {at}:{ports.feed}, metrics {at}:{ports.feed_metrics}",
         ["services.feed", "--port", str(ports.feed), "--metrics-port", str(ports.feed_metrics)],
         env,
     )
-    _wait_port(ports.feed, stack)
+    for child, grpc_port, metrics_port in (
+        (poller, ports.poller_health, ports.poller_metrics),
+        (feed, ports.feed, ports.feed_metrics),
+    ):
+        metrics = f"http://{at}:{metrics_port}/metrics"
+        checks.append(
+            ready.Check(child.name, "gRPC health", ready.grpc_serving(f"{at}:{grpc_port}"))
+        )
+        checks.append(ready.Check(child.name, "GET /metrics", ready.http_ok(metrics)))
+    return checks
 
 
-def _child_env(settings: Settings, url: str) -> dict[str, str]:
+def _say_ready(out: _Output, stack: Stack, ports: Ports, host: str) -> None:
+    for child in stack.children:
+        out.say(f"  {child.name}: {child.address} (log {child.log_path})")
+    at = _connect_host(host)
+    out.say(
+        f"feed on {at}:{ports.feed}: try `dropwatch feed just-opened --addr {at}:{ports.feed}`; "
+        "`dropwatch maintenance run` in another terminal; Ctrl-C stops everything."
+    )
+    out.plain("stack ready")
+
+
+def _child_env(settings: Settings, url: str, host: str) -> dict[str, str]:
     env = dict(os.environ)
+    env.pop("DROPWATCH_PROVIDER", None)
     env["DROPWATCH_DATABASE_URL"] = url
     env["DROPWATCH_DATA_DIR"] = str(settings.data_dir.resolve())
+    env["DROPWATCH_BIND_HOST"] = host
     env.setdefault("DROPWATCH_PAGE_TOKEN_SECRET", "local-make-run")
     return env
 
 
-def _watch(
-    engine: Engine, stack: Stack, stop: threading.Event, plain: bool, console: Console
-) -> None:
+def _watch(engine: Engine, stack: Stack, stop: threading.Event, plain: bool, out: _Output) -> None:
+    zone = load_settings(Settings).zone
     if plain:
         while not stop.wait(2):
             stack.check()
-            fresh, total, drops = _snapshot(engine)
-            opened = sum(1 for d in drops if d[0] == "NEW_DROP")
-            latest = (
-                f"; latest {drops[0][0]} {drops[0][2]} {drops[0][3]} {drops[0][4]}" if drops else ""
-            )
-            print(
-                f"buckets fresh {fresh}/{total}; last {len(drops)} events: {opened} opened, "
-                f"{len(drops) - opened} closed{latest}",
-                flush=True,
-            )
+            out.plain(view.snapshot(engine, zone).line())
         return
-    with Live(console=console, refresh_per_second=1) as live:
+    with Live(console=out.console, refresh_per_second=1) as live:
         while not stop.wait(1):
             stack.check()
-            live.update(_view(stack, *_snapshot(engine)))
+            live.update(view.render(stack.children, view.snapshot(engine, zone), zone))
 
 
-def _snapshot(engine: Engine) -> tuple[int, int, list[tuple[str, ...]]]:
-    with engine.connect() as conn:
-        fresh, total = conn.execute(
-            text(
-                "SELECT count(*) FILTER"
-                " (WHERE last_healthy_poll_at > now() - interval '2 minutes'),"
-                " count(*) FROM discovery_buckets WHERE bucket_date >= current_date - 1"
-            )
-        ).one()
-        rows = conn.execute(
-            text(
-                "SELECT e.event_type, coalesce(e.closed_at, e.opened_at), v.name, e.slot_date,"
-                " e.slot_time, e.seating_type FROM drop_events e"
-                " LEFT JOIN venues v ON v.venue_id = e.venue_id"
-                " WHERE e.bucket_date >= current_date - 1"
-                " ORDER BY e.id DESC LIMIT 12"
-            )
-        ).all()
-    drops: list[tuple[str, ...]] = [
-        (
-            str(r[0]),
-            r[1].astimezone(dt.UTC).strftime("%H:%M:%S"),
-            str(r[2] or "?"),
-            str(r[3]),
-            r[4].strftime("%H:%M"),
-            str(r[5]),
-        )
-        for r in rows
-    ]
-    return int(fresh), int(total), drops
-
-
-def _view(stack: Stack, fresh: int, total: int, drops: list[tuple[str, ...]]) -> Group:
-    services = Table(title="dropwatch (Ctrl-C to stop)", expand=True)
-    services.add_column("service")
-    services.add_column("where")
-    services.add_column("pid")
-    for child in stack.children:
-        services.add_row(child.name, child.address, str(child.proc.pid))
-    events = Table(title=f"buckets fresh (healthy poll < 2 min): {fresh}/{total}", expand=True)
-    for column in ("event", "at (UTC)", "venue", "date", "time", "seating"):
-        events.add_column(column)
-    for row in drops:
-        style = "green" if row[0] == "NEW_DROP" else "red"
-        events.add_row(*row, style=style)
-    return Group(services, events)
-
-
-def _wait_port(port: int, stack: Stack, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        stack.check()
-        with socket.socket() as sock:
-            sock.settimeout(0.5)
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise DropwatchError(f"nothing listens on port {port} after {timeout:.0f}s")
+def _connect_host(host: str) -> str:
+    """Where a client on this machine reaches a service bound to `host`."""
+    return LOCAL_HOST if host in ("0.0.0.0", "::", "") else host
 
 
 def _free_port() -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((LOCAL_HOST, 0))
         return int(sock.getsockname()[1])

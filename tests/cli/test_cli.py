@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from shared.db import migrate
@@ -76,82 +73,6 @@ def test_unreachable_database_is_one_line_without_password() -> None:
     assert "Traceback" not in result.stderr
     assert "cannot reach PostgreSQL" in result.stderr
     assert "hunter22" not in result.stderr + result.stdout
-
-
-def _leftovers(data_dir: Path) -> list[str]:
-    """Processes of this stack still alive: its PostgreSQL and any dropwatch service."""
-    found = []
-    for proc in psutil.process_iter(["name", "cmdline", "environ"]):
-        try:
-            cmdline = " ".join(proc.info["cmdline"] or [])
-            env = proc.info["environ"] or {}
-        except (psutil.Error, TypeError):
-            continue
-        mine = str(data_dir) in cmdline or env.get("DROPWATCH_DATA_DIR") == str(data_dir)
-        if mine and proc.pid != os.getpid():
-            found.append(f"{proc.pid} {cmdline[:80]}")
-    return found
-
-
-def _wait_for(proc: subprocess.Popen[str], marker: str, timeout: float) -> list[str]:
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    seen: list[str] = []
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line and proc.poll() is not None:
-            break
-        seen.append(line)
-        if marker in line:
-            return seen
-    raise AssertionError(f"no {marker!r} in: {''.join(seen)}")
-
-
-def _just_opened(port: int) -> int:
-    import grpc
-
-    from shared.gen.dropwatch.feed.v1 import feed_pb2, feed_pb2_grpc
-
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = feed_pb2_grpc.FeedServiceStub(channel)
-        return len(stub.JustOpened(feed_pb2.JustOpenedRequest(), timeout=5).items)
-
-
-@pytest.mark.slow
-def test_up_runs_the_whole_stack_and_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
-    data_dir = (tmp_path / "state").resolve()
-    env = _env(DROPWATCH_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1")
-    for attempt in range(2):  # the second run reuses the data directory
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "up", "--free-ports", "--plain"],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        try:
-            seen = _wait_for(proc, "stack ready", timeout=90)
-            port = int(
-                next(s for s in seen if "feed on 127.0.0.1:" in s)
-                .split("127.0.0.1:")[1]
-                .split(":")[0]
-                .split()[0]
-            )
-            if attempt == 0:  # drops produced by the poller from the simulator, within a minute
-                deadline = time.monotonic() + 60
-                while _just_opened(port) == 0:
-                    assert time.monotonic() < deadline, "no drops within a minute"
-                    time.sleep(2)
-            proc.send_signal(signal.SIGINT)
-            out, _ = proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-        assert proc.returncode == 0, out
-        assert "stopped." in out
-        assert _leftovers(data_dir) == [], f"left behind after run {attempt}"
-    assert (data_dir / "pgdata" / "PG_VERSION").exists()
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,6 @@
-"""Charts for docs/performance.md: latency and memory against table size, ours vs original.
-
-Each benchmark run leaves its figures as points (`bench/points.py`): a metric at a table size,
-ours beside the original pattern's. `draw` puts every latency metric (ms, s) in one figure and
-every memory metric (MB) in another, one panel per metric, both axes logarithmic: a flat line
-means the cost does not grow with the table.
-"""
+"""Charts for docs/performance.md: every latency metric (ms, s) in one figure, every memory
+metric (MB) in another, one panel per metric, ours beside the original pattern's, both axes
+logarithmic (a flat line: the cost does not grow with the table)."""
 
 from __future__ import annotations
 
@@ -70,17 +66,13 @@ def _positive(value: Any) -> float | None:
 
 def _size_label(value: float, _pos: object = None) -> str:
     """100000 -> 100k, 1000000 -> 1M: table sizes as people say them."""
-    for unit, scale in (("M", 1_000_000), ("k", 1_000)):
-        if value >= scale:
-            return f"{value / scale:g}{unit}"
-    return f"{value:g}"
+    scale, unit = next(((v, u) for v, u in ((1e6, "M"), (1e3, "k")) if value >= v), (1, ""))
+    return f"{value / scale:g}{unit}"
 
 
 def _value_label(value: float, _pos: object = None) -> str:
     """Label 1, 2 and 5 times a power of ten only, so minor ticks do not crowd."""
-    if value <= 0:
-        return ""
-    lead = round(value / 10 ** math.floor(math.log10(value)))
+    lead = round(value / 10 ** math.floor(math.log10(value))) if value > 0 else 0
     return f"{value:g}" if lead in (1, 2, 5) else ""
 
 

@@ -47,6 +47,7 @@ class Child:
     proc: subprocess.Popen[bytes]
     target: str  # host:port of its gRPC server
     log_path: Path
+    metrics_port: int = 0
 
     def tail(self) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-30:])
@@ -66,17 +67,9 @@ class Child:
                 if time.monotonic() > deadline:
                     raise SystemExit(f"{self.target} not ready:\n{self.tail()}") from None
 
-    async def cache_counts(self) -> dict[str, float]:
-        """The feed's JustOpened cache counters (hit, miss) from the /metrics its log names."""
-        found = None
-        for _ in range(100):
-            found = re.search(r"metrics on http://\S+:(\d+)/metrics", self.tail())
-            if found:
-                break
-            await asyncio.sleep(0.1)
-        if found is None:
-            return {}
-        url = f"http://127.0.0.1:{found.group(1)}/metrics"
+    def cache_counts(self) -> dict[str, float]:
+        """The feed's JustOpened cache counters (hit, miss) from its /metrics."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=5) as response:
             body = response.read().decode()
         pattern = r'^dropwatch_feed_cache_requests_total\{result="(\w+)",rpc="JustOpened"\} (\S+)$'
@@ -105,13 +98,14 @@ def child(
 @contextmanager
 def feed_server(url: str, logs: Path, name: str, cache_ttl: float | None) -> Iterator[Child]:
     """`python -m services.feed` on a free port against the benchmark's database."""
-    port = free_port()
+    port, metrics = free_port(), free_port()
     env = dict(os.environ, DROPWATCH_DATABASE_URL=url, DROPWATCH_LOG_LEVEL="INFO")
     env["DROPWATCH_PAGE_TOKEN_SECRET"] = "bench-page-token-secret"
     if cache_ttl is not None:  # 0: every request reaches PostgreSQL
         env["DROPWATCH_CACHE_TTL_SECONDS"] = str(cache_ttl)
-    args = [sys.executable, "-m", "services.feed", "--port", str(port), "--metrics-port", "0"]
-    with child(args, logs / f"feed-{name}.log", env, port) as feed:
+    args = ["-m", "services.feed", "--port", str(port), "--metrics-port", str(metrics)]
+    with child([sys.executable, *args], logs / f"feed-{name}.log", env, port) as feed:
+        feed.metrics_port = metrics
         yield feed
 
 

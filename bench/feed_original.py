@@ -38,7 +38,6 @@ class Ask:
     just_opened: bool
     dates: frozenset[dt.date]
     sizes: frozenset[int]
-    cached: bool  # the feed answers it from its cache
 
 
 @dataclass
@@ -170,21 +169,21 @@ async def measure_breakdown(url: str, asks: list[Ask], n: int = 30) -> list[Brea
             handler, sql, server, planning = [], [], [], []
             answer: Any = None
             rows: list[store.FeedRow] = []
+            boundary = await servicer._take_boundary()  # shared by first pages, as served
+            today = market_today(settings.zone, boundary.at)
             for _ in range(n):
                 started = time.perf_counter()
-                answer = await servicer._answer(ask.query, _NoDeadline(), make())  # type: ignore[arg-type]
+                answer = await servicer._answer(ask.query, boundary, None, _NoDeadline(), make())  # type: ignore[arg-type]
                 handler.append((time.perf_counter() - started) * 1000)
             for i in range(n):
-                now = dt.datetime.now(dt.UTC)
-                today = market_today(settings.zone, now)
                 async with engine.connect() as conn:
                     started = time.perf_counter()
                     rows = await store.fetch_feed(
-                        conn, ask.query, today=today, snapshot=now, cursor=None
+                        conn, ask.query, today=today, boundary=boundary, cursor=None
                     )
                     sql.append((time.perf_counter() - started) * 1000)
                     if i < 3:
-                        params = feed_sql.params(ask.query, today, now, None)
+                        params = feed_sql.params(ask.query, today, boundary, None)
                         explain = "EXPLAIN (ANALYZE, FORMAT JSON) " + feed_sql.build_sql(
                             ask.query, keyset=False
                         )

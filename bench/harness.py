@@ -17,6 +17,7 @@ import signal
 import statistics
 import sys
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -98,6 +99,15 @@ class Window:
 
     def seconds(self) -> float:
         return sum(s.seconds for s in self.statements if not math.isnan(s.seconds))
+
+    def split(self, kind: Callable[[str], str]) -> tuple[dict[str, float], dict[str, int]]:
+        """ms and statements per kind of statement."""
+        ms: dict[str, float] = defaultdict(float)
+        counts: dict[str, int] = defaultdict(int)
+        for s in self.statements:
+            ms[kind(s.sql)] += s.seconds * 1000
+            counts[kind(s.sql)] += 1
+        return ms, counts
 
 
 class StatementRecorder:
@@ -215,27 +225,21 @@ def postgres(server: PgServer, names: Sequence[str]) -> str:
     return f"PostgreSQL {version}, {server.description}; {', '.join(values)}"
 
 
-def machine(extra: str = "") -> str:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    model = platform.machine()
-    memory = ""
+def _proc(path: str, key: str) -> str:
+    """The value of the first `key:` line of a /proc file ("" where there is none)."""
     try:
-        model = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
-        kib = next(
-            int(line.split()[1])
-            for line in Path("/proc/meminfo").read_text().splitlines()
-            if line.startswith("MemTotal:")
-        )
-        memory = f", {kib / 2**20:.0f} GiB RAM"
-    except (OSError, StopIteration):
-        pass
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return ""
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith(key)), "")
+
+
+def machine(extra: str = "") -> str:
+    cpus = len(os.sched_getaffinity(0))
+    memory = int(_proc("/proc/meminfo", "MemTotal").split()[0] or 0) / 2**20
     return (
-        f"{cpus} CPUs (nproc; {model}){memory}, {platform.system()} {platform.release()}, "
-        f"Python {platform.python_version()}{extra}"
+        f"{cpus} CPUs (nproc; {_proc('/proc/cpuinfo', 'model name')}), {memory:.0f} GiB RAM, "
+        f"{platform.system()} {platform.release()}, Python {platform.python_version()}{extra}"
     )
 
 

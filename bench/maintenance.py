@@ -22,8 +22,6 @@ from bench.maintenance_original import Child, run_child
 from services.maintenance.settings import MaintenanceSettings
 from shared.db.partitions import list_partitions
 from tools.database import PgServer, pg_server
-from tools.seed import load
-from tools.seed.loader import LOADERS
 
 TARGET_PEAK_MB, TARGET_PEAK_RATIO, TARGET_AGG_PRUNE_SECONDS, TARGET_PRUNE_RATIO = 150, 10, 5, 1.5
 DAY_EVENTS = 36_000  # one day's events at 1M events over 28 days
@@ -74,14 +72,11 @@ def measure_run(server: PgServer, events: int, now: dt.datetime) -> Run:
     with server.migrated("dw_bench_maint") as template:
         engine = engine_for(server.url_for(template), "bench-load")
         plan = maintenance_prune.seed_plan(events, now)
-        seeded = load(engine, plan)
+        seeded, data = harness.seed(engine, plan)
         vacuum = harness.vacuum(engine, "VACUUM")  # as autovacuum would have by now
-        closed = harness.count(
-            engine, "SELECT count(*) FROM drop_events WHERE event_type = 'CLOSED'"
-        )
-        past = harness.count(
-            engine, "SELECT count(*) FROM drop_events WHERE bucket_date < :t", t=plan.today
-        )
+        sql = "SELECT count(*) FROM drop_events WHERE bucket_date < :t"
+        data += f", then VACUUM ({vacuum:.1f} s); the past days hold "
+        data += f"{harness.count(engine, sql, t=plan.today):,} events"
         engine.dispose()  # a template must have no connections
         imports = (run_child("ours-imports", now), run_child("original-imports", now))
         children, left, index_seconds = [], [], 0.0
@@ -100,16 +95,9 @@ def measure_run(server: PgServer, events: int, now: dt.datetime) -> Run:
             )
     if not children[0].output.get("ran"):
         raise SystemExit(f"the maintenance run did not run: {children[0].output}")
-    data = (
-        f"{seeded.events:,} drop_events ({seeded.events - closed:,} NEW_DROP, {closed:,} CLOSED) "
-        f"in {seeded.days} daily partitions (the {sum(d < plan.today for d in plan.days)} past "
-        f"days hold {past:,}), {seeded.open_drops + seeded.baseline:,} open_slots; loaded by "
-        f"tools.seed ({LOADERS} days at a time) in {seeded.seconds:.1f} s = "
-        f'{seeded.events_per_second:,.0f} events/s, then VACUUM ({vacuum:.1f} s). "now" = '
-        f"{now.isoformat()} (today {children[0].output.get('today')}, cutoff "
-        f"{children[0].output.get('cutoff')}); the review's indexes on the original's copy: "
-        f"{index_seconds:.1f} s (untimed)"
-    )
+    out = children[0].output
+    data += f'; "now" = {now.isoformat()} (today {out.get("today")}, cutoff {out.get("cutoff")})'
+    data += f"; the review's indexes on the original's copy: {index_seconds:.1f} s (untimed)"
     return Run(
         data, seeded.events, children[0], children[1], imports, (left[0], left[1]), index_seconds
     )
@@ -148,47 +136,32 @@ def targets(report: Report) -> list[Target]:
         agg = sum(
             float(steps[n]["seconds"]) for n in ("aggregate", "prune_buckets", "prune_events")
         )
-        ratio = r.original.peak_mb / r.ours.peak_mb
-        out += [
-            Target(
-                f"peak RSS of the whole run < {TARGET_PEAK_MB} MB",
-                f"{r.ours.peak_mb:.0f} MB",
-                r.ours.peak_mb < TARGET_PEAK_MB,
-            ),
-            Target(
-                f"peak RSS >= {TARGET_PEAK_RATIO}x below the original's",
-                f"{ratio:.1f}x ({r.original.peak_mb:,.0f} MB vs {r.ours.peak_mb:.0f} MB)",
-                ratio >= TARGET_PEAK_RATIO,
-            ),
-            Target(
-                f"aggregate + prune of {r.events:,} events < {TARGET_AGG_PRUNE_SECONDS} s",
-                f"{agg:.2f} s (aggregate + prune_buckets + prune_events steps)",
-                agg < TARGET_AGG_PRUNE_SECONDS,
-            ),
-        ]
+        ours, theirs = r.ours.peak_mb, r.original.peak_mb
+        name = f"peak RSS of the whole run < {TARGET_PEAK_MB} MB"
+        out.append(Target(name, f"{ours:.0f} MB", ours < TARGET_PEAK_MB))
+        name = f"peak RSS >= {TARGET_PEAK_RATIO}x below the original's"
+        got = f"{theirs / ours:.1f}x ({theirs:,.0f} MB vs {ours:.0f} MB)"
+        out.append(Target(name, got, theirs / ours >= TARGET_PEAK_RATIO))
+        name = f"aggregate + prune of {r.events:,} events < {TARGET_AGG_PRUNE_SECONDS} s"
+        got = f"{agg:.2f} s (aggregate + prune_buckets + prune_events steps)"
+        out.append(Target(name, got, agg < TARGET_AGG_PRUNE_SECONDS))
     for rows in (report.prune, report.fixed):
         if len(rows) < 2:
             continue
         small, big = min(rows, key=lambda r: r.size), max(rows, key=lambda r: r.size)
         days = [int(median([float(n) for n in r.day_events])) for r in (small, big)]
         if big.fixed_day:
-            what = f"fixed-size day ({days[1]:,} events): prune of that day with {big.events:,}"
-            what += " events in the table"
+            name = f"fixed-size day ({days[1]:,} events): prune of that day with {big.events:,}"
+            name += " events in the table"
         else:
-            what = f"day grows with the table ({days[0]:,} -> {days[1]:,} events in the day): "
-            what += f"prune of one day at {big.events:,} events"
-        ratio = big.ours() / small.ours()
-        fastest = min(big.ours_ms) / min(small.ours_ms)
-        measured = f"{ratio:.2f}x ({big.ours():.1f} ms vs {small.ours():.1f} ms; fastest "
-        measured += f"{fastest:.2f}x); row DELETE: {big.delete() / small.delete():.1f}x "
-        measured += f"({big.delete():.1f} ms vs {small.delete():.1f} ms)"
-        out.append(
-            Target(
-                f"{what} <= {TARGET_PRUNE_RATIO}x its time at {small.events:,}",
-                measured,
-                ratio <= TARGET_PRUNE_RATIO,
-            )
-        )
+            name = f"day grows with the table ({days[0]:,} -> {days[1]:,} events in the day): "
+            name += f"prune of one day at {big.events:,} events"
+        ratio, fastest = big.ours() / small.ours(), min(big.ours_ms) / min(small.ours_ms)
+        got = f"{ratio:.2f}x ({big.ours():.1f} ms vs {small.ours():.1f} ms; fastest "
+        got += f"{fastest:.2f}x); row DELETE: {big.delete() / small.delete():.1f}x "
+        got += f"({big.delete():.1f} ms vs {small.delete():.1f} ms)"
+        name += f" <= {TARGET_PRUNE_RATIO}x its time at {small.events:,}"
+        out.append(Target(name, got, ratio <= TARGET_PRUNE_RATIO))
     return out
 
 
@@ -204,11 +177,10 @@ def render(report: Report) -> str:
         for name, s in steps.items():
             detail = ", ".join(f"{k}={v}" for k, v in s.items() if k not in ("rows", "seconds"))
             body.append([name, f"{s['rows']:,}", f"{s['seconds']:.3f}", detail or "-"])
-        body.append(
-            ["all steps", "", f"{sum(float(s['seconds']) for s in steps.values()):.3f}", ""]
-        )
+        total = sum(float(s["seconds"]) for s in steps.values())
+        head = ["step (ours)", "rows", "seconds", "detail"]
         section.table(
-            ["step (ours)", "rows", "seconds", "detail"], body, "The run, step by step (ours):"
+            head, [*body, ["all steps", "", f"{total:.3f}", ""]], "The run, step by step:"
         )
         o = r.original.output
         what = {
@@ -221,131 +193,72 @@ def render(report: Report) -> str:
         }
         body = [[name, f"{sec:.3f}", what[name]] for name, sec in o["parts"].items()]
         body.append(["all parts", f"{sum(o['parts'].values()):.3f}", ""])
-        section.table(
-            ["part (original)", "seconds", "what"], body, "The original job, part by part:"
-        )
-        ours_i, orig_i = r.imports
-        body = [
-            [
-                "wall, whole child process (s)",
-                f"{r.ours.wall_seconds:.2f}",
-                f"{r.original.wall_seconds:.2f}",
-                f"{r.original.wall_seconds / r.ours.wall_seconds:.1f}x",
-            ],
-            [
-                "peak RSS, VmHWM (MB)",
-                f"{r.ours.peak_mb:.0f}",
-                f"{r.original.peak_mb:.0f}",
-                f"{r.original.peak_mb / r.ours.peak_mb:.1f}x",
-            ],
-            [
-                "  of which interpreter + imports (MB)",
-                f"{ours_i.peak_mb:.0f}",
-                f"{orig_i.peak_mb:.0f}",
-                "",
-            ],
-            [
-                "  the job's own growth (MB)",
-                f"{r.ours.peak_mb - ours_i.peak_mb:.0f}",
-                f"{r.original.peak_mb - orig_i.peak_mb:.0f}",
-                "",
-            ],
-            [
-                "ru_maxrss from wait4 (MB, for reference)",
-                f"{r.ours.maxrss_mb:.0f}",
-                f"{r.original.maxrss_mb:.0f}",
-                "",
-            ],
+        head = ["part (original)", "seconds", "what"]
+        section.table(head, body, "The original job, part by part:")
+        (ours, theirs), (ours_i, theirs_i) = (r.ours, r.original), r.imports
+        body = [["wall, whole child process (s)", f"{ours.wall_seconds:.2f}"]]
+        body[0] += [f"{theirs.wall_seconds:.2f}", f"{theirs.wall_seconds / ours.wall_seconds:.1f}x"]
+        mb = [  # ours and the original's, MB
+            ("peak RSS, VmHWM (MB)", ours.peak_mb, theirs.peak_mb),
+            ("  of which interpreter + imports (MB)", ours_i.peak_mb, theirs_i.peak_mb),
+            ("  the job's own growth (MB)", ours.peak_mb - ours_i.peak_mb, 0.0),
+            ("ru_maxrss from wait4 (MB, for reference)", ours.maxrss_mb, theirs.maxrss_mb),
         ]
+        body += [[label, f"{a:.0f}", f"{b:.0f}", ""] for label, a, b in mb]
+        body[1][3] = f"{theirs.peak_mb / ours.peak_mb:.1f}x"
+        body[3][2] = f"{theirs.peak_mb - theirs_i.peak_mb:.0f}"
         section.table(["", "ours", "original", "original / ours"], body, "Side by side:")
         names = [name for name, _ in LEFT] + ["drop_events partitions left"]
+        digits = [1 if "duration" in n else 0 for n in names]
         body = [
-            [
-                n,
-                f"{a:,.1f}" if "duration" in n else f"{a:,.0f}",
-                f"{b:,.1f}" if "duration" in n else f"{b:,.0f}",
-            ]
-            for n, a, b in zip(names, *r.left, strict=True)
+            [n, f"{a:,.{d}f}", f"{b:,.{d}f}"]
+            for n, d, a, b in zip(names, digits, *r.left, strict=True)
         ]
         agree = "yes" if r.agree() else "NO"
-        section.table(
-            ["left behind", "ours", "original"],
-            body,
-            f"What each job left behind (both must agree: **{agree}**):",
-        )
-    for rows, title in (
-        (report.prune, "day grows with the table"),
-        (
-            report.fixed,
-            f"fixed-size day of {report.fixed[0].fixed_day:,} events" if report.fixed else "",
-        ),
-    ):
+        title = f"What each job left behind (both must agree: **{agree}**):"
+        section.table(["left behind", "ours", "original"], body, title)
+    fixed = f"fixed-size day of {report.fixed[0].fixed_day:,} events" if report.fixed else ""
+    for rows, title in ((report.prune, "day grows with the table"), (report.fixed, fixed)):
         if rows:
             main, parts = maintenance_prune.tables(rows)
             section.table(main[0], main[1:], f"Pruning one past day, by table size: **{title}**:")
             section.table(parts[0], parts[1:], f"Where our prune time goes ({title}):")
+            indexes = max(r.index_seconds for r in rows)
+            section.add(
+                f"The review's indexes for the row DELETE: up to {indexes:.1f} s (untimed)."
+            )
     return str(section)
 
 
 def points(report: Report) -> list[Point]:
     out = []
     if (r := report.run) is not None:
+        ours, theirs = r.ours, r.original
         out.append(
-            Point(
-                "daily run, whole job", "s", r.events, r.ours.wall_seconds, r.original.wall_seconds
-            )
+            Point("daily run, whole job", "s", r.events, ours.wall_seconds, theirs.wall_seconds)
         )
-        out.append(Point("daily run, peak RSS", "MB", r.events, r.ours.peak_mb, r.original.peak_mb))
+        out.append(Point("daily run, peak RSS", "MB", r.events, ours.peak_mb, theirs.peak_mb))
     for row in report.prune:
-        out.append(
-            Point(
-                "prune one past day (grows with the table)",
-                "ms",
-                row.size,
-                row.ours(),
-                row.delete(),
-            )
-        )
+        what = "prune one past day (grows with the table)"
+        out.append(Point(what, "ms", row.size, row.ours(), row.delete()))
     for row in report.fixed:
-        out.append(
-            Point(
-                f"prune one {row.fixed_day:,}-event day", "ms", row.size, row.ours(), row.delete()
-            )
-        )
+        what = f"prune one {row.fixed_day:,}-event day"
+        out.append(Point(what, "ms", row.size, row.ours(), row.delete()))
     return out
 
 
 def main() -> int:
     p = harness.parser("maintenance", __doc__)
     p.add_argument("--events", type=int, default=1_000_000, help="drop_events to load")
-    p.add_argument(
-        "--prune-sizes",
-        default="100000,1000000,5000000",
-        help="table sizes to prune a day at (empty: none)",
-    )
-    p.add_argument(
-        "--day-events",
-        type=int,
-        default=DAY_EVENTS,
-        help="events of every fixed-size pruned day (0: skip)",
-    )
+    p.add_argument("--prune-sizes", default="100000,1000000,5000000", help="empty: no prunes")
+    p.add_argument("--day-events", type=int, default=DAY_EVENTS, help="0: no fixed-size day")
     p.add_argument("--repeats", type=int, default=5, help="days pruned per method and size")
-    p.add_argument(
-        "--skip-run",
-        "--only-prune",
-        dest="skip_run",
-        action="store_true",
-        help="prune scaling only",
-    )
+    p.add_argument("--skip-run", "--only-prune", dest="skip_run", action="store_true")
     args = p.parse_args()
     args.sizes = [int(s) for s in args.prune_sizes.split(",") if s.strip()]
-    if (
-        min([args.events, *args.sizes]) < 10_000
-        or not 1 <= args.repeats <= 6
-        or args.day_events < 0
-    ):
-        p.error("--events and --prune-sizes at least 10000, --repeats 1 to 6, --day-events >= 0")
-    if args.day_events and args.sizes and min(args.sizes) - args.day_events < 10_000:
+    if min([args.events, *args.sizes]) < 10_000 or not 1 <= args.repeats <= 6:
+        p.error("--events and --prune-sizes at least 10000, --repeats 1 to 6")
+    if args.day_events < 0 or (args.sizes and min(args.sizes) - args.day_events < 10_000):
         p.error("--day-events must leave 10000 events for the rest of the smallest table")
     if args.skip_run and not args.sizes:
         p.error("--skip-run with empty --prune-sizes: nothing to measure")

@@ -26,6 +26,13 @@ from tools.seed.plan import BucketSeed
 PARTS = ("count", "drop", "checks", "commit", "rest")
 
 
+def prune_part(sql: str) -> str:
+    if sql.startswith("SELECT count(*) FROM drop_events_p"):
+        return "count"
+    # checks: partition list, LOCK, advisory lock, the venue_metrics sum
+    return "drop" if sql.startswith("DROP TABLE") else "checks"
+
+
 def seed_plan(events: int, now: dt.datetime) -> SeedPlan:
     return make_plan(MaintenanceSettings(), events, now=now, past_days=14)
 
@@ -128,15 +135,11 @@ class Target:
             row.ours_ms.append(timer.ms)
             row.day_events.append(step.rows)
             row.day_bytes.append(on_disk)
-            spent = dict.fromkeys(PARTS, 0.0)
-            for s in window.statements:
-                sql = s.sql
-                part = "count" if sql.startswith("SELECT count(*) FROM drop_events_p") else "checks"
-                spent["drop" if sql.startswith("DROP TABLE") else part] += s.seconds * 1000
+            spent, _ = window.split(prune_part)
             spent["commit"] = (timer.stopped or 0.0) * 1000 - self.commits[-1] * 1000
             spent["rest"] = timer.ms - sum(spent.values())
-            for name, ms in spent.items():
-                row.parts[name].append(ms)
+            for name in PARTS:
+                row.parts[name].append(spent[name])
 
     def delete_rows(self, day: dt.date, keep: bool) -> None:
         """The original row DELETE; the earlier days are gone, so it removes `day` alone."""
@@ -181,10 +184,6 @@ def measure(
                 for target in targets if i % 2 == 0 else targets[::-1]:
                     prune = target.prune_ours if method == "ours" else target.delete_rows
                     prune(target.past[offset + i], i > 0)
-        for t in targets:
-            harness.log(
-                f"prune {t.row.size:,}: ours {t.row.ours():.1f} ms, DELETE {t.row.delete():.1f} ms"
-            )
         return [t.row for t in targets]
 
 
@@ -199,10 +198,8 @@ def tables(rows: list[Row]) -> tuple[list[list[str]], list[list[str]]]:
         day = int(median([float(n) for n in r.day_events]))
         main.append([f"{r.events:,}", f"{r.load_seconds:.1f}", f"{day:,}", f"{r.ours():.1f}"])
         main[-1] += [f"{min(r.ours_ms):.1f} / {max(r.ours_ms):.1f}", f"{r.delete():.1f}"]
-        main[-1] += [
-            f"{min(r.delete_ms):.1f} / {max(r.delete_ms):.1f}",
-            f"{r.delete() / r.ours():.1f}x",
-        ]
+        spread = f"{min(r.delete_ms):.1f} / {max(r.delete_ms):.1f}"
+        main[-1] += [spread, f"{r.delete() / r.ours():.1f}x"]
         mb = median([b / 2**20 for b in r.day_bytes])
         parts.append([f"{r.events:,}", f"{mb:.1f}", *(f"{median(r.parts[p]):.1f}" for p in PARTS)])
         parts[-1].append(f"{r.ours():.1f}")

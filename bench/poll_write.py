@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session
 
 from bench import harness
-from bench.harness import Point, Section, StatementRecorder, Target, Window, engine_for, median
+from bench.harness import Point, Section, StatementRecorder, Target, engine_for, median
 from services.poller import store
 from services.poller.slots import BucketFetch, Slot
 from shared.db.buckets import bucket_id_for
@@ -73,41 +73,38 @@ def changed(k: int) -> list[int]:
 class Sample:
     ms: float
     statements: int
-    parts: dict[str, float]  # ms per kind of work
+    parts: dict[str, float]  # ms per kind of work; "other": what no statement accounts for
     kinds: dict[str, int]  # statements per kind
 
 
-def sample(window: Window, ms: float, parts: Sequence[str], kind: Callable[[str], str]) -> Sample:
-    """Split a poll's wall time by statement kind; "other" is what no statement accounts for."""
-    times = dict.fromkeys(parts, 0.0)
-    kinds = dict.fromkeys(parts[:-1], 0)
-    for statement in window.statements:
-        times[kind(statement.sql)] += statement.seconds * 1000
-        kinds[kind(statement.sql)] += 1
-    times["other"] += ms - window.seconds() * 1000
-    return Sample(ms, window.count, times, kinds)
-
-
 Poll = Callable[[BucketFetch], Awaitable[tuple[int, int, float]]]
-Args = argparse.Namespace
 
 
-async def polls(
-    poll: Poll, recorder: StatementRecorder, plan: SeedPlan, bucket: BucketSeed, k: int, args: Args
-) -> list[Sample]:
+@dataclass
+class Method:
+    poll: Poll
+    recorder: StatementRecorder
+    bucket: BucketSeed
+    kind: Callable[[str], str]  # of a statement
+    parts: tuple[str, ...]
+
+
+async def polls(method: Method, plan: SeedPlan, k: int, args: argparse.Namespace) -> list[Sample]:
     """Warm-ups, then timed polls with k new and k closed slots; after each, an untimed poll
     back to the base open state."""
-    base, moved = fetch_of(plan, bucket, range(OPEN)), fetch_of(plan, bucket, changed(k))
-    parts, kind = (OUR_PARTS, our_kind) if recorder is args.ours else (ORIGINAL_PARTS, orig_kind)
+    base = fetch_of(plan, method.bucket, range(OPEN))
+    moved = fetch_of(plan, method.bucket, changed(k))
     samples = []
     for i in range(args.warmups + args.repeats):
-        with recorder.window() as window:
-            new, closed, ms = await poll(moved)
-        back = await poll(base)
+        with method.recorder.window() as window:
+            new, closed, ms = await method.poll(moved)
+        back = await method.poll(base)
         if (new, closed, *back[:2]) != (k, k, k, k):
-            raise SystemExit(f"{bucket.bucket_id}: {new} new, {closed} closed, back {back[:2]}")
+            raise SystemExit(f"{method.bucket}: {new} new, {closed} closed, back {back[:2]}")
+        parts, kinds = window.split(method.kind)
+        parts["other"] = ms - window.seconds() * 1000
         if i >= args.warmups:
-            samples.append(sample(window, ms, parts, kind))
+            samples.append(Sample(ms, window.count, parts, kinds))
     return samples
 
 
@@ -259,7 +256,7 @@ class Report:
     rows: list[Row] = field(default_factory=list)
 
 
-async def run(args: Args, command: str) -> Report:
+async def run(args: argparse.Namespace, command: str) -> Report:
     with pg_server("dropwatch-bench-") as server, server.migrated("dw_bench_poll") as name:
         url = server.url_for(name)
         loader = engine_for(url, "bench-load")
@@ -270,23 +267,24 @@ async def run(args: Args, command: str) -> Report:
             postgres = harness.postgres(server, names)
             plan, ours_bucket, orig_bucket = setup(args.events)
             seeded, data = harness.seed(loader, plan)
-            ours = our_poll(aengine, plan, ours_bucket)
-            original = original_poll(sync, plan, orig_bucket)
-            ours_rec, orig_rec = StatementRecorder(aengine.sync_engine), StatementRecorder(sync)
-            args.ours = ours_rec  # tells `polls` whose statements it splits
-            first = [await ours(fetch_of(plan, ours_bucket, range(OPEN)))]
-            first.append(await original(fetch_of(plan, orig_bucket, range(OPEN))))
-            if [f[0] for f in first] != [OPEN, OPEN]:
-                raise SystemExit(f"the first polls opened {first}, not {OPEN} each")
+            poll = our_poll(aengine, plan, ours_bucket)
+            recorder = StatementRecorder(aengine.sync_engine)
+            ours = Method(poll, recorder, ours_bucket, our_kind, OUR_PARTS)
+            poll = original_poll(sync, plan, orig_bucket)
+            original = Method(poll, StatementRecorder(sync), orig_bucket, orig_kind, ORIGINAL_PARTS)
+            for method in (ours, original):  # the base open state
+                opened = await method.poll(fetch_of(plan, method.bucket, range(OPEN)))
+                if opened[0] != OPEN:
+                    raise SystemExit(f"the first poll of {method.bucket} opened {opened}")
             phase1 = {}
             for k in args.k_list:
-                phase1[k] = await polls(ours, ours_rec, plan, ours_bucket, k, args)
+                phase1[k] = await polls(ours, plan, k, args)
                 harness.log(f"k={k}: ours {median([s.ms for s in phase1[k]]):.1f} ms")
             index_seconds = harness.create_review_indexes(loader)
             report = Report(command, postgres, data, seeded.events)
             for k in args.k_list:
-                indexed = await polls(ours, ours_rec, plan, ours_bucket, k, args)
-                orig = await polls(original, orig_rec, plan, orig_bucket, k, args)
+                indexed = await polls(ours, plan, k, args)
+                orig = await polls(original, plan, k, args)
                 report.rows.append(Row(k, phase1[k], indexed, orig))
                 harness.log(f"k={k}: original {report.rows[-1].ms('original'):.1f} ms")
             report.data += (
@@ -311,11 +309,8 @@ def targets(report: Report) -> list[Target]:
     if at is None:
         return [*out, Target(f"k={TARGET_K} under {TARGET_MS:.0f} ms", "not measured", None)]
     ours, orig = at.ms("ours"), at.ms("original")
-    out.append(
-        Target(
-            f"k={TARGET_K} under {TARGET_MS:.0f} ms", f"{ours:.1f} ms (median)", ours < TARGET_MS
-        )
-    )
+    name = f"k={TARGET_K} under {TARGET_MS:.0f} ms"
+    out.append(Target(name, f"{ours:.1f} ms (median)", ours < TARGET_MS))
     speed = f"{orig / ours:.1f}x ({orig:.0f} ms vs {ours:.1f} ms)"
     return [*out, Target(fast, speed, orig / ours >= TARGET_SPEEDUP)]
 

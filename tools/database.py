@@ -16,21 +16,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
-from sqlalchemy.engine import make_url
 
 from shared.db import embedded, migrate
-from shared.db.engine import make_engine, to_sqlalchemy_url
+from shared.db.engine import make_engine
+from shared.db.urls import libpq_url, masked_url
 from shared.settings import Settings
 
 EXTERNAL_URL_ENV = "DROPWATCH_DATABASE_URL"
-
-
-def libpq_url(url: str, database: str | None = None) -> str:
-    """`url` in libpq syntax (what psycopg wants), optionally pointing at another database."""
-    parsed = to_sqlalchemy_url(url).set(drivername="postgresql")
-    if database is not None:
-        parsed = parsed.set(database=database)
-    return parsed.render_as_string(hide_password=False)
 
 
 class PgServer:
@@ -38,10 +30,10 @@ class PgServer:
 
     def __init__(self, admin_url: str, description: str = "") -> None:
         self.admin_url = admin_url
-        self.description = description or make_url(admin_url).render_as_string()
+        self.description = description or masked_url(admin_url)
 
     def url_for(self, database: str) -> str:
-        return libpq_url(self.admin_url, database)
+        return libpq_url(self.admin_url, database=database)
 
     def execute(self, sql: str) -> None:
         """One statement outside a transaction (CREATE/DROP DATABASE need that)."""
@@ -87,8 +79,7 @@ def pg_server(prefix: str = "dropwatch-") -> Iterator[PgServer]:
     """`DROPWATCH_DATABASE_URL`'s server, or an embedded one for the duration of the block."""
     external = os.environ.get(EXTERNAL_URL_ENV)
     if external:
-        masked = make_url(external).render_as_string(hide_password=True)
-        yield PgServer(external, f"server {masked} ({EXTERNAL_URL_ENV})")
+        yield PgServer(external, f"server {masked_url(external)} ({EXTERNAL_URL_ENV})")
         return
     scratch = Path(tempfile.mkdtemp(prefix=prefix))
     server: embedded.EmbeddedServer | None = None

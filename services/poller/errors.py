@@ -66,3 +66,10 @@ class IncompleteFetchError(FetchError):
     """A page was missing or there were more pages than we may read."""
 
     reason = "incomplete"
+
+
+class UnparseableStartError(MalformedResponseError):
+    """A slot's start time is in no format we can read: the whole fetch is unhealthy, since
+    leaving that slot out would close it (never a partial diff)."""
+
+    reason = "unparseable_start"

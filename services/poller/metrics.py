@@ -54,13 +54,27 @@ class PollerMetrics:
             "Bucket polls running now in this replica.",
             registry=self.registry,
         )
-        for reason in ("healthy", "suspect_soft_block"):
+        self.kind_verdicts = Counter(
+            "dropwatch_poller_request_kind_verdicts",
+            "Request kinds (party sizes) judged, by verdict: healthy, blocked (empty after "
+            "non-empty), suspect_soft_block (sharp shrink), confirmed_shrink, confirmed_sellout.",
+            ["verdict"],
+            registry=self.registry,
+        )
+        self.held_kinds = Gauge(
+            "dropwatch_poller_bucket_held_request_kinds",
+            "Request kinds of each live bucket held as blocked or suspect (0 = nothing held).",
+            ["bucket_id"],
+            registry=self.registry,
+        )
+        for reason in ("healthy", "suspect_soft_block", "blocked", "partial_block"):
             self.fetch_outcomes.labels(reason)
-        for event_type in ("NEW_DROP", "CLOSED"):
+        for event_type in ("NEW_DROP", "CLOSED", "SIZE_CHANGE"):
             self.events_written.labels(event_type)
 
     def forget_buckets(self, live: set[str]) -> None:
-        """Drop the freshness series of buckets that are no longer live."""
-        for labels in list(self.last_healthy_poll._metrics):
-            if labels[0] not in live:
-                self.last_healthy_poll.remove(*labels)
+        """Drop the per-bucket series of buckets that are no longer live."""
+        for gauge in (self.last_healthy_poll, self.held_kinds):
+            for labels in list(gauge._metrics):
+                if labels[0] not in live:
+                    gauge.remove(*labels)

@@ -1,10 +1,10 @@
 """One poll of one bucket: fetch outside any transaction, judge, then write atomically.
 
-A fetch that failed, was partial, or looks like a soft block changes nothing but the bucket's
-bookkeeping (outcome, suspect count, next due time): the snapshot stays, no event is written.
-A healthy fetch is written in one transaction guarded by the lease and snapshot version, so a
-crash at any point either commits the whole poll or none of it, and a concurrent writer is
-detected instead of merged.
+A fetch that failed, was partial, or whose every request kind looks blocked changes nothing but
+the bucket's bookkeeping (outcome, holds, next due time): the snapshot stays, no event is
+written. Otherwise the healthy kinds' answer is written (held kinds keep their snapshot) in one
+transaction guarded by the lease and snapshot version, so a crash at any point either commits
+the whole poll or none of it, and a concurrent writer is detected instead of merged.
 """
 
 from __future__ import annotations
@@ -12,13 +12,15 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.poller import store
 from services.poller.errors import FetchError
-from services.poller.judge import judge
+from services.poller.judge import Judgement, Thresholds, judge
 from services.poller.metrics import PollerMetrics
 from services.poller.provider import BucketSpec, Provider
 from services.poller.settings import PollerSettings
@@ -46,6 +48,17 @@ class PollContext:
     provider: Provider
     metrics: PollerMetrics
     owner: str
+    clock: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
+
+    @property
+    def thresholds(self) -> Thresholds:
+        s = self.settings
+        return Thresholds(
+            min_previous=s.soft_block_min_previous,
+            shrink_ratio=s.soft_block_shrink_ratio,
+            sellout_confirm_seconds=s.sellout_confirm_seconds,
+            sellout_confirm_polls=s.sellout_confirm_polls,
+        )
 
     def spec_for(self, leased: LeasedBucket) -> BucketSpec:
         return BucketSpec(
@@ -71,27 +84,30 @@ async def _poll(ctx: PollContext, leased: LeasedBucket, deadline: float) -> Poll
         fetch = await ctx.provider.fetch_bucket(ctx.spec_for(leased), deadline)
     except FetchError as exc:
         log.warning("bucket %s: fetch failed (%s): %s", leased.bucket_id, exc.reason, exc)
-        await _record_unhealthy(ctx, leased, exc.reason, suspect=False)
+        await _record_unhealthy(ctx, leased, exc.reason, leased.held)
         return PollOutcome(leased.bucket_id, exc.reason, applied=False)
 
+    now = ctx.clock()
     verdict = judge(
-        len(fetch.slots),
-        leased.last_slot_count,
-        leased.suspect_polls,
-        min_previous=settings.soft_block_min_previous,
-        shrink_ratio=settings.soft_block_shrink_ratio,
+        fetch.kind_counts,
+        leased.kind_counts,
+        leased.held,
+        now=now,
+        evidence_at=leased.evidence_at,
+        thresholds=ctx.thresholds,
     )
+    _observe_kinds(ctx, leased, verdict)
     if not verdict.apply:
         log.warning(
-            "bucket %s: %d slots after %s, held as a suspected soft block",
+            "bucket %s: every request kind held (%s): %s after %s",
             leased.bucket_id,
-            len(fetch.slots),
-            leased.last_slot_count,
+            verdict.outcome,
+            fetch.kind_counts,
+            leased.kind_counts,
         )
-        await _record_unhealthy(ctx, leased, verdict.outcome, suspect=True)
+        await _record_unhealthy(ctx, leased, verdict.outcome, verdict.held, now)
         return PollOutcome(leased.bucket_id, verdict.outcome, applied=False)
 
-    now = dt.datetime.now(dt.UTC)
     try:
         async with ctx.engine.begin() as conn:
             await store.check_lease(conn, leased, ctx.owner)
@@ -106,6 +122,7 @@ async def _poll(ctx: PollContext, leased: LeasedBucket, deadline: float) -> Poll
                 outcome=verdict.outcome,
                 now=now,
                 next_poll_at=now + dt.timedelta(seconds=settings.cooldown_seconds),
+                judgement=verdict,
             )
     except LeaseLostError as exc:
         ctx.metrics.lease_conflicts.inc()
@@ -114,13 +131,15 @@ async def _poll(ctx: PollContext, leased: LeasedBucket, deadline: float) -> Poll
 
     ctx.metrics.events_written.labels("NEW_DROP").inc(result.new_drops)
     ctx.metrics.events_written.labels("CLOSED").inc(result.closed)
+    ctx.metrics.events_written.labels("SIZE_CHANGE").inc(result.size_changes)
     ctx.metrics.last_healthy_poll.labels(leased.bucket_id).set(now.timestamp())
-    if result.new_drops or result.closed:
+    if result.new_drops or result.closed or result.size_changes:
         log.info(
-            "bucket %s: %d new drops, %d closed, %d open",
+            "bucket %s: %d new drops, %d closed, %d party-size changes, %d open",
             leased.bucket_id,
             result.new_drops,
             result.closed,
+            result.size_changes,
             result.open_slots,
         )
     return PollOutcome(
@@ -133,17 +152,28 @@ async def _poll(ctx: PollContext, leased: LeasedBucket, deadline: float) -> Poll
     )
 
 
+def _observe_kinds(ctx: PollContext, leased: LeasedBucket, verdict: Judgement) -> None:
+    """Each kind's verdict, and how many kinds of the bucket are held now (the block state)."""
+    for verdict_name in verdict.kinds.values():
+        ctx.metrics.kind_verdicts.labels(verdict_name).inc()
+    ctx.metrics.held_kinds.labels(leased.bucket_id).set(len(verdict.held))
+
+
 async def _record_unhealthy(
-    ctx: PollContext, leased: LeasedBucket, outcome: str, *, suspect: bool
+    ctx: PollContext,
+    leased: LeasedBucket,
+    outcome: str,
+    held: dict[str, Any],
+    now: dt.datetime | None = None,
 ) -> None:
-    now = dt.datetime.now(dt.UTC)
+    now = now or ctx.clock()
     async with ctx.engine.begin() as conn:
         await store.record_unhealthy(
             conn,
             leased,
             ctx.owner,
             outcome=outcome,
-            suspect=suspect,
+            held=held,
             now=now,
             next_poll_at=now + dt.timedelta(seconds=ctx.settings.cooldown_seconds),
         )

@@ -25,6 +25,7 @@ from services.poller.errors import (
     MalformedResponseError,
     RateLimitedError,
     TransportError,
+    UnparseableStartError,
     UpstreamServerError,
     UpstreamTimeoutError,
 )
@@ -87,6 +88,7 @@ class ResyProvider:
     async def fetch_bucket(self, spec: BucketSpec, deadline: float) -> BucketFetch:
         result = BucketFetch()
         for party_size in spec.party_sizes:
+            result.kind_counts.setdefault(party_size, 0)
             page, total_pages = 1, 1
             while page <= total_pages:
                 body = await self._search(spec, party_size, page, deadline)
@@ -107,7 +109,7 @@ class ResyProvider:
         venue = _parse_venue(hit)
         result.venues[venue.venue_id] = venue
         for raw in _slots_of(hit):
-            start, seating = _parse_slot(raw)
+            start, seating = _parse_slot(raw, self._settings.zone)
             if not spec.contains(start):
                 continue
             slot_id = slot_id_for(self.name, venue.venue_id, start, seating)
@@ -254,12 +256,16 @@ def _slots_of(hit: dict[str, Any]) -> list[dict[str, Any]]:
     return slots
 
 
-def _parse_slot(raw: dict[str, Any]) -> tuple[dt.datetime, str]:
+def _parse_slot(raw: dict[str, Any], zone: dt.tzinfo) -> tuple[dt.datetime, str]:
     try:
-        start = parse_local_start(str(raw["date"]["start"]))
+        start_raw = raw["date"]["start"]
         seating = str(raw["config"].get("type") or "Unknown")
-    except (KeyError, TypeError, AttributeError, ValueError):
-        raise MalformedResponseError("a slot has no parseable date.start / config") from None
+    except (KeyError, TypeError, AttributeError):
+        raise MalformedResponseError("a slot has no date.start / config") from None
+    try:
+        start = parse_local_start(str(start_raw), zone)
+    except ValueError:
+        raise UnparseableStartError("a slot's date.start is not a start time") from None
     return start, seating
 
 

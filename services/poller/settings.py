@@ -40,6 +40,12 @@ class PollerSettings(Settings):
     # --- fetch plausibility (soft-block detection) -----------------------------------------
     soft_block_min_previous: int = Field(default=10, ge=1)
     soft_block_shrink_ratio: float = Field(default=0.5, gt=0, lt=1)
+    sellout_confirm_seconds: float = Field(
+        default=1800.0, ge=0, le=86400, description="How long a kind stays empty before a sell-out."
+    )
+    sellout_confirm_polls: int = Field(
+        default=3, ge=2, le=100, description="Empty answers of a kind before a sell-out."
+    )
 
     @model_validator(mode="after")
     def _lease_outlives_poll(self) -> PollerSettings:

@@ -12,10 +12,18 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
-LEASE_COLUMNS = (
-    "b.bucket_id, b.bucket_date, b.time_slot, b.snapshot_version, b.baseline_polls, "
-    "b.last_slot_count, b.suspect_polls"
-)
+# Besides the bucket's own bookkeeping: what each request kind (party size) reported last
+# (its count in the open snapshot) and when another bucket of the market last answered healthy
+# and non-empty with no kind held (the evidence that confirms a sell-out, see judge.py).
+LEASE_COLUMNS = """b.bucket_id, b.bucket_date, b.time_slot, b.snapshot_version, b.baseline_polls,
+    b.last_slot_count, b.suspect_polls, b.held,
+    (SELECT coalesce(jsonb_object_agg(k.size, k.n), '{}'::jsonb)
+     FROM (SELECT s.size, count(*) AS n
+           FROM open_slots o, unnest(o.party_sizes) AS s(size)
+           WHERE o.bucket_id = b.bucket_id GROUP BY s.size) k) AS kind_counts,
+    (SELECT max(m.last_healthy_poll_at) FROM discovery_buckets m
+     WHERE m.market = b.market AND m.bucket_id <> b.bucket_id
+       AND m.held = '{}'::jsonb AND m.last_slot_count > 0) AS evidence_at"""
 _TAKE_LEASE = "SET lease_owner = :owner, lease_expires_at = now() + make_interval(secs => :lease)"
 
 # Up to :limit due live buckets nobody else holds, oldest due first.
@@ -83,6 +91,11 @@ UPSERT_VENUES = text(
     """
 )
 
+# Sizes of held kinds (:held_sizes) keep what they reported: a slot's next sizes are the
+# fetched ones (held kinds already taken out) plus its snapshot sizes of held kinds. A slot
+# left with no size is gone; what a confirmed kind lost was first seen gone at its `since`
+# (:confirmed), anything else now. Party-size changes of a slot that stays are SIZE_OPEN /
+# SIZE_CLOSE events carrying the sizes added / removed.
 WRITE_POLL = text(
     """
     WITH cur AS (
@@ -90,22 +103,81 @@ WRITE_POLL = text(
                AS c(slot_id text, venue_id bigint, slot_date date, slot_time time,
                     seating_type text, sizes smallint[])
     ),
-    gone AS (
-        DELETE FROM open_slots o
+    confirmed AS (
+        SELECT * FROM json_to_recordset(CAST(:confirmed AS json))
+               AS f(size smallint, since timestamptz)
+    ),
+    diff AS (
+        SELECT o.slot_id, o.party_sizes AS old_sizes,
+            ARRAY(SELECT DISTINCT x FROM unnest(
+                    coalesce(c.sizes, '{}'::smallint[])
+                    || ARRAY(SELECT y FROM unnest(o.party_sizes) y
+                             WHERE y = ANY(CAST(:held_sizes AS smallint[])))) AS x
+                  ORDER BY x) AS new_sizes
+        FROM open_slots o LEFT JOIN cur c ON c.slot_id = o.slot_id
         WHERE o.bucket_id = :bucket
-          AND NOT EXISTS (SELECT 1 FROM cur WHERE cur.slot_id = o.slot_id)
-        RETURNING o.*
+    ),
+    changes AS (
+        SELECT d.*,
+            ARRAY(SELECT x FROM unnest(d.new_sizes) x WHERE x <> ALL(d.old_sizes)) AS added,
+            ARRAY(SELECT x FROM unnest(d.old_sizes) x WHERE x <> ALL(d.new_sizes)) AS removed
+        FROM diff d
+    ),
+    lost AS (
+        SELECT ch.*,
+            (SELECT max(coalesce(f.since, CAST(:now AS timestamptz)))
+             FROM unnest(ch.removed) r LEFT JOIN confirmed f ON f.size = r) AS gone_at
+        FROM changes ch
+    ),
+    gone AS (
+        DELETE FROM open_slots o USING lost l
+        WHERE o.bucket_id = :bucket AND o.slot_id = l.slot_id
+          AND cardinality(l.new_sizes) = 0
+        RETURNING o.*, l.gone_at
     ),
     closed AS (
         INSERT INTO drop_events (bucket_date, bucket_id, market, provider, slot_id, venue_id,
             event_type, opened_at, closed_at, drop_duration_seconds, slot_date, slot_time,
             seating_type, party_sizes, time_slot, time_bucket, dedupe_key, drop_event_id)
         SELECT :bucket_date, :bucket, :market, :provider, g.slot_id, g.venue_id,
-            'CLOSED', g.opened_at, :now, extract(epoch FROM (:now - g.opened_at)),
+            'CLOSED', g.opened_at, greatest(g.gone_at, g.opened_at),
+            extract(epoch FROM (greatest(g.gone_at, g.opened_at) - g.opened_at)),
             g.slot_date, g.slot_time, g.seating_type, g.party_sizes, g.time_slot,
             :time_bucket, 'CLOSED:' || g.drop_event_id, g.drop_event_id
         FROM gone g
         WHERE g.drop_event_id IS NOT NULL
+        ON CONFLICT (bucket_date, dedupe_key) DO NOTHING
+        RETURNING id
+    ),
+    resized AS (
+        UPDATE open_slots o
+        SET party_sizes = l.new_sizes,
+            size_opened_at = ARRAY(
+                SELECT CASE WHEN x = ANY(o.party_sizes)
+                    THEN (SELECT p.at FROM unnest(o.party_sizes, o.size_opened_at) AS p(s, at)
+                          WHERE p.s = x LIMIT 1)
+                    WHEN :emit THEN CAST(:now AS timestamptz) END
+                FROM unnest(l.new_sizes) AS x ORDER BY x)
+        FROM lost l
+        WHERE o.bucket_id = :bucket AND o.slot_id = l.slot_id
+          AND cardinality(l.new_sizes) > 0 AND l.new_sizes <> l.old_sizes
+        RETURNING o.*, l.added, l.removed, l.gone_at
+    ),
+    sized AS (
+        INSERT INTO drop_events (bucket_date, bucket_id, market, provider, slot_id, venue_id,
+            event_type, opened_at, closed_at, slot_date, slot_time, seating_type, party_sizes,
+            time_slot, time_bucket, dedupe_key, drop_event_id)
+        SELECT :bucket_date, :bucket, :market, :provider, r.slot_id, r.venue_id,
+            e.kind, CASE WHEN e.kind = 'SIZE_OPEN' THEN :now
+                         ELSE coalesce(r.opened_at, r.first_seen_at) END,
+            CASE WHEN e.kind = 'SIZE_CLOSE' THEN r.gone_at END,
+            r.slot_date, r.slot_time, r.seating_type, e.sizes, r.time_slot, :time_bucket,
+            e.kind || ':' || :bucket || ':' || r.slot_id || ':' || :new_version,
+            r.drop_event_id
+        FROM resized r
+        CROSS JOIN LATERAL (VALUES ('SIZE_OPEN', r.added), ('SIZE_CLOSE', r.removed))
+             AS e(kind, sizes)
+        WHERE :emit AND cardinality(e.sizes) > 0
         ON CONFLICT (bucket_date, dedupe_key) DO NOTHING
         RETURNING id
     ),
@@ -140,13 +212,6 @@ WRITE_POLL = text(
         FROM fresh f LEFT JOIN drops d ON d.slot_id = f.slot_id
         RETURNING 1
     ),
-    resized AS (
-        UPDATE open_slots o SET party_sizes = cur.sizes
-        FROM cur
-        WHERE o.bucket_id = :bucket AND o.slot_id = cur.slot_id
-          AND o.party_sizes <> cur.sizes
-        RETURNING 1
-    ),
     baseline AS (
         INSERT INTO baseline_slots (bucket_id, slot_id)
         SELECT :bucket, cur.slot_id FROM cur WHERE NOT :emit
@@ -161,7 +226,8 @@ WRITE_POLL = text(
             last_healthy_poll_at = :now,
             last_outcome = :outcome,
             last_slot_count = :slot_count,
-            suspect_polls = 0,
+            suspect_polls = :suspect_polls,
+            held = CAST(:held AS jsonb),
             next_poll_at = :next_poll_at,
             lease_owner = NULL,
             lease_expires_at = NULL
@@ -169,18 +235,19 @@ WRITE_POLL = text(
         RETURNING 1
     )
     SELECT (SELECT count(*) FROM drops), (SELECT count(*) FROM closed),
-           (SELECT count(*) FROM bumped),
+           (SELECT count(*) FROM bumped), (SELECT count(*) FROM sized),
            CASE WHEN EXISTS (SELECT 1 FROM drops) OR EXISTS (SELECT 1 FROM closed)
+                     OR EXISTS (SELECT 1 FROM sized)
                 THEN pg_notify(:channel, :bucket) END
     """
 )
 
-# An unhealthy poll keeps the snapshot: note the outcome, count a suspect poll, release.
+# An unhealthy poll keeps the snapshot: note the outcome and the holds, release the lease.
 RECORD_UNHEALTHY = text(
     """
     UPDATE discovery_buckets
     SET last_polled_at = :now, last_outcome = :outcome,
-        suspect_polls = CASE WHEN :suspect THEN suspect_polls + 1 ELSE suspect_polls END,
+        suspect_polls = :suspect_polls, held = CAST(:held AS jsonb),
         next_poll_at = :next_poll_at, lease_owner = NULL, lease_expires_at = NULL
     WHERE bucket_id = :bucket AND lease_owner = :owner
       AND snapshot_version = :version

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.poller import sql
+from services.poller.judge import Judgement, suspect_polls
 from services.poller.slots import BucketFetch
 from shared.db.contracts import FEED_CHANNEL
 
@@ -30,6 +32,28 @@ class LeasedBucket:
     baseline_polls: int
     last_slot_count: int | None
     suspect_polls: int
+    # Held request kinds (see judge.py), each kind's count in the snapshot, and the market's
+    # latest clean non-empty answer elsewhere (sell-out evidence).
+    held: dict[str, Any] = field(default_factory=dict)
+    kind_counts: dict[int, int] = field(default_factory=dict)
+    evidence_at: dt.datetime | None = None
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> LeasedBucket:
+        bucket_id, day, time_slot, version, baseline, last_count, suspects = row[:7]
+        held, counts, evidence_at = row[7:]
+        return cls(
+            bucket_id,
+            day,
+            time_slot,
+            version,
+            baseline,
+            last_count,
+            suspects,
+            held=dict(held or {}),
+            kind_counts={int(k): int(v) for k, v in (counts or {}).items()},
+            evidence_at=evidence_at,
+        )
 
     @property
     def baselining(self) -> bool:
@@ -41,6 +65,7 @@ class WriteResult:
     new_drops: int
     closed: int
     open_slots: int
+    size_changes: int = 0
 
 
 class LeaseLostError(Exception):
@@ -78,7 +103,7 @@ async def lease_due(
             "cutoff": cutoff_bucket_id,
         },
     )
-    return [LeasedBucket(*row) for row in rows.all()]
+    return [LeasedBucket.from_row(row) for row in rows.all()]
 
 
 async def lease_one(
@@ -90,7 +115,7 @@ async def lease_one(
         {"owner": owner, "lease": lease_seconds, "bucket": bucket_id},
     )
     row = rows.first()
-    return LeasedBucket(*row) if row else None
+    return LeasedBucket.from_row(row) if row else None
 
 
 async def check_lease(conn: AsyncConnection, leased: LeasedBucket, owner: str) -> None:
@@ -150,14 +175,21 @@ async def write_healthy_poll(
     outcome: str,
     now: dt.datetime,
     next_poll_at: dt.datetime,
+    judgement: Judgement | None = None,
 ) -> WriteResult:
-    """Apply a healthy fetch: events, open state and snapshot version in one statement.
+    """Apply a fetch the judge let through: events, open state and snapshot version in one
+    statement. Held kinds' sizes are taken out of the fetch: the statement keeps their
+    snapshot instead (see sql.WRITE_POLL).
 
     While the bucket is baselining (fewer than `BASELINE_POLLS` healthy non-empty polls), its
     slots go into the baseline and no events are emitted. An empty fetch does not count
     towards the baseline.
     """
-    slots = list(fetch.slots.values())
+    judgement = judgement or Judgement(outcome, {})
+    held = set(judgement.held_sizes)
+    slots = [
+        (s, sorted(s.party_sizes - held)) for s in fetch.slots.values() if s.party_sizes - held
+    ]
     emit = not leased.baselining
     baseline_polls = leased.baseline_polls
     if not emit and slots:
@@ -173,10 +205,16 @@ async def write_healthy_poll(
                         "slot_date": s.start.date().isoformat(),
                         "slot_time": s.start.time().isoformat(),
                         "seating_type": s.seating_type,
-                        "sizes": sorted(s.party_sizes),
+                        "sizes": sizes,
                     }
-                    for s in slots
+                    for s, sizes in slots
                 ),
+                "held_sizes": sorted(held),
+                "confirmed": json.dumps(
+                    [{"size": k, "since": v.isoformat()} for k, v in judgement.confirmed.items()]
+                ),
+                "held": json.dumps(judgement.held),
+                "suspect_polls": judgement.suspect_polls,
                 "bucket": leased.bucket_id,
                 "bucket_date": leased.bucket_date,
                 "time_slot": leased.time_slot,
@@ -188,16 +226,16 @@ async def write_healthy_poll(
                 "new_version": leased.snapshot_version + 1,
                 "baseline_polls": baseline_polls,
                 "outcome": outcome if emit else "baselining",
-                "slot_count": len(slots),
+                "slot_count": len(fetch.slots),
                 "next_poll_at": next_poll_at,
                 "channel": FEED_CHANNEL,
             },
         )
     ).one()
-    new_drops, closed, bumped = int(row[0]), int(row[1]), int(row[2])
+    new_drops, closed, bumped, sized = int(row[0]), int(row[1]), int(row[2]), int(row[3])
     if bumped != 1:
         raise LeaseLostError(f"bucket {leased.bucket_id} vanished during the write")
-    return WriteResult(new_drops=new_drops, closed=closed, open_slots=len(slots))
+    return WriteResult(new_drops, closed, open_slots=len(slots), size_changes=sized)
 
 
 async def record_unhealthy(
@@ -206,17 +244,19 @@ async def record_unhealthy(
     owner: str,
     *,
     outcome: str,
-    suspect: bool,
+    held: dict[str, Any],
     now: dt.datetime,
     next_poll_at: dt.datetime,
 ) -> None:
-    """Keep the snapshot; note the outcome, count a suspect poll, release the lease."""
+    """Keep the snapshot; note the outcome and the holds (a failed fetch passes the leased
+    ones unchanged, so it neither resets nor advances them), release the lease."""
     await conn.execute(
         sql.RECORD_UNHEALTHY,
         {
             "now": now,
             "outcome": outcome,
-            "suspect": suspect,
+            "held": json.dumps(held),
+            "suspect_polls": suspect_polls(held),
             "next_poll_at": next_poll_at,
             "bucket": leased.bucket_id,
             "owner": owner,

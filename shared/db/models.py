@@ -101,6 +101,8 @@ class DiscoveryBucket(Base):
     last_outcome: Mapped[str | None] = mapped_column(String(32))
     last_slot_count: Mapped[int | None] = mapped_column(Integer)
     suspect_polls: Mapped[int] = mapped_column(SmallInteger, server_default=text("0"))
+    # Request kinds (party sizes) held as blocked or suspect: {"4": {"since", "polls", "why"}}.
+    held: Mapped[dict[str, object]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
 
     __table_args__ = (Index("ix_discovery_buckets_due", "next_poll_at"),)
 
@@ -147,6 +149,8 @@ class OpenSlot(Base):
     slot_time: Mapped[dt.time] = mapped_column(Time)
     seating_type: Mapped[str] = mapped_column(Text)
     party_sizes: Mapped[list[int]] = mapped_column(ARRAY(SmallInteger))
+    # When each of `party_sizes` (same order) became bookable; NULL = since the slot opened.
+    size_opened_at: Mapped[list[dt.datetime] | None] = mapped_column(ARRAY(TZ))
     time_slot: Mapped[str] = mapped_column(String(5))
     first_seen_at: Mapped[dt.datetime] = mapped_column(TZ)
     # Set when the slot opened as a NEW_DROP; NULL for baseline and pre-existing slots.
@@ -215,7 +219,9 @@ class DropEvent(Base):
     __table_args__ = (
         PrimaryKeyConstraint("id", "bucket_date"),
         UniqueConstraint("bucket_date", "dedupe_key", name="uq_drop_events_dedupe_key"),
-        CheckConstraint("event_type IN ('NEW_DROP', 'CLOSED')", name="event_type"),
+        CheckConstraint(
+            "event_type IN ('NEW_DROP', 'CLOSED', 'SIZE_OPEN', 'SIZE_CLOSE')", name="event_type"
+        ),
         CheckConstraint("time_bucket IN ('prime', 'off_peak')", name="time_bucket"),
         # No other index: no query reads drop_events by anything else (open_slots serves the
         # feed and the poller; retention drops partitions). See docs/architecture.md.

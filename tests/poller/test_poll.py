@@ -159,20 +159,21 @@ async def test_every_fault_emits_nothing_and_keeps_the_snapshot(
     assert bucket_row(engine, BUCKET)["last_outcome"] == reason
 
 
-async def test_empty_answer_is_a_soft_block_until_confirmed(
+async def test_empty_answer_is_a_block_and_a_collapse_is_held_once(
     ctx: PollContext, engine: Engine, sim: Simulator
 ) -> None:
     many = _slots(30)
     await baseline(ctx, engine, sim, *many)
     script(sim, *many, "9@18:00")
     await poll(ctx, engine)  # one real drop, so a confirmed shrink has something to close
-    sim.faults.add("empty", count=2)  # both party sizes come back empty
-    assert await poll(ctx, engine) == "suspect_soft_block"
+    sim.faults.add("empty", count=4)  # both party sizes come back empty, twice
+    assert await poll(ctx, engine) == "blocked"
+    assert await poll(ctx, engine) == "blocked"  # a second empty answer confirms nothing
     assert [e["event_type"] for e in events(engine, BUCKET)] == ["NEW_DROP"]
     # Back to normal: nothing closed, nothing reopened.
     assert await poll(ctx, engine) == "healthy"
     assert [e["event_type"] for e in events(engine, BUCKET)] == ["NEW_DROP"]
-    # A real collapse, seen twice, is accepted.
+    # A real collapse (non-empty), seen twice, is accepted.
     script(sim, *many[:3])
     assert await poll(ctx, engine) == "suspect_soft_block"
     assert await poll(ctx, engine) == "confirmed_shrink"

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from services.poller.judge import judge
+from services.poller.judge import Thresholds, judge
 from services.poller.ratelimit import RequestBudget
 from services.poller.slots import parse_local_start
 from shared.slots import slot_id_for
@@ -41,20 +41,66 @@ def test_unparseable_start_is_rejected() -> None:
         parse_local_start("tomorrow at 7")
 
 
+T0 = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
+LIMITS = Thresholds(
+    min_previous=10, shrink_ratio=0.5, sellout_confirm_seconds=1800, sellout_confirm_polls=3
+)
+
+
+def _hold(why: str, polls: int, minutes_ago: int = 60) -> dict[str, object]:
+    return {
+        "since": (T0 - dt.timedelta(minutes=minutes_ago)).isoformat(),
+        "polls": polls,
+        "why": why,
+    }
+
+
 @pytest.mark.parametrize(
-    ("count", "previous", "suspects", "apply", "outcome"),
+    ("count", "previous", "hold", "evidence", "verdict"),
     [
-        (40, None, 0, True, "healthy"),
-        (0, 5, 0, True, "healthy"),  # small buckets may legitimately empty out
-        (0, 40, 0, False, "suspect_soft_block"),
-        (19, 40, 0, False, "suspect_soft_block"),
-        (21, 40, 0, True, "healthy"),
-        (3, 40, 1, True, "confirmed_shrink"),
+        (40, 0, None, None, "healthy"),
+        (0, 0, None, None, "idle"),
+        (0, 5, None, None, "blocked"),  # even a small kind is blocked when it empties
+        (0, 40, _hold("empty", 9), None, "blocked"),  # no evidence: a block however long
+        (0, 40, _hold("empty", 9, 10), T0, "blocked"),  # too recent
+        (0, 40, _hold("empty", 1), T0, "blocked"),  # too few polls
+        (0, 40, _hold("empty", 2), T0, "confirmed_sellout"),
+        (0, 40, _hold("empty", 9), T0 - dt.timedelta(hours=2), "blocked"),  # stale evidence
+        (19, 40, None, None, "suspect_soft_block"),
+        (21, 40, None, None, "healthy"),
+        (3, 40, _hold("shrunk", 1), None, "confirmed_shrink"),
+        (3, 40, _hold("empty", 3), None, "suspect_soft_block"),  # a block lifting part-way
+        (5, 9, None, None, "healthy"),  # shrinks of small kinds are not suspect
     ],
 )
-def test_judge(count: int, previous: int | None, suspects: int, apply: bool, outcome: str) -> None:
-    verdict = judge(count, previous, suspects, min_previous=10, shrink_ratio=0.5)
-    assert (verdict.apply, verdict.outcome) == (apply, outcome)
+def test_judge_one_kind(
+    count: int,
+    previous: int,
+    hold: dict[str, object] | None,
+    evidence: dt.datetime | None,
+    verdict: str,
+) -> None:
+    held = {"4": hold} if hold else {}
+    judgement = judge(
+        {4: count}, {4: previous}, held, now=T0, evidence_at=evidence, thresholds=LIMITS
+    )
+    assert judgement.kinds == {4: verdict}
+    assert ("4" in judgement.held) == (verdict in ("blocked", "suspect_soft_block"))
+
+
+def test_judge_holds_only_the_blocked_kind() -> None:
+    judgement = judge(
+        {2: 30, 4: 0}, {2: 28, 4: 25}, {}, now=T0, evidence_at=None, thresholds=LIMITS
+    )
+    assert (judgement.outcome, judgement.apply, judgement.held_sizes) == (
+        "partial_block",
+        True,
+        [4],
+    )
+    everything = judge(
+        {2: 0, 4: 0, 6: 0}, {2: 28, 4: 25}, {}, now=T0, evidence_at=None, thresholds=LIMITS
+    )
+    assert (everything.outcome, everything.apply) == ("blocked", False)
 
 
 async def test_request_budget_is_shared_and_bounded_by_the_deadline() -> None:

@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import os
 import sys
+from zoneinfo import ZoneInfo
 
 from services.feed.server import FeedServer
 from tests.conftest import REPO_ROOT
@@ -16,8 +17,9 @@ from tests.seeding import Seeder, SeedSlot
 ONE_SECOND = dt.timedelta(seconds=1)
 
 
-async def _cli(*args: str) -> tuple[int, str, str]:
+async def _cli(*args: str, stdout: int = asyncio.subprocess.PIPE) -> tuple[int, str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DROPWATCH_")}
+    env["COLUMNS"] = "200"  # a table as wide as a terminal's, not wrapped at 80
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -25,11 +27,11 @@ async def _cli(*args: str) -> tuple[int, str, str]:
         *args,
         cwd=REPO_ROOT,
         env=env,
-        stdout=asyncio.subprocess.PIPE,
+        stdout=stdout,
         stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
-    return proc.returncode or 0, out.decode(), err.decode()
+    return proc.returncode or 0, (out or b"").decode(), err.decode()
 
 
 async def test_just_opened_json_and_table(seeder: Seeder, feed: FeedServer) -> None:
@@ -55,3 +57,34 @@ async def test_invalid_values_are_one_line_errors(feed: FeedServer) -> None:
     assert "INVALID_ARGUMENT" in err and "filter.party_sizes" in err
     code, _, err = await _cli("feed", "still-open", "--addr", "127.0.0.1:1", "--timeout", "2")
     assert code == 2 and "UNAVAILABLE" in err and "Traceback" not in err
+
+
+async def test_the_table_shows_market_time_and_why_still_open_is_empty(
+    seeder: Seeder, feed: FeedServer
+) -> None:
+    opened = NOW - ONE_SECOND
+    await seeder.open([SeedSlot(9, TODAY, "19:15", party_sizes=(2,))], at=opened)
+    addr = f"127.0.0.1:{feed.port}"
+    code, out, err = await _cli("feed", "just-opened", "--addr", addr)
+    assert code == 0, err
+    new_york = opened.astimezone(ZoneInfo("America/New_York")).strftime("%m-%d %H:%M:%S")
+    assert new_york in out and "market time (America/New_York)" in out
+    assert opened.strftime("%H:%M:%S") not in out  # not UTC
+    code, out, err = await _cli("feed", "still-open", "--addr", addr)
+    assert code == 0, err
+    assert "0 items" in out and "--min-age 0" in out  # one second old: not listed, and why
+
+
+async def test_a_reader_that_goes_away_is_not_a_bug(seeder: Seeder, feed: FeedServer) -> None:
+    """`dropwatch feed just-opened | head -1`: the pipe closes before the output is written."""
+    await seeder.open([SeedSlot(9, TODAY, "19:15", party_sizes=(2,))], at=NOW - ONE_SECOND)
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        code, _, err = await _cli(
+            "feed", "just-opened", "--addr", f"127.0.0.1:{feed.port}", "--json", stdout=write
+        )
+    finally:
+        os.close(write)
+    assert code == 141
+    assert err == ""

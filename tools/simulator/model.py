@@ -5,28 +5,31 @@ a hash of (seed, venue, day, time, seating, party size, period index), where the
 timeline is cut into periods of a slot-specific length. So two models with the same seed
 agree, a test can jump the clock anywhere, and the server needs no background thread.
 
-A scripted day replaces the random model for one date with an exact list of venues and slots,
-which is how tests build precise "slot appears / slot disappears" scenarios.
+The venues come from catalog.py. A scripted day replaces the random model for one date with
+an exact list of venues and slots, which is how tests build precise "slot appears / slot
+disappears" scenarios.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
-import random
-import re
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import NamedTuple
 
-# The market's default search box (south, west, north, east): lower Manhattan to Harlem.
-DEFAULT_BBOX_TUPLE = (40.691, -74.030, 40.882, -73.910)
+from tools.simulator.catalog import (
+    MASK64,
+    ScriptedVenue,
+    Venue,
+    generate_venues,
+    mix64,
+    parse_hhmm,
+    scripted_venue_info,
+)
 
-FIRST_SLOT_MINUTE = 11 * 60 + 30
-DINNER_FIRST_MINUTE = 17 * 60
 LAST_SLOT_MINUTE = 22 * 60 + 30
 SLOT_STEP_MINUTES = 15
 WINDOW_MINUTES = 120  # a search returns slots within time_filter +/- 2 hours, inclusive
@@ -61,79 +64,12 @@ LUNCH_SERVICE_ID = 1
 DINNER_SERVICE_ID = 2
 DINNER_SERVICE_FROM_MINUTE = 16 * 60
 
-_MASK64 = (1 << 64) - 1
-_HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
-
-_NAME_FIRST = (
-    "Golden", "Little", "Blue", "Silver", "Old", "Red", "Wild", "Quiet", "Salt", "Copper",
-    "Olive", "Iron", "Velvet", "Saffron", "Juniper", "Maple", "Harbor", "Lantern", "Paper",
-    "Stone", "Cedar", "Smoke", "Fig", "Honey", "Amber", "Tidal", "North", "Crooked", "Bright",
-    "Hidden",
-)  # fmt: skip
-_NAME_SECOND = (
-    "Table", "Kitchen", "Tavern", "Oyster Bar", "Trattoria", "Bistro", "Cantina", "Brasserie",
-    "Izakaya", "Osteria", "Grill", "Room", "House", "Counter", "Canteen", "Supper Club",
-    "Noodle Bar", "Taqueria", "Wine Bar", "Diner", "Garden", "Social", "Hall", "Parlor",
-    "Cellar", "Mill", "Pier", "Commons", "Larder", "Market",
-)  # fmt: skip
-_NEIGHBORHOODS = (
-    "West Village", "East Village", "SoHo", "Tribeca", "Lower East Side", "Chelsea",
-    "Flatiron", "NoMad", "Midtown", "Upper West Side", "Upper East Side", "Harlem", "Nolita",
-    "Chinatown", "Gramercy", "Hell's Kitchen", "Murray Hill", "Financial District",
-    "Greenwich Village", "Kips Bay",
-)  # fmt: skip
-_EXTRA_SEATINGS = ("Bar", "Patio", "Counter", "Outdoor", "Lounge")
-
-
-def mix64(x: int) -> int:
-    """A fast, well-spread 64-bit integer hash (splitmix64 finaliser) for per-request work."""
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
-
-def _unit(x: int) -> float:
-    """Map a hash input to a uniform float in [0, 1)."""
-    return mix64(x) / 2.0**64
-
-
-def stable_key(*parts: object) -> int:
-    """A 64-bit key from arbitrary parts, stable across processes (unlike hash())."""
-    text = "\x1f".join(str(p) for p in parts).encode()
-    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big")
-
-
-def parse_hhmm(text: str) -> int:
-    """'HH:MM' -> minutes since midnight; ValueError for anything else."""
-    m = _HHMM.match(text)
-    if m is None:
-        raise ValueError(f"expected HH:MM, got {text!r}")
-    return int(m.group(1)) * 60 + int(m.group(2))
-
 
 def simulated_seconds(now: datetime, speed: float) -> float:
     """Simulated time: the wall clock scaled by speed (naive datetimes are taken as UTC)."""
     if now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
     return now.timestamp() * speed
-
-
-@dataclass(frozen=True)
-class BoundingBox:
-    south: float
-    west: float
-    north: float
-    east: float
-
-    def point(self, lat_frac: float, lng_frac: float) -> tuple[float, float]:
-        """A venue's position, kept as fractions of the box, placed into this box."""
-        lat = self.south + lat_frac * (self.north - self.south)
-        lng = self.west + lng_frac * (self.east - self.west)
-        return round(lat, 6), round(lng, 6)
-
-
-DEFAULT_BBOX = BoundingBox(*DEFAULT_BBOX_TUPLE)
 
 
 @dataclass(frozen=True)
@@ -153,28 +89,6 @@ class TimeWindow:
 
     def contains(self, minute: int) -> bool:
         return self.first_minute <= minute <= self.last_minute
-
-
-@dataclass(frozen=True)
-class Venue:
-    venue_id: int
-    name: str
-    url_slug: str
-    neighborhood: str
-    price_range_id: int
-    lat_frac: float
-    lng_frac: float
-    min_party_size: int
-    max_party_size: int
-    seating_types: tuple[str, ...]
-    first_minute: int
-    key: int
-
-    def seats(self, party_size: int) -> bool:
-        return self.min_party_size <= party_size <= self.max_party_size
-
-    def config_id(self, seating_type: str) -> int:
-        return config_id(self.key, seating_type)
 
 
 class Slot(NamedTuple):
@@ -214,96 +128,10 @@ class VenueAvailability:
     slots: tuple[Slot, ...]
 
 
-@dataclass(frozen=True)
-class ScriptedSlot:
-    time: str
-    seating_type: str = "Dining Room"
-    party_sizes: tuple[int, ...] = (2, 4)
-
-    def __post_init__(self) -> None:
-        parse_hhmm(self.time)
-        if not self.party_sizes or any(p < 1 for p in self.party_sizes):
-            raise ValueError(f"party_sizes must be positive, got {self.party_sizes!r}")
-
-    @property
-    def minute(self) -> int:
-        return parse_hhmm(self.time)
-
-
-@dataclass(frozen=True)
-class ScriptedVenue:
-    venue_id: int
-    name: str
-    slots: list[ScriptedSlot] = field(default_factory=list)
-
-
-def _slugify(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-
-
-@functools.lru_cache(maxsize=65_536)
-def config_id(venue_key: int, seating_type: str) -> int:
-    """Stable per venue and seating type, like a real table configuration (cached: hot path)."""
-    return 100_000 + mix64(venue_key ^ stable_key("config", seating_type)) % 900_000
-
-
 def template_id(venue_key: int, sim_t: float) -> int:
     """Rotates every TEMPLATE_PERIOD_S of simulated time, so raw tokens are not identities."""
     period = math.floor(sim_t / TEMPLATE_PERIOD_S)
-    return 1_000_000 + mix64(venue_key ^ mix64(period & _MASK64)) % 9_000_000
-
-
-def _generate_venues(count: int, seed: int) -> tuple[Venue, ...]:
-    rng = random.Random(seed)
-    ids = sorted(rng.sample(range(1_000, 1_000 + max(100_000, count * 10)), count))
-    combos = [f"{a} {b}" for a in _NAME_FIRST for b in _NAME_SECOND]
-    rng.shuffle(combos)
-    return tuple(_random_venue(rng, seed, vid, combos, i) for i, vid in enumerate(ids))
-
-
-def _random_venue(rng: random.Random, seed: int, venue_id: int, combos: list[str], i: int) -> Venue:
-    name = combos[i % len(combos)]
-    if i >= len(combos):
-        name = f"{name} No. {i // len(combos) + 1}"
-    first = "Dining Room" if rng.random() < 0.85 else "Bar"
-    seatings: tuple[str, ...] = (first,)
-    if rng.random() < 0.4:
-        seatings += (rng.choice([s for s in _EXTRA_SEATINGS if s != first]),)
-    return Venue(
-        venue_id=venue_id,
-        name=name,
-        url_slug=f"{_slugify(name)}-{venue_id}" if i >= len(combos) else _slugify(name),
-        neighborhood=rng.choice(_NEIGHBORHOODS),
-        price_range_id=rng.choices((1, 2, 3, 4), weights=(1, 4, 4, 2))[0],
-        lat_frac=rng.uniform(0.02, 0.98),
-        lng_frac=rng.uniform(0.02, 0.98),
-        min_party_size=1 if rng.random() < 0.7 else 2,
-        max_party_size=rng.choices((2, 4, 6, 8), weights=(1, 3, 4, 2))[0],
-        seating_types=seatings,
-        first_minute=FIRST_SLOT_MINUTE if rng.random() < 0.6 else DINNER_FIRST_MINUTE,
-        key=stable_key("venue", seed, venue_id),
-    )
-
-
-def scripted_venue_info(seed: int, scripted: ScriptedVenue) -> Venue:
-    """Plausible metadata for a scripted venue, derived from its id so it is stable."""
-    key = stable_key("venue", seed, scripted.venue_id)
-    sizes = [p for s in scripted.slots for p in s.party_sizes] or [2]
-    seatings = tuple(dict.fromkeys(s.seating_type for s in scripted.slots)) or ("Dining Room",)
-    return Venue(
-        venue_id=scripted.venue_id,
-        name=scripted.name,
-        url_slug=_slugify(scripted.name) or str(scripted.venue_id),
-        neighborhood=_NEIGHBORHOODS[mix64(key ^ 1) % len(_NEIGHBORHOODS)],
-        price_range_id=1 + mix64(key ^ 2) % 4,
-        lat_frac=0.02 + 0.96 * _unit(key ^ 3),
-        lng_frac=0.02 + 0.96 * _unit(key ^ 4),
-        min_party_size=min(sizes),
-        max_party_size=max(sizes),
-        seating_types=seatings,
-        first_minute=min((s.minute for s in scripted.slots), default=FIRST_SLOT_MINUTE),
-        key=key,
-    )
+    return 1_000_000 + mix64(venue_key ^ mix64(period & MASK64)) % 9_000_000
 
 
 def _slot_key(venue_key: int, day_ordinal: int, minute: int, seating: int, party: int) -> int:
@@ -323,7 +151,7 @@ def slot_state(slot_key: int, minute: int, t: int) -> tuple[bool, int, int]:
     u_phase = ((slot_key >> 42) & 0x1FFFFF) / 0x200000
     length = l_lo * l_ratio**u_len
     period = math.floor(t / length + u_phase)
-    is_open = mix64(slot_key ^ (period & _MASK64)) < (p_lo + p_span * u_p) * 2.0**64
+    is_open = mix64(slot_key ^ (period & MASK64)) < (p_lo + p_span * u_p) * 2.0**64
     first = math.ceil((period - u_phase) * length) + 1
     last = math.floor((period + 1 - u_phase) * length) - 1
     return is_open, first, last
@@ -378,7 +206,7 @@ class AvailabilityModel:
             raise ValueError("speed must be > 0")
         self.seed = seed
         self.speed = speed
-        self.venues: tuple[Venue, ...] = _generate_venues(venue_count, seed)
+        self.venues: tuple[Venue, ...] = generate_venues(venue_count, seed)
         self._memo_lock = threading.Lock()
         self._memo: dict[tuple[int, int], list[_VenueDay | None]] = {}
         # The pages of one poll ask the same question within milliseconds; answer it once.

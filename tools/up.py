@@ -17,6 +17,7 @@ import signal
 import socket
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -24,11 +25,12 @@ from rich.live import Live
 from sqlalchemy import Engine
 
 from shared.db import migrate
+from shared.db.buckets import market_today
 from shared.db.engine import unavailable_as_error
 from shared.errors import DropwatchError
 from shared.settings import Settings, load_settings
 from shared.startup import started
-from tools.stack import guard, ready, view
+from tools.stack import guard, ready, seeded, view
 from tools.stack.children import Stack
 
 LOCAL_HOST = "127.0.0.1"
@@ -112,7 +114,10 @@ def run_up(free_ports: bool = False, plain: bool = False) -> int:
                     migrate.upgrade(up.engine)
                 out.say(f"[green]PostgreSQL[/] ready: {settings.display_database_url()} (migrated)")
                 env = _child_env(settings, up.url, host)
-                checks = _start_services(stack, ports, env, host, provider)
+                world: list[str] = []
+                if provider == "simulator":
+                    world = _seeded_world(up.engine, settings, data_dir / "world.json")
+                checks = _start_services(stack, ports, env, host, provider, world)
                 if ready.wait_ready(checks, stack, stop):
                     _say_ready(out, stack, ports, host)
                     _watch(up.engine, stack, stop, plain or not out.console.is_terminal, out)
@@ -125,8 +130,20 @@ def run_up(free_ports: bool = False, plain: bool = False) -> int:
     return 0
 
 
+def _seeded_world(engine: Engine, settings: Settings, path: Path) -> list[str]:
+    """The simulator's `--world` arguments: the database's live open slots (seeded venues'
+    among them stay open until the simulator's model closes them)."""
+    count = seeded.export_world(engine, market_today(settings.zone), path)
+    return ["--world", str(path)] if count else []
+
+
 def _start_services(
-    stack: Stack, ports: Ports, env: dict[str, str], host: str, provider: str
+    stack: Stack,
+    ports: Ports,
+    env: dict[str, str],
+    host: str,
+    provider: str,
+    world: list[str],
 ) -> list[ready.Check]:
     """Simulator (unless the real Resy is asked for), poller and feed, in that order; the
     health checks that must pass before the stack is ready."""
@@ -137,7 +154,7 @@ def _start_services(
         sim = stack.start(
             "simulator",
             url,
-            ["tools.simulator", "--host", host, "--port", str(ports.simulator)],
+            ["tools.simulator", "--host", host, "--port", str(ports.simulator), *world],
             env,
         )
         health = ready.Check(sim.name, "GET /_sim/health", ready.http_ok(f"{url}/_sim/health"))
@@ -147,6 +164,9 @@ def _start_services(
         # baselines form and drops show up within a minute.
         env.setdefault("DROPWATCH_REQUESTS_PER_SECOND", "100")
         env.setdefault("DROPWATCH_COOLDOWN_SECONDS", "8")
+        # A seeded world can have thousands of venues open in one bucket: room for them all.
+        env.setdefault("DROPWATCH_PER_PAGE", "200")
+        env.setdefault("DROPWATCH_MAX_PAGES", "50")
     poller = stack.start(
         "poller",
         f"metrics {at}:{ports.poller_metrics}, health {at}:{ports.poller_health}",

@@ -12,8 +12,10 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 from tools.simulator.server import Simulator
+from tools.simulator.world import World
 
 # Simulated minutes per real minute for local runs. At speed 1 the 300-venue model already
 # changes a few hundred slot states a minute across 28 buckets x 2 party sizes; 5 keeps the
@@ -34,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=7, help="seed of the availability model")
     parser.add_argument("--api-key", default=None, help="require this Resy API key")
     parser.add_argument(
+        "--world", type=Path, default=None, help="JSON of a seeded database's open drops to carry"
+    )
+    parser.add_argument(
         "--speed",
         type=float,
         default=DEFAULT_SPEED,
@@ -53,11 +58,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        sim = Simulator(venues=args.venues, seed=args.seed, api_key=args.api_key, speed=args.speed)
+        world = World.load(args.world, args.seed) if args.world else None
+        sim = Simulator(
+            venues=args.venues, seed=args.seed, api_key=args.api_key, speed=args.speed, world=world
+        )
         url = sim.start(host=args.host, port=args.port)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, KeyError) as exc:
         print(f"simulator: {exc}", file=sys.stderr)
         return 2
+    if sim.world is not None:
+        log.info(
+            "carrying %d open slots of %d seeded venues", len(sim.world), len(sim.world.venues)
+        )
     log.info("simulator listening on %s", url)
     try:
         stop.wait()

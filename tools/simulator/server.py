@@ -30,6 +30,7 @@ from tools.simulator.search import (
     render_search,
 )
 from tools.simulator.transport import Handler, HTTPServer, Response, error_response, json_response
+from tools.simulator.world import World, merge
 
 __all__ = ["Response", "ScriptedSlot", "ScriptedVenue", "Simulator"]
 
@@ -64,11 +65,16 @@ class Simulator:
         api_key: str | None = None,
         speed: float = 1.0,
         clock: Callable[[], datetime] | None = None,
+        world: World | None = None,
     ) -> None:
         self.model = AvailabilityModel(venues, seed, speed)
         self.faults = FaultPlan()
         self._api_key = api_key
         self._clock = clock or (lambda: datetime.now(UTC))
+        # A seeded database's open drops (see world.py); the model's own venues keep theirs.
+        self.world = world.without({v.venue_id for v in self.model.venues}) if world else None
+        if self.world is not None:
+            self.world.started = self.model.sim_seconds(self._clock())
         self._lock = threading.Lock()
         self._scripted: dict[date, tuple[ScriptedVenue, ...]] = {}
         self._request_count = 0
@@ -231,7 +237,11 @@ class Simulator:
             scripted = self._scripted.get(query.day)
         now = self._clock()
         if scripted is None:
-            return self.model.search(query.day, query.party_size, query.window, now)
+            found = self.model.search(query.day, query.party_size, query.window, now)
+            if self.world is None:
+                return found
+            t = self.model.sim_seconds(now)
+            return merge(found, self.world.search(query.day, query.party_size, query.window, t))
         seed, speed = self.model.seed, self.model.speed
         return scripted_search(
             seed, speed, scripted, query.day, query.party_size, query.window, now

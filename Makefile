@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-quick lint typecheck proto proto-check buf-lint imports pytest test-db bench clean
+.PHONY: help install run test test-quick lint typecheck proto proto-check buf-lint imports pytest test-db bench hunt clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ pytest: $(STAMP)
 
 test-db: $(STAMP) ## only the database tests (CI reruns them against DROPWATCH_DATABASE_URL)
 	$(BIN)/python -m pytest -m db
+
+hunt: $(STAMP) ## the model-based tests, long run (DROPWATCH_HUNT_EXAMPLES=N sets the size)
+	DROPWATCH_HUNT=1 $(BIN)/python -m pytest tests/poller/test_hunt.py -q -p no:cacheprovider
 
 clean: ## remove the venv and local state (.dropwatch holds make run's database)
 	rm -rf $(VENV) .dropwatch .mypy_cache .ruff_cache .pytest_cache

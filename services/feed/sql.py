@@ -56,7 +56,16 @@ def _filters(alias: str, query: FeedQuery) -> list[str]:
         f"{a}.opened_at <= :snapshot",
         f"({a}.xact_id IS NULL OR {a}.xact_id < CAST(:horizon AS xid8))",
     ]
-    if query.kind == JUST_OPENED:
+    if query.party_sizes:
+        # Per requested size: a size added to an open slot (SIZE_OPEN) opened then, for parties
+        # of that size; NULL = since the slot opened (docs/architecture.md, The poller).
+        recent = (
+            f"EXISTS (SELECT 1 FROM unnest({a}.party_sizes, {a}.size_opened_at) AS p(size, at)"
+            f" WHERE p.size = ANY(CAST(:sizes AS smallint[]))"
+            f" AND coalesce(p.at, {a}.opened_at) >= :window_edge)"
+        )
+        clauses.append(recent if query.kind == JUST_OPENED else f"NOT {recent}")
+    elif query.kind == JUST_OPENED:
         clauses.append(f"{a}.opened_at >= :window_edge")
     else:
         clauses.append(f"{a}.opened_at < :window_edge")

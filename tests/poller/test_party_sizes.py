@@ -9,12 +9,17 @@ import datetime as dt
 
 import psycopg
 import pytest
+from google.protobuf.message import Message
 from sqlalchemy import Engine, text
 
+from services.feed import sql as feed_sql
+from services.feed.paging import Boundary
+from services.feed.request import from_just_opened, from_still_open
 from services.poller.poll import PollContext
 from services.poller.slots import parse_local_start
 from shared.db.contracts import FEED_CHANNEL
 from shared.db.urls import libpq_url
+from shared.gen.dropwatch.feed.v1 import feed_pb2
 from tests.poller.conftest import Clock, poll_scripted
 from tests.poller.helpers import TODAY, events
 from tests.poller.scripted import FORMATS, ZONE, ScriptedResy, slot_key
@@ -123,3 +128,44 @@ async def test_one_unreadable_start_time_fails_the_whole_fetch(
     assert await poll_scripted(sctx, resy, BUCKET) == "unparseable_start"
     assert events(engine, BUCKET) == []
     assert sctx.metrics.fetch_outcomes.labels("unparseable_start")._value.get() == 1
+
+
+def feed_slots(engine: Engine, request: Message, at: dt.datetime) -> set[str]:
+    """Slot ids the feed's list query returns for `request` at boundary `at`."""
+    query = (
+        from_just_opened(request)
+        if isinstance(request, feed_pb2.JustOpenedRequest)
+        else from_still_open(request)
+    )
+    values = feed_sql.params(query, TODAY, Boundary(at, 2**62), None)
+    with engine.connect() as conn:
+        rows = conn.execute(text(feed_sql.build_sql(query, keyset=False)), values)
+        return {r.slot_id for r in rows}
+
+
+async def test_the_feed_shows_a_size_that_just_opened_to_that_size_only(
+    sctx: PollContext, engine: Engine, resy: ScriptedResy, clock: Clock
+) -> None:
+    resy.slots = {(1, "19:00"): {2, 4}}
+    await baselined(sctx, resy, clock)
+    x = slot_key(2, "19:30")
+    resy.slots[(2, "19:30")] = {2}
+    await poll_scripted(sctx, resy, BUCKET)
+    clock.tick(3600)  # long open for parties of 2 ...
+    resy.slots[(2, "19:30")] = {2, 4}  # ... and just now for parties of 4
+    await poll_scripted(sctx, resy, BUCKET)
+    at = clock.tick()
+    age = 900
+
+    def just(*sizes: int) -> set[str]:
+        f = feed_pb2.FeedFilter(party_sizes=list(sizes))
+        return feed_slots(engine, feed_pb2.JustOpenedRequest(filter=f, max_age_seconds=age), at)
+
+    def still(*sizes: int) -> set[str]:
+        f = feed_pb2.FeedFilter(party_sizes=list(sizes))
+        return feed_slots(engine, feed_pb2.StillOpenRequest(filter=f, min_age_seconds=age), at)
+
+    assert (x in just(4), x in still(4)) == (True, False)
+    assert (x in just(2), x in still(2)) == (False, True)
+    assert (x in just(2, 4), x in still(2, 4)) == (True, False)  # just opened for one of them
+    assert (x in just(), x in still()) == (False, True)  # no size asked: the slot's own opening

@@ -8,7 +8,7 @@ WHERE o.drop_event_id IS NOT NULL
   AND o.slot_date >= :today
   AND o.opened_at <= :snapshot
   AND (o.xact_id IS NULL OR o.xact_id < CAST(:horizon AS xid8))
-  AND o.opened_at >= :window_edge
+  AND EXISTS (SELECT 1 FROM unnest(o.party_sizes, o.size_opened_at) AS p(size, at) WHERE p.size = ANY(CAST(:sizes AS smallint[])) AND coalesce(p.at, o.opened_at) >= :window_edge)
   AND o.slot_date = ANY(:dates)
   AND o.party_sizes && CAST(:sizes AS smallint[])
   AND o.slot_time >= :time_from
@@ -24,7 +24,7 @@ WHERE o.drop_event_id IS NOT NULL
       AND n.slot_date >= :today
       AND n.opened_at <= :snapshot
       AND (n.xact_id IS NULL OR n.xact_id < CAST(:horizon AS xid8))
-      AND n.opened_at >= :window_edge
+      AND EXISTS (SELECT 1 FROM unnest(n.party_sizes, n.size_opened_at) AS p(size, at) WHERE p.size = ANY(CAST(:sizes AS smallint[])) AND coalesce(p.at, n.opened_at) >= :window_edge)
       AND n.slot_date = ANY(:dates)
       AND n.party_sizes && CAST(:sizes AS smallint[])
       AND n.slot_time >= :time_from

@@ -6,8 +6,6 @@ import json
 import logging
 import os
 import socket
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import pytest
 
 from shared.errors import DropwatchError
 from shared.logs import configure_logging
-from tests.conftest import REPO_ROOT
+from tests.cli.test_cli import _dropwatch, _env
 from tools.stack import guard, ready
 from tools.stack.children import Stack
 from tools.stack.logs import LogPump, RotatingLog
@@ -36,17 +34,8 @@ def test_a_taken_port_is_named_with_its_holder() -> None:
 
 
 def test_a_second_up_in_the_same_folder_says_one_is_running(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DROPWATCH_")}
-    env["DROPWATCH_DATA_DIR"] = str(tmp_path)
     with guard.one_stack(tmp_path):
-        second = subprocess.run(
-            [sys.executable, "-m", "cli.main", "up", "--free-ports", "--plain"],
-            cwd=REPO_ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        second = _dropwatch("up", "--free-ports", env=_env(DROPWATCH_DATA_DIR=str(tmp_path)))
     assert second.returncode == 2
     assert "already running from this folder" in second.stderr
     assert f"pid {os.getpid()}" in second.stderr

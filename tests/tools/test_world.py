@@ -37,7 +37,7 @@ def test_carried_slots_stay_open_until_the_model_closes_them() -> None:
     ):
         carried = {s for s in all_slot_ids(client, day=DAY) if s[0] == 5}
         assert len(carried) == 4 and {s[2] for s in carried} == {"Bar"}
-        assert any(s[0] != 5 for s in all_slot_ids(client, day=DAY))  # the model's own, too
+        assert {s[0] for s in all_slot_ids(client, day=DAY)} == {5}  # the seeded world alone
         clock.advance(minutes=1)  # (fixed clock and seed: no period of theirs ends this soon)
         assert {s for s in all_slot_ids(client, day=DAY) if s[0] == 5} == carried
         clock.advance(days=3)  # every first period is over: the model's odds rule now
@@ -53,9 +53,9 @@ def test_the_models_own_venues_are_not_carried() -> None:
     rows = [{"venue_id": own.venue_id, "name": "Imposter"}]
     world = World.from_rows(7, rows, [[own.venue_id, DAY.isoformat(), "19:00", "Bar", [2]]])
     sim = Simulator(venues=300, seed=7, clock=FakeClock(), world=world)
-    assert sim.world is not None and len(sim.world) == 0
-    found = sim.world.search(DAY, 2, TimeWindow.around("19:00"), sim.model.sim_seconds(NOW))
-    assert found == ()
+    assert sim.world is None  # the model's own state governs its venues
+    found = sim.model.search(DAY, 2, TimeWindow.around("19:00"), NOW)
+    assert all(f.venue.name != "Imposter" for f in found)
 
 
 async def test_a_seeded_database_keeps_its_open_drops_when_polled(
@@ -94,6 +94,7 @@ async def test_a_seeded_database_keeps_its_open_drops_when_polled(
             open_before
         )
         clock.advance(days=4)  # past every carried slot's first period
-        [outcome] = await poll_once(poller, db_url, bucket)
+        await poll_once(poller, db_url, bucket)  # so few left: held as a suspected soft block
+        [outcome] = await poll_once(poller, db_url, bucket)  # confirmed
         assert outcome.applied, outcome
         assert seeded(closed) > history

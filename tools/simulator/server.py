@@ -30,7 +30,7 @@ from tools.simulator.search import (
     render_search,
 )
 from tools.simulator.transport import Handler, HTTPServer, Response, error_response, json_response
-from tools.simulator.world import World, merge
+from tools.simulator.world import World
 
 __all__ = ["Response", "ScriptedSlot", "ScriptedVenue", "Simulator"]
 
@@ -71,8 +71,10 @@ class Simulator:
         self.faults = FaultPlan()
         self._api_key = api_key
         self._clock = clock or (lambda: datetime.now(UTC))
-        # A seeded database's open drops (see world.py); the model's own venues keep theirs.
-        self.world = world.without({v.venue_id for v in self.model.venues}) if world else None
+        # A seeded database's world (see world.py) replaces the model's venues when it has
+        # venues of its own; what it carries of the model's venues is the model's to decide.
+        carried = world.without({v.venue_id for v in self.model.venues}) if world else None
+        self.world = carried if carried is not None and carried.venues else None
         if self.world is not None:
             self.world.started = self.model.sim_seconds(self._clock())
         self._lock = threading.Lock()
@@ -237,11 +239,10 @@ class Simulator:
             scripted = self._scripted.get(query.day)
         now = self._clock()
         if scripted is None:
-            found = self.model.search(query.day, query.party_size, query.window, now)
             if self.world is None:
-                return found
+                return self.model.search(query.day, query.party_size, query.window, now)
             t = self.model.sim_seconds(now)
-            return merge(found, self.world.search(query.day, query.party_size, query.window, t))
+            return self.world.search(query.day, query.party_size, query.window, t)
         seed, speed = self.model.seed, self.model.speed
         return scripted_search(
             seed, speed, scripted, query.day, query.party_size, query.window, now

@@ -3,8 +3,10 @@ one world.
 
 `dropwatch seed` writes drops for venues the simulator's model does not have. Without them in
 the simulator, the first polls of `make run` would close every seeded drop within seconds.
-`make run` therefore exports the live open slots of such venues (`dropwatch up` writes
-`.dropwatch/world.json`) and the simulator offers them as well: each stays open until the end of
+`make run` therefore exports the database's live open slots (`dropwatch up` writes
+`.dropwatch/world.json`); when some belong to venues the model does not have, the simulator
+serves that world instead of its generated venues (which, in buckets the seed marked as
+polled, would all look like new drops at once). Each carried slot stays open until the end of
 the model period it is in when the simulator starts, and from then on follows the model's rule
 for a slot of its own (closed in most periods, open again now and then). A seeded venue's
 other slots stay sold out, so the seeded world does not grow.
@@ -113,12 +115,3 @@ def _venue(seed: int, row: dict[str, Any], seatings: tuple[str, ...]) -> Venue:
         first_minute=FIRST_SLOT_MINUTE,
         key=key,
     )
-
-
-def merge(
-    model: tuple[VenueAvailability, ...], world: tuple[VenueAvailability, ...]
-) -> tuple[VenueAvailability, ...]:
-    """Both answers as one, ordered by venue id like the model's."""
-    if not world:
-        return model
-    return tuple(sorted(model + world, key=lambda found: found.venue.venue_id))

@@ -42,7 +42,7 @@ FORMATS: dict[str, Callable[[dt.datetime], str]] = {
     "offset": lambda t: t.replace(tzinfo=ZONE).isoformat(),
     "utc": lambda t: t.replace(tzinfo=ZONE).astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
 }
-FAULTS = ("server_error", "timeout", "bad_time")
+FAULTS = ("server_error", "timeout", "bad_time", "missing_page")
 
 
 def slot_key(venue: int, hhmm: str, day: dt.date = TODAY) -> str:
@@ -61,6 +61,7 @@ class ScriptedResy:
     all_empty: bool = False
     time_format: str = "space"
     fault: str | None = None  # fires on every request of the next poll, then clears
+    fired: bool = False  # did the fault change an answer (missing_page needs a second page)?
     requests: int = 0
 
     def transport(self) -> httpx.MockTransport:
@@ -68,6 +69,7 @@ class ScriptedResy:
 
     def _answer(self, request: httpx.Request) -> httpx.Response:
         self.requests += 1
+        self.fired = self.fired or self.fault in ("server_error", "timeout", "bad_time")
         if self.fault == "server_error":
             return httpx.Response(500, json={"message": "boom"})
         if self.fault == "timeout":

@@ -9,7 +9,6 @@ import datetime as dt
 
 import psycopg
 import pytest
-from google.protobuf.message import Message
 from sqlalchemy import Engine, text
 
 from services.feed import sql as feed_sql
@@ -130,13 +129,16 @@ async def test_one_unreadable_start_time_fails_the_whole_fetch(
     assert sctx.metrics.fetch_outcomes.labels("unparseable_start")._value.get() == 1
 
 
-def feed_slots(engine: Engine, request: Message, at: dt.datetime) -> set[str]:
+def feed_slots(
+    engine: Engine,
+    request: feed_pb2.JustOpenedRequest | feed_pb2.StillOpenRequest,
+    at: dt.datetime,
+) -> set[str]:
     """Slot ids the feed's list query returns for `request` at boundary `at`."""
-    query = (
-        from_just_opened(request)
-        if isinstance(request, feed_pb2.JustOpenedRequest)
-        else from_still_open(request)
-    )
+    if isinstance(request, feed_pb2.JustOpenedRequest):
+        query = from_just_opened(request)
+    else:
+        query = from_still_open(request)
     values = feed_sql.params(query, TODAY, Boundary(at, 2**62), None)
     with engine.connect() as conn:
         rows = conn.execute(text(feed_sql.build_sql(query, keyset=False)), values)

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
 import socket
 import threading
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
+from rich.console import Console
+from sqlalchemy import Engine
 
+from shared.db.engine import make_async_engine
 from shared.errors import DropwatchError
 from shared.logs import configure_logging
+from shared.settings import Settings
 from tests.cli.test_cli import _dropwatch, _env
-from tools.stack import guard, ready
+from tests.seeding import Seeder, SeedSlot
+from tools.stack import guard, ready, view
 from tools.stack.children import Stack
 from tools.stack.logs import LogPump, RotatingLog
 
@@ -121,3 +128,23 @@ def test_http_client_request_lines_stay_out_of_the_logs() -> None:
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
+
+
+async def test_the_live_view_shows_market_time(engine: Engine, db_url: str) -> None:
+    today = dt.datetime.now(dt.UTC).date()
+    opened = dt.datetime.combine(today, dt.time(17, 0, 5), dt.UTC)  # 12:00:05 in New York
+    async_engine = make_async_engine(Settings(), name="seed", url=db_url)
+    try:
+        seeder = Seeder(async_engine, today)
+        await seeder.setup()
+        await seeder.open([SeedSlot(9, today, "19:15", party_sizes=(2,))], at=opened)
+    finally:
+        await async_engine.dispose()
+    zone = ZoneInfo("America/New_York")
+    snap = view.snapshot(engine, zone)
+    assert snap.drops[0][:2] == ("NEW_DROP", opened.astimezone(zone).strftime("%H:%M:%S"))
+    assert snap.drops[0][1] != opened.strftime("%H:%M:%S")
+    assert f"at {snap.drops[0][1]}" in snap.line()
+    console = Console(width=200, record=True)
+    console.print(view.render([], snap, zone))
+    assert "market time (America/New_York)" in console.export_text()

@@ -158,3 +158,30 @@ def test_bench_writes_the_report_its_points_and_charts(tmp_path: Path) -> None:
 def test_bench_rejects_unknown_names() -> None:
     result = _dropwatch("bench", "nonsense", env=_env())
     assert result.returncode == 2 and "unknown benchmark" in result.stderr
+
+
+def test_serve_refuses_a_port_another_grpc_server_holds(db_url: str) -> None:
+    """gRPC servers share a port by default (SO_REUSEPORT): a second feed would split the
+    calls with the first one instead of failing."""
+    from concurrent import futures
+
+    import grpc
+
+    holder = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    port = holder.add_insecure_port("127.0.0.1:0")
+    holder.start()
+    try:
+        result = _dropwatch(
+            "serve",
+            "feed",
+            "--port",
+            str(port),
+            "--metrics-port",
+            "0",
+            env=_env(DROPWATCH_DATABASE_URL=db_url, DROPWATCH_BIND_HOST="127.0.0.1"),
+            timeout=30,
+        )
+    finally:
+        holder.stop(None)
+    assert result.returncode != 0
+    assert "bind" in result.stderr.lower()

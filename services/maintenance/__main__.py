@@ -1,7 +1,8 @@
 """`python -m services.maintenance run [--now ISO-8601]`: the daily CronJob.
 
 Exit 0 on success (also when another run holds the lock), non-zero on failure so the Job's
-backoff retries; one JSON line on stdout summarises the run.
+backoff retries (2 for a `--now` ahead of the database clock); one JSON line on stdout
+summarises the run, including what it skipped and why.
 """
 
 from __future__ import annotations
@@ -51,7 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.maintenance")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="aggregate, prune and slide the bucket window once")
-    p.add_argument("--now", help="pretend it is this ISO-8601 time (with offset)")
+    p.add_argument(
+        "--now",
+        help="date the run at this ISO-8601 time (with offset): back as far as wanted, ahead of"
+        " the database clock by DROPWATCH_MAX_CLOCK_SKEW_SECONDS at most",
+    )
     args = parser.parse_args(argv)
     return exit_code("maintenance", lambda: run_once(parse_now(args.now)), _report_failure)
 

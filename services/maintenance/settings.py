@@ -15,3 +15,5 @@ class MaintenanceSettings(Settings):
     pushgateway_url: str | None = Field(default=None, description="Prometheus Pushgateway.")
     pushgateway_job: str = Field(default="dropwatch_maintenance")
     db_statement_timeout_ms: int = Field(default=600_000, ge=0, le=3_600_000)
+    # How far ahead of the database clock a --now may be (clock skew); beyond, it is refused.
+    max_clock_skew_seconds: int = Field(default=300, ge=0, le=3600)

@@ -3,7 +3,9 @@
 Every aggregate is computed inside PostgreSQL (`INSERT ... SELECT ... GROUP BY ... ON CONFLICT
 DO UPDATE`), so the job's memory does not grow with the number of events. A day's figures are
 always recomputed from *all* of that day's events and replace what was there, which makes a
-rerun idempotent: it cannot double count. The statements that read one day's partition are
+rerun idempotent: it cannot double count. `day_figures` records how many events the stored
+figures count and when they became final (the partition dropped), so `run.py` can refuse to
+replace them with figures from fewer events. The statements that read one day's partition are
 built for it (`partition` is a name made from a date, never from input). `store.py` runs them.
 """
 
@@ -92,9 +94,23 @@ def lock_partition(day: dt.date) -> TextClause:
     return text(f"LOCK TABLE {partition_name(day)} IN SHARE MODE")
 
 
-AGGREGATED_COUNT = text(
-    "SELECT coalesce(sum(new_drop_count + closed_count), 0) FROM venue_metrics"
-    " WHERE window_date = :day"
+# The database's clock is the real one (a CronJob's node clock or a --now can be wrong).
+DATABASE_NOW = text("SELECT now()")
+
+DAY_FIGURES = text("SELECT event_count, final_at FROM day_figures WHERE window_date = :day")
+
+RECORD_DAY = text(
+    """
+INSERT INTO day_figures AS f (window_date, event_count, aggregated_at)
+VALUES (:day, :events, now())
+ON CONFLICT (window_date) DO UPDATE SET event_count = excluded.event_count, aggregated_at = now()
+WHERE f.final_at IS NULL AND excluded.event_count >= f.event_count
+"""
+)
+
+FINALIZE_DAY = text(
+    "UPDATE day_figures SET final_at = now()"
+    " WHERE window_date = :day AND event_count = :events AND final_at IS NULL"
 )
 
 DELETE_ROLLING = text("DELETE FROM venue_rolling_metrics WHERE as_of_date = :d")

@@ -1,37 +1,77 @@
 """The maintenance job's database layer: runs the statements of `sql.py`. Never commits.
 
-`run.py` owns the transactions: one per day aggregated or dropped, one per other step.
+`run.py` owns the transactions (one per day aggregated or dropped, one per other step) and
+decides what to do with each day; these functions only read and write.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 
 from sqlalchemy import Connection
 
 from services.maintenance import sql
+from shared.db.partitions import drop_partition
+from shared.errors import DropwatchError
+
+
+class FiguresGuardError(DropwatchError):
+    """A write would have replaced final figures, or figures from more events."""
+
+
+@dataclass(frozen=True)
+class DayState:
+    """One day with a partition, as seen under its SHARE lock."""
+
+    day: dt.date
+    events: int  # in the partition now
+    counted: int | None  # events the stored figures count (None: no figures yet)
+    final_at: dt.datetime | None  # the figures are final (the partition was dropped)
+
+
+def database_now(conn: Connection) -> dt.datetime:
+    moment = conn.execute(sql.DATABASE_NOW).scalar_one()
+    assert isinstance(moment, dt.datetime)
+    return moment
+
+
+def day_state(conn: Connection, day: dt.date) -> DayState:
+    """Lock the day's partition against late writers (until commit) and read where it stands."""
+    conn.execute(sql.lock_partition(day))
+    events = event_count(conn, day)
+    row = conn.execute(sql.DAY_FIGURES, {"day": day}).one_or_none()
+    if row is None:
+        return DayState(day, events, None, None)
+    return DayState(day, events, int(row.event_count), row.final_at)
 
 
 def aggregate_day(conn: Connection, day: dt.date, *, market: str, zone: str) -> int:
-    """(Re)compute venue and market figures of one past day; return its event count."""
+    """(Re)compute venue and market figures of one past day and record how many events they
+    count; return that count. Under the partition's SHARE lock, so figures and count agree.
+
+    The record refuses to replace final figures or figures of more events; the caller's
+    transaction then rolls back with the figures it wrote (`FiguresGuardError`).
+    """
+    conn.execute(sql.lock_partition(day))
     params = {"day": day, "market": market, "zone": zone}
     for statement in sql.day_aggregates(day):
         conn.execute(statement, params)
-    return event_count(conn, day)
+    events = event_count(conn, day)
+    if conn.execute(sql.RECORD_DAY, {"day": day, "events": events}).rowcount != 1:
+        raise FiguresGuardError(f"{day}: stored figures are final or count more than {events}")
+    return events
+
+
+def finalize_day(conn: Connection, day: dt.date, events: int) -> None:
+    """Drop the day's partition and mark its figures final, in the caller's transaction."""
+    if conn.execute(sql.FINALIZE_DAY, {"day": day, "events": events}).rowcount != 1:
+        raise FiguresGuardError(f"{day}: figures do not count its {events} events")
+    drop_partition(conn, day)
 
 
 def event_count(conn: Connection, day: dt.date) -> int:
     return int(conn.execute(sql.event_count(day)).scalar_one())
-
-
-def aggregated_count(conn: Connection, day: dt.date) -> int:
-    """How many events the stored venue figures of `day` account for."""
-    return int(conn.execute(sql.AGGREGATED_COUNT, {"day": day}).scalar_one())
-
-
-def lock_partition(conn: Connection, day: dt.date) -> None:
-    """Block late writers to the day while we verify and drop it (held until commit)."""
-    conn.execute(sql.lock_partition(day))
 
 
 def rolling_metrics(conn: Connection, as_of: dt.date, days: int) -> int:

@@ -4,7 +4,9 @@ A partition holds every event of one reservation day, so retention is `DROP TABL
 days (constant cost, no bloat) instead of a row-by-row DELETE. Partitions are created ahead by
 whoever creates buckets (poller start-up and the daily maintenance run). All partition DDL
 takes one advisory lock (`contracts.PARTITION_DDL_LOCK`), so concurrent creators queue
-instead of failing.
+instead of failing. A day whose figures are final (`day_figures.final_at`, set by the
+maintenance run in the transaction that drops the partition) never gets a partition again,
+whatever clock the creator has: its events are gone and new ones would only be lost.
 """
 
 from __future__ import annotations
@@ -32,12 +34,13 @@ def is_partition_name(name: str) -> bool:
 
 
 def ensure_partitions(conn: Connection, days: Iterable[dt.date]) -> list[str]:
-    """Create the partitions for `days` that do not exist yet; return the names created."""
+    """Create the partitions for `days` that do not exist yet and are not final; return the
+    names created."""
     wanted = sorted(set(days))
     if not wanted:
         return []
     transaction_lock(conn, PARTITION_DDL_LOCK)
-    existing = set(list_partitions(conn))
+    existing = set(list_partitions(conn)) | final_days(conn, wanted)
     created = []
     for day in wanted:
         if day in existing:
@@ -46,6 +49,11 @@ def ensure_partitions(conn: Connection, days: Iterable[dt.date]) -> list[str]:
         conn.execute(sql.create_partition(PARENT, name, day))
         created.append(name)
     return created
+
+
+def final_days(conn: Connection, days: Iterable[dt.date]) -> set[dt.date]:
+    """Those of `days` whose figures are final (their partition dropped for good)."""
+    return set(conn.execute(sql.FINAL_DAYS, {"days": list(days)}).scalars())
 
 
 def list_partitions(conn: Connection) -> list[dt.date]:

@@ -24,6 +24,13 @@ PARTITION_NAMES = text(
 )
 
 
+# Days whose figures are final: their partition was dropped and is never created again.
+FINAL_DAYS = text(
+    "SELECT window_date FROM day_figures"
+    " WHERE final_at IS NOT NULL AND window_date = ANY(CAST(:days AS date[]))"
+)
+
+
 def create_partition(parent: str, name: str, day: dt.date) -> TextClause:
     """The partition of `parent` for one day (identifiers and bounds come from dates only)."""
     upper = day + dt.timedelta(days=1)
@@ -43,6 +50,9 @@ ENSURE_BUCKETS = text(
     SELECT b.id, :market, to_char(b.day, 'YYYY-MM-DD'), b.day, b.anchor
     FROM unnest(CAST(:ids AS text[]), CAST(:dates AS date[]), CAST(:slots AS text[]))
          AS b(id, day, anchor)
+    WHERE NOT EXISTS (
+        SELECT 1 FROM day_figures f WHERE f.window_date = b.day AND f.final_at IS NOT NULL
+    )
     ON CONFLICT (bucket_id) DO NOTHING
     """
 )

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import statistics
+import subprocess
+import sys
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -11,7 +14,10 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, Engine, text
 
+from services.maintenance.run import RunSummary, run
+from services.maintenance.settings import MaintenanceSettings
 from shared.db.partitions import ensure_partitions
+from tests.conftest import REPO_ROOT
 
 ZONE = ZoneInfo("America/New_York")
 
@@ -26,14 +32,41 @@ class Ev:
     prime: bool = False
 
 
+def job_env(db_url: str, **extra: str) -> dict[str, str]:
+    """The environment of a maintenance process: no DROPWATCH_* of ours, then `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DROPWATCH_")}
+    env.update(DROPWATCH_DATABASE_URL=db_url, **extra)
+    return env
+
+
+def run_job(db_url: str, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    """`python -m <args>` (a maintenance entry point) to its end, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=REPO_ROOT,
+        env=job_env(db_url, **extra),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def run_at(
+    settings: MaintenanceSettings, engine: Engine, now: dt.datetime, **kw: Any
+) -> RunSummary:
+    """A run whose database clock reads `now` (a day simulated at any date)."""
+    return run(settings, engine, now, clock=lambda: now, **kw)
+
+
 def insert_events(engine: Engine, events: list[Ev]) -> None:
     with engine.begin() as conn:
         ensure_partitions(conn, {e.day for e in events})
         for i, e in enumerate(events):
-            _insert(conn, e, f"k{i}")
+            write_event(conn, e, f"k{i}")
 
 
-def _insert(conn: Connection, e: Ev, key: str) -> None:
+def write_event(conn: Connection, e: Ev, key: str) -> None:
+    """One event as the poller writes it (`key` makes it unique)."""
     anchor = "19:00" if e.prime else "15:00"
     closed = e.opened_at + dt.timedelta(seconds=e.duration) if e.duration is not None else None
     conn.execute(

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import subprocess
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any, ClassVar
@@ -17,11 +14,9 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 from sqlalchemy import Engine, text
 
-from services.maintenance.run import run
 from services.maintenance.settings import MaintenanceSettings
 from shared.db.contracts import MAINTENANCE_RUN_LOCK
 from shared.db.partitions import list_partitions
-from tests.conftest import REPO_ROOT
 from tests.maintenance.helpers import (
     Ev,
     actual_market_metrics,
@@ -29,6 +24,8 @@ from tests.maintenance.helpers import (
     expected_market_metrics,
     expected_venue_metrics,
     insert_events,
+    run_at,
+    run_job,
     table,
 )
 
@@ -68,7 +65,7 @@ def live_buckets(engine: Engine) -> list[str]:
 def test_run_aggregates_past_days_then_drops_them(db_url: str, engine: Engine) -> None:
     events = sample_events()
     insert_events(engine, events)
-    summary = run(msettings(db_url), engine, NOW)
+    summary = run_at(msettings(db_url), engine, NOW)
     assert summary.ran and summary.cutoff == "2026-12-10_15:00"
     assert list(summary.steps) == [
         "aggregate",
@@ -93,7 +90,7 @@ def test_run_aggregates_past_days_then_drops_them(db_url: str, engine: Engine) -
 def test_rolling_metrics(db_url: str, engine: Engine) -> None:
     events = sample_events()
     insert_events(engine, events)
-    run(msettings(db_url), engine, NOW)
+    run_at(msettings(db_url), engine, NOW)
     with engine.connect() as conn:
         rows = {
             r.venue_id: r for r in conn.execute(text("SELECT * FROM venue_rolling_metrics")).all()
@@ -110,9 +107,9 @@ def test_rolling_metrics(db_url: str, engine: Engine) -> None:
 
 def test_rerun_of_a_finished_day_changes_nothing(db_url: str, engine: Engine) -> None:
     insert_events(engine, sample_events())
-    run(msettings(db_url), engine, NOW)
+    run_at(msettings(db_url), engine, NOW)
     before = {t: table(engine, t) for t in ("venue_metrics", "market_metrics")}
-    again = run(msettings(db_url), engine, NOW)
+    again = run_at(msettings(db_url), engine, NOW)
     assert again.steps["aggregate"].rows == 0 and again.steps["prune_events"].rows == 0
     assert {t: table(engine, t) for t in before} == before
 
@@ -133,8 +130,8 @@ def test_crash_after_any_step_then_rerun_equals_a_clean_run(
             raise Crash(name)
 
     with pytest.raises(Crash):
-        run(msettings(db_url), engine, NOW, after_step=crash)
-    run(msettings(db_url), engine, NOW)
+        run_at(msettings(db_url), engine, NOW, checkpoint=crash)
+    run_at(msettings(db_url), engine, NOW)
     assert actual_venue_metrics(engine) == expected_venue_metrics(events, set(PAST))
     assert actual_market_metrics(engine) == expected_market_metrics(events, set(PAST))
     assert len(live_buckets(engine)) == 28
@@ -151,7 +148,7 @@ def test_late_event_after_aggregation_is_counted_before_its_day_is_dropped(
         if name == "aggregate":
             insert_events(engine, [late])
 
-    summary = run(msettings(db_url), engine, NOW, after_step=sneak)
+    summary = run_at(msettings(db_url), engine, NOW, checkpoint=sneak)
     assert summary.steps["prune_events"].detail["reaggregated"] == 1
     assert actual_venue_metrics(engine) == expected_venue_metrics([*events, late], set(PAST))
 
@@ -159,7 +156,7 @@ def test_late_event_after_aggregation_is_counted_before_its_day_is_dropped(
 def test_a_second_concurrent_run_says_so_and_does_nothing(db_url: str, engine: Engine) -> None:
     with engine.connect() as holder:
         holder.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MAINTENANCE_RUN_LOCK})
-        summary = run(msettings(db_url), engine, NOW)
+        summary = run_at(msettings(db_url), engine, NOW)
         holder.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MAINTENANCE_RUN_LOCK})
     assert not summary.ran and "lock" in summary.message
     assert live_buckets(engine) == []
@@ -179,7 +176,7 @@ def test_a_second_concurrent_run_says_so_and_does_nothing(db_url: str, engine: E
 def test_cutoff_is_computed_in_the_market_zone(
     db_url: str, engine: Engine, now: dt.datetime, today: dt.date
 ) -> None:
-    summary = run(msettings(db_url), engine, now)
+    summary = run_at(msettings(db_url), engine, now)
     assert summary.today == today
     assert summary.cutoff == f"{today.isoformat()}_15:00"
     buckets = live_buckets(engine)
@@ -188,8 +185,8 @@ def test_cutoff_is_computed_in_the_market_zone(
 
 def test_sliding_window_across_month_and_year_end(db_url: str, engine: Engine) -> None:
     for day in range(28, 32):
-        run(msettings(db_url), engine, dt.datetime(2026, 12, day, 12, 5, tzinfo=dt.UTC))
-    run(msettings(db_url), engine, dt.datetime(2027, 1, 1, 12, 5, tzinfo=dt.UTC))
+        run_at(msettings(db_url), engine, dt.datetime(2026, 12, day, 12, 5, tzinfo=dt.UTC))
+    run_at(msettings(db_url), engine, dt.datetime(2027, 1, 1, 12, 5, tzinfo=dt.UTC))
     buckets = live_buckets(engine)
     assert len(buckets) == 28
     assert buckets[0] == "2027-01-01_15:00" and buckets[-1] == "2027-01-14_19:00"
@@ -199,7 +196,7 @@ def test_sliding_window_across_month_and_year_end(db_url: str, engine: Engine) -
 
 def test_early_anchor_buckets_of_today_are_past(db_url: str, engine: Engine) -> None:
     settings_ = msettings(db_url, anchors=("11:00", "19:00"))
-    run(settings_, engine, NOW)
+    run_at(settings_, engine, NOW)
     buckets = live_buckets(engine)
     assert f"{TODAY.isoformat()}_11:00" not in buckets
     assert len(buckets) == 27  # today's 11:00 is already before the 15:00 cutoff
@@ -227,7 +224,9 @@ def test_aggregates_equal_a_python_reference(
     db_url: str, engine: Engine, raw: list[tuple[int, dt.date, bool, int, float | None, bool]]
 ) -> None:
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE venue_metrics, market_metrics, venue_rolling_metrics"))
+        conn.execute(
+            text("TRUNCATE venue_metrics, market_metrics, venue_rolling_metrics, day_figures")
+        )
         conn.execute(text("DELETE FROM discovery_buckets"))
         conn.execute(text("DELETE FROM drop_events"))
     events = [
@@ -242,7 +241,7 @@ def test_aggregates_equal_a_python_reference(
         for v, day, is_drop, hour, dur, prime in raw
     ]
     insert_events(engine, events)
-    run(msettings(db_url), engine, NOW)
+    run_at(msettings(db_url), engine, NOW)
     assert actual_venue_metrics(engine) == expected_venue_metrics(events, set(PAST))
     # A past day gets a market row when it had a partition (here: when it had events).
     days_seen = set(PAST) & {e.day for e in events}
@@ -264,23 +263,17 @@ class _Gateway(BaseHTTPRequestHandler):
         pass
 
 
-def test_cli_prints_json_and_pushes_to_the_pushgateway(db_url: str) -> None:
+def test_cli_prints_json_and_pushes_to_the_pushgateway(db_url: str, engine: Engine) -> None:
+    with engine.connect() as conn:  # --now may not be ahead of the database clock
+        now = conn.execute(text("SELECT now() - interval '1 hour'")).scalar_one()
     server = HTTPServer(("127.0.0.1", 0), _Gateway)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DROPWATCH_")}
-        env.update(
-            DROPWATCH_DATABASE_URL=db_url,
+        result = run_job(
+            db_url,
+            *("cli.main", "maintenance", "run", "--now", now.isoformat()),
             DROPWATCH_PUSHGATEWAY_URL=f"http://127.0.0.1:{server.server_port}",
-        )
-        result = subprocess.run(
-            [sys.executable, "-m", "cli.main", "maintenance", "run", "--now", NOW.isoformat()],
-            cwd=REPO_ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
         )
     finally:
         server.shutdown()
@@ -295,16 +288,7 @@ def test_cli_prints_json_and_pushes_to_the_pushgateway(db_url: str) -> None:
 
 
 def test_cli_fails_non_zero_when_the_database_is_unreachable() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DROPWATCH_")}
-    env["DROPWATCH_DATABASE_URL"] = "postgresql://m:secretpw@127.0.0.1:1/x"
-    result = subprocess.run(
-        [sys.executable, "-m", "services.maintenance", "run"],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_job("postgresql://m:secretpw@127.0.0.1:1/x", "services.maintenance", "run")
     assert result.returncode == 2
     assert json.loads(result.stdout.strip())["ok"] is False
     assert "secretpw" not in result.stdout + result.stderr

@@ -19,6 +19,7 @@ import pytest
 
 from tests.cli.test_cli import REPO, _env
 from tests.waiting import wait_until
+from tools.stack import guard
 
 pytestmark = [
     pytest.mark.slow,
@@ -83,10 +84,19 @@ def _start(data_dir: Path, **env: str) -> tuple[subprocess.Popen[bytes], Output]
     return proc, Output(proc.stdout.fileno())
 
 
-def _end(proc: subprocess.Popen[bytes], out: Output) -> None:
+def _end(
+    proc: subprocess.Popen[bytes], out: Output, data_dir: Path, *, stop_leftovers: bool = True
+) -> None:
+    """After a failed test too: stop the stack, whatever state it is in."""
     if proc.poll() is None:
-        proc.kill()
-        proc.wait(10)
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    if stop_leftovers:
+        guard.stop_leftovers(data_dir)
     out.read()
     if proc.stdout is not None:
         proc.stdout.close()
@@ -136,7 +146,7 @@ def test_up_runs_the_whole_stack_on_loopback_and_ctrl_c_leaves_nothing(tmp_path:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
     finally:
-        _end(proc, out)
+        _end(proc, out, data_dir)
     assert proc.returncode == 0, out.read()
     assert "stopped." in out.read()
     assert _leftovers(data_dir) == []
@@ -151,11 +161,13 @@ def test_a_killed_stack_is_cleared_and_a_closed_terminal_stops_the_next(tmp_path
     try:
         out.wait_for("stack ready", proc)
         left = _children(data_dir)
-        proc.kill()
-        proc.wait(timeout=10)
-        assert all(psutil.pid_exists(pid) for pid in left)
-    finally:
-        _end(proc, out)
+    except BaseException:
+        _end(proc, out, data_dir)
+        raise
+    proc.kill()
+    proc.wait(timeout=10)
+    _end(proc, out, data_dir, stop_leftovers=False)  # they are the next up's to find
+    assert all(psutil.pid_exists(pid) for pid in left)
 
     # The next one runs in a terminal of its own, which is then closed (as tmux kill-session
     # or closing the window does): the kernel hangs it up with SIGHUP.
@@ -179,7 +191,7 @@ def test_a_killed_stack_is_cleared_and_a_closed_terminal_stops_the_next(tmp_path
         os.close(master)
         proc.wait(timeout=60)
     finally:
-        _end(proc, term)
+        _end(proc, term, data_dir)
     assert proc.returncode == 0
     assert _leftovers(data_dir) == [], "left behind after the terminal closed"
     assert (data_dir / "pgdata" / "PG_VERSION").exists()  # the data stays for the next run

@@ -56,7 +56,7 @@ test-db: $(STAMP) ## only the database tests (CI reruns them against DROPWATCH_D
 	$(BIN)/python -m pytest -m db
 
 hunt: $(STAMP) ## the model-based tests, long run (DROPWATCH_HUNT_EXAMPLES=N sets the size)
-	DROPWATCH_HUNT=1 $(BIN)/python -m pytest tests/poller/test_hunt.py -q -p no:cacheprovider
+	DROPWATCH_HUNT=1 $(BIN)/python -m pytest tests/poller/test_hunt.py tests/maintenance/test_hunt.py -q -p no:cacheprovider
 
 clean: ## remove the venv and local state (.dropwatch holds make run's database)
 	rm -rf $(VENV) .dropwatch .mypy_cache .ruff_cache .pytest_cache

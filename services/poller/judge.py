@@ -61,6 +61,10 @@ class Judgement:
         verdicts = set(self.kinds.values())
         return not (verdicts & set(_HELD)) or bool(verdicts - {*_HELD, IDLE})
 
+    def answered(self, counts: Mapping[int, int]) -> list[int]:
+        """Kinds whose non-empty answer is applied: they count towards their own baseline."""
+        return sorted(k for k, v in self.kinds.items() if v in (HEALTHY, CONFIRMED) and counts[k])
+
     @property
     def held_sizes(self) -> list[int]:
         return sorted(int(k) for k in self.held)

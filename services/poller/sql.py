@@ -23,7 +23,8 @@ LEASE_COLUMNS = """b.bucket_id, b.bucket_date, b.time_slot, b.snapshot_version, 
            WHERE o.bucket_id = b.bucket_id GROUP BY s.size) k) AS kind_counts,
     (SELECT max(m.last_healthy_poll_at) FROM discovery_buckets m
      WHERE m.market = b.market AND m.bucket_id <> b.bucket_id
-       AND m.held = '{}'::jsonb AND m.last_slot_count > 0) AS evidence_at"""
+       AND m.held = '{}'::jsonb AND m.last_slot_count > 0) AS evidence_at,
+    b.kind_baseline"""
 _TAKE_LEASE = "SET lease_owner = :owner, lease_expires_at = now() + make_interval(secs => :lease)"
 
 # Up to :limit due live buckets nobody else holds, oldest due first.
@@ -95,7 +96,9 @@ UPSERT_VENUES = text(
 # fetched ones (held kinds already taken out) plus its snapshot sizes of held kinds. A slot
 # left with no size is gone; what a confirmed kind lost was first seen gone at its `since`
 # (:confirmed), anything else now. Party-size changes of a slot that stays are SIZE_OPEN /
-# SIZE_CLOSE events carrying the sizes added / removed.
+# SIZE_CLOSE events carrying the sizes added / removed. Only kinds with their own baseline
+# (:ready) report news: a fresh slot none of them reports goes into the baseline, and sizes
+# of other kinds change silently.
 WRITE_POLL = text(
     """
     WITH cur AS (
@@ -156,7 +159,7 @@ WRITE_POLL = text(
                 SELECT CASE WHEN x = ANY(o.party_sizes)
                     THEN (SELECT p.at FROM unnest(o.party_sizes, o.size_opened_at) AS p(s, at)
                           WHERE p.s = x LIMIT 1)
-                    WHEN :emit THEN CAST(:now AS timestamptz) END
+                    WHEN x = ANY(CAST(:ready AS smallint[])) THEN CAST(:now AS timestamptz) END
                 FROM unnest(l.new_sizes) AS x ORDER BY x)
         FROM lost l
         WHERE o.bucket_id = :bucket AND o.slot_id = l.slot_id
@@ -176,8 +179,12 @@ WRITE_POLL = text(
             r.drop_event_id
         FROM resized r
         CROSS JOIN LATERAL (VALUES ('SIZE_OPEN', r.added), ('SIZE_CLOSE', r.removed))
-             AS e(kind, sizes)
-        WHERE :emit AND cardinality(e.sizes) > 0
+             AS c(kind, sizes)
+        CROSS JOIN LATERAL (
+            SELECT c.kind, ARRAY(SELECT x FROM unnest(c.sizes) x
+                                 WHERE x = ANY(CAST(:ready AS smallint[]))) AS sizes
+        ) e
+        WHERE cardinality(e.sizes) > 0
         ON CONFLICT (bucket_date, dedupe_key) DO NOTHING
         RETURNING id
     ),
@@ -196,7 +203,7 @@ WRITE_POLL = text(
             f.sizes, :time_slot, :time_bucket,
             'NEW_DROP:' || :bucket || ':' || f.slot_id || ':' || :new_version
         FROM fresh f
-        WHERE :emit
+        WHERE f.sizes && CAST(:ready AS smallint[])
           AND NOT EXISTS (
             SELECT 1 FROM baseline_slots bs
             WHERE bs.bucket_id = :bucket AND bs.slot_id = f.slot_id
@@ -214,7 +221,8 @@ WRITE_POLL = text(
     ),
     baseline AS (
         INSERT INTO baseline_slots (bucket_id, slot_id)
-        SELECT :bucket, cur.slot_id FROM cur WHERE NOT :emit
+        SELECT :bucket, f.slot_id FROM fresh f
+        WHERE NOT (f.sizes && CAST(:ready AS smallint[]))
         ON CONFLICT DO NOTHING
         RETURNING 1
     ),
@@ -228,6 +236,7 @@ WRITE_POLL = text(
             last_slot_count = :slot_count,
             suspect_polls = :suspect_polls,
             held = CAST(:held AS jsonb),
+            kind_baseline = CAST(:kind_baseline AS jsonb),
             next_poll_at = :next_poll_at,
             lease_owner = NULL,
             lease_expires_at = NULL

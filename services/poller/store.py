@@ -37,11 +37,12 @@ class LeasedBucket:
     held: dict[str, Any] = field(default_factory=dict)
     kind_counts: dict[int, int] = field(default_factory=dict)
     evidence_at: dt.datetime | None = None
+    kind_baseline: dict[int, int] = field(default_factory=dict)
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> LeasedBucket:
         bucket_id, day, time_slot, version, baseline, last_count, suspects = row[:7]
-        held, counts, evidence_at = row[7:]
+        held, counts, evidence_at, kind_baseline = row[7:]
         return cls(
             bucket_id,
             day,
@@ -53,11 +54,17 @@ class LeasedBucket:
             held=dict(held or {}),
             kind_counts={int(k): int(v) for k, v in (counts or {}).items()},
             evidence_at=evidence_at,
+            kind_baseline={int(k): int(v) for k, v in (kind_baseline or {}).items()},
         )
 
     @property
     def baselining(self) -> bool:
         return self.baseline_polls < BASELINE_POLLS
+
+    @property
+    def ready_kinds(self) -> list[int]:
+        """Kinds with their own baseline: what they report now is news (a drop, a size)."""
+        return sorted(k for k, n in self.kind_baseline.items() if n >= BASELINE_POLLS)
 
 
 @dataclass(frozen=True)
@@ -181,18 +188,24 @@ async def write_healthy_poll(
     statement. Held kinds' sizes are taken out of the fetch: the statement keeps their
     snapshot instead (see sql.WRITE_POLL).
 
-    While the bucket is baselining (fewer than `BASELINE_POLLS` healthy non-empty polls), its
-    slots go into the baseline and no events are emitted. An empty fetch does not count
-    towards the baseline.
+    Each request kind has its own baseline: until a kind has answered non-empty
+    `BASELINE_POLLS` times, a slot only it reports goes into the baseline and a size it adds
+    is no event (it was not observable before, e.g. blocked while the bucket baselined). An
+    empty answer does not count.
     """
-    judgement = judgement or Judgement(outcome, {})
+    judgement = judgement or Judgement(outcome, {k: "healthy" for k in fetch.kind_counts})
     held = set(judgement.held_sizes)
     slots = [
         (s, sorted(s.party_sizes - held)) for s in fetch.slots.values() if s.party_sizes - held
     ]
-    emit = not leased.baselining
+    ready, kind_baseline = leased.ready_kinds, dict(leased.kind_baseline)
+    if not kind_baseline and not leased.baselining:  # baselined before kinds had their own
+        ready = sorted(fetch.kind_counts)
+        kind_baseline = dict.fromkeys(ready, BASELINE_POLLS)
+    for kind in judgement.answered(fetch.kind_counts):
+        kind_baseline[kind] = min(BASELINE_POLLS, kind_baseline.get(kind, 0) + 1)
     baseline_polls = leased.baseline_polls
-    if not emit and slots:
+    if leased.baselining and slots:
         baseline_polls += 1
     row = (
         await conn.execute(
@@ -222,10 +235,11 @@ async def write_healthy_poll(
                 "market": market,
                 "provider": provider,
                 "now": now,
-                "emit": emit,
+                "ready": ready,
+                "kind_baseline": json.dumps({str(k): n for k, n in kind_baseline.items()}),
                 "new_version": leased.snapshot_version + 1,
                 "baseline_polls": baseline_polls,
-                "outcome": outcome if emit else "baselining",
+                "outcome": outcome if ready else "baselining",
                 "slot_count": len(fetch.slots),
                 "next_poll_at": next_poll_at,
                 "channel": FEED_CHANNEL,

@@ -103,6 +103,8 @@ class DiscoveryBucket(Base):
     suspect_polls: Mapped[int] = mapped_column(SmallInteger, server_default=text("0"))
     # Request kinds (party sizes) held as blocked or suspect: {"4": {"since", "polls", "why"}}.
     held: Mapped[dict[str, object]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    # Healthy non-empty answers per request kind, up to 3: a kind's own baseline ({"4": 2}).
+    kind_baseline: Mapped[dict[str, int]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
 
     __table_args__ = (Index("ix_discovery_buckets_due", "next_poll_at"),)
 

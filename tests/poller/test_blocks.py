@@ -164,3 +164,22 @@ async def test_closed_at_of_a_confirmed_shrink_is_the_suspect_poll(
     assert await poll_scripted(sctx, resy, BUCKET) == "confirmed_shrink"
     closed = [e for e in events(engine, BUCKET) if e["event_type"] == "CLOSED"]
     assert [c["closed_at"] for c in closed] == [suspect]
+
+
+async def test_a_kind_blocked_while_its_bucket_baselined_reports_no_false_drops(
+    sctx: PollContext, engine: Engine, resy: ScriptedResy, clock: Clock
+) -> None:
+    """Found writing the hunt's model: the baseline was the bucket's, so what only a blocked kind
+    could see was missing from it and became drops (and sizes) when the block lifted."""
+    resy.slots = {(1, "19:00"): {2, 4}, (2, "19:30"): {4}}
+    resy.blocked = {4}  # blocked from the bucket's first poll on
+    await baselined(sctx, resy, clock)
+    resy.blocked = set()
+    for _ in range(3):  # size 4 builds its own baseline: nothing it shows is news yet
+        assert await poll_scripted(sctx, resy, BUCKET) == "healthy"
+        clock.tick()
+    assert kinds(engine) == []
+    assert open_sizes(engine) == {slot_key(1, "19:00"): [2, 4], slot_key(2, "19:30"): [4]}
+    resy.slots[(3, "20:00")] = {4}  # now a real drop for size 4
+    assert await poll_scripted(sctx, resy, BUCKET) == "healthy"
+    assert kinds(engine) == [("NEW_DROP", slot_key(3, "20:00"), [4])]

@@ -85,16 +85,17 @@ class Model:
     open: dict[Key, set[int]] = field(default_factory=dict)
     dropped: set[Key] = field(default_factory=set)  # open slots with a NEW_DROP
     baseline: set[Key] = field(default_factory=set)
-    baseline_polls: int = 0
+    kind_baseline: Counter[int] = field(default_factory=Counter)  # non-empty answers per kind
     held: dict[int, tuple[dt.datetime, int, str]] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
 
     def judge(
         self, seen: dict[Key, set[int]], now: dt.datetime, evidence: dt.datetime | None
-    ) -> tuple[dict[int, tuple[dt.datetime, int, str]], dict[int, dt.datetime], bool]:
-        """New holds, confirmed kinds (with since) and whether to apply."""
+    ) -> tuple[dict[int, tuple[dt.datetime, int, str]], dict[int, dt.datetime], bool, set[int]]:
+        """New holds, confirmed kinds (with since), whether to apply, kinds that answered."""
         held: dict[int, tuple[dt.datetime, int, str]] = {}
         confirmed: dict[int, dt.datetime] = {}
+        answered: set[int] = set()  # applied non-empty answers
         said = False  # some kind applies a real answer (not held, not empty-as-before)
         for s in SIZES:
             n = sum(1 for sizes in seen.values() if s in sizes)
@@ -110,20 +111,23 @@ class Model:
             elif p >= MIN_PREVIOUS and n <= p * (1 - SHRINK):
                 if why == "shrunk":
                     confirmed[s], said = since, True
+                    answered.add(s)
                 else:
                     held[s] = (since, polls, "shrunk")
             elif n or p:
                 said = True
-        return held, confirmed, said or not held
+                if n:
+                    answered.add(s)
+        return held, confirmed, said or not held, answered
 
     def poll(self, seen: dict[Key, set[int]], now: dt.datetime, ev: dt.datetime | None) -> None:
-        held, confirmed, apply = self.judge(seen, now, ev)
+        held, confirmed, apply, answered = self.judge(seen, now, ev)
         self.held = held
         if not apply:
             return
         keep = set(held)
         cur = {k: sizes - keep for k, sizes in seen.items() if sizes - keep}
-        emit = self.baseline_polls >= 3
+        ready = {s for s, n in self.kind_baseline.items() if n >= 3}
         for k, old in list(self.open.items()):
             new = cur.get(k, set()) | (old & keep)
             removed, added = old - new, new - old
@@ -135,19 +139,23 @@ class Model:
                     self.events.append(("CLOSED", key_id(*k), tuple(sorted(old)), gone_at))
             elif new != old:
                 self.open[k] = new
-                if emit and added:
-                    self.events.append(("SIZE_OPEN", key_id(*k), tuple(sorted(added)), None))
-                if emit and removed:
-                    self.events.append(("SIZE_CLOSE", key_id(*k), tuple(sorted(removed)), gone_at))
+                if added & ready:
+                    self.events.append(
+                        ("SIZE_OPEN", key_id(*k), tuple(sorted(added & ready)), None)
+                    )
+                if removed & ready:
+                    closed = tuple(sorted(removed & ready))
+                    self.events.append(("SIZE_CLOSE", key_id(*k), closed, gone_at))
         for k, sizes in cur.items():
             if k not in self.open:
                 self.open[k] = set(sizes)
-                if emit and k not in self.baseline:
+                if not sizes & ready:  # no kind with its own baseline reports it
+                    self.baseline.add(k)
+                elif k not in self.baseline:
                     self.dropped.add(k)
                     self.events.append(("NEW_DROP", key_id(*k), tuple(sorted(sizes)), None))
-        if not emit:
-            self.baseline |= set(cur)
-            self.baseline_polls += bool(cur)
+        for s in answered:
+            self.kind_baseline[s] = min(3, self.kind_baseline[s] + 1)
 
 
 def db_events(engine: Engine) -> list[Event]:

@@ -19,6 +19,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from rich.console import Console
 from rich.live import Live
@@ -117,10 +118,11 @@ def run_up(free_ports: bool = False, plain: bool = False) -> int:
                 world: list[str] = []
                 if provider == "simulator":
                     world = _seeded_world(up.engine, settings, data_dir / "world.json")
-                checks = _start_services(stack, ports, env, host, provider, world)
+                checks = _start_services(stack, ports, env, host, provider, world, stop)
                 if ready.wait_ready(checks, stack, stop):
                     _say_ready(out, stack, ports, host)
-                    _watch(up.engine, stack, stop, plain or not out.console.is_terminal, out)
+                    plain = plain or not out.console.is_terminal
+                    _watch(up.engine, settings.zone, stack, stop, plain, out)
             except OSError:
                 if not out.hung_up.is_set():  # writes to a closed terminal fail: expected
                     raise
@@ -144,6 +146,7 @@ def _start_services(
     host: str,
     provider: str,
     world: list[str],
+    stop: threading.Event,
 ) -> list[ready.Check]:
     """Simulator (unless the real Resy is asked for), poller and feed, in that order; the
     health checks that must pass before the stack is ready."""
@@ -158,7 +161,8 @@ def _start_services(
             env,
         )
         health = ready.Check(sim.name, "GET /_sim/health", ready.http_ok(f"{url}/_sim/health"))
-        ready.wait_ready([health], stack, threading.Event())  # the poller needs it first
+        if not ready.wait_ready([health], stack, stop):  # the poller needs it first
+            return []
         env["DROPWATCH_RESY_BASE_URL"] = url
         # A local simulator can take far more than Resy's polite rate; poll briskly so
         # baselines form and drops show up within a minute.
@@ -218,8 +222,14 @@ def _child_env(settings: Settings, url: str, host: str) -> dict[str, str]:
     return env
 
 
-def _watch(engine: Engine, stack: Stack, stop: threading.Event, plain: bool, out: _Output) -> None:
-    zone = load_settings(Settings).zone
+def _watch(
+    engine: Engine,
+    zone: ZoneInfo,
+    stack: Stack,
+    stop: threading.Event,
+    plain: bool,
+    out: _Output,
+) -> None:
     if plain:
         while not stop.wait(2):
             stack.check()

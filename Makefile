@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-quick lint typecheck proto proto-check buf-lint imports pytest test-db bench hunt clean
+.PHONY: help install run test test-quick lint typecheck proto proto-check buf-lint imports pytest test-db bench hunt clean image image-test
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -57,6 +57,12 @@ test-db: $(STAMP) ## only the database tests (CI reruns them against DROPWATCH_D
 
 hunt: $(STAMP) ## the model-based tests, long run (DROPWATCH_HUNT_EXAMPLES=N sets the size)
 	DROPWATCH_HUNT=1 $(BIN)/python -m pytest tests/poller/test_hunt.py tests/maintenance/test_hunt.py -q -p no:cacheprovider
+
+image: $(STAMP) ## build the container image dropwatch:dev with podman (docs/deploy.md)
+	bash scripts/build_image.sh
+
+image-test: image ## run every component from the image against PostgreSQL, as uid 10001
+	$(BIN)/python -m tools.image_check
 
 clean: ## remove the venv and local state (.dropwatch holds make run's database)
 	rm -rf $(VENV) .dropwatch .mypy_cache .ruff_cache .pytest_cache

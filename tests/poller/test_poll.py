@@ -180,6 +180,22 @@ async def test_empty_answer_is_a_block_and_a_collapse_is_held_once(
     assert [e["event_type"] for e in events(engine, BUCKET)] == ["NEW_DROP", "CLOSED"]
 
 
+async def test_one_party_size_blocked_over_http_closes_nothing(
+    ctx: PollContext, engine: Engine, sim: Simulator
+) -> None:
+    many = _slots(30)
+    await baseline(ctx, engine, sim, *many)
+    await poll(ctx, engine)  # size 4 gets its own baseline too (the fourth answer)
+    before = open_slot_ids(engine, BUCKET)
+    sim.faults.set_default("empty", match={"party_size": 4})
+    for _ in range(3):
+        assert await poll(ctx, engine) == "partial_block"
+    assert events(engine, BUCKET) == [] and open_slot_ids(engine, BUCKET) == before
+    sim.faults.set_default(None)
+    assert await poll(ctx, engine) == "healthy"
+    assert events(engine, BUCKET) == []
+
+
 async def test_rate_limit_is_retried_after_retry_after(
     ctx: PollContext, engine: Engine, sim: Simulator
 ) -> None:

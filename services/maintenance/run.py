@@ -1,5 +1,5 @@
 """The daily run: aggregate past events -> prune past buckets -> prune past events ->
-ensure the live buckets -> baseline the new day.
+rolling figures -> ensure the live buckets -> baseline the new day.
 
 "Past" is everything before today `cutoff_time` (15:00) in the market's zone. Events are kept
 and dropped by whole reservation days (one partition each). Under the partition's SHARE lock a
@@ -38,7 +38,7 @@ from shared.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-STEPS = ("aggregate", "prune_buckets", "prune_events", "ensure_buckets", "baseline")
+STEPS = ("aggregate", "prune_buckets", "prune_events", "rolling", "ensure_buckets", "baseline")
 
 # Called with a step's name after the step commits, and with "<step> <day>" inside a day's
 # transaction just before it commits: tests raise there to crash the run at any point.
@@ -149,9 +149,10 @@ def run(
         with engine.connect() as conn:
             past_days = [d for d in list_partitions(conn) if d < dates.today]
         steps: dict[str, Callable[[], StepResult]] = {
-            "aggregate": lambda: _aggregate(settings, engine, past_days, dates.today, point),
+            "aggregate": lambda: _aggregate(settings, engine, past_days, point),
             "prune_buckets": lambda: _prune_buckets(engine, dates.cutoff),
             "prune_events": lambda: _prune_events(settings, engine, past_days, point, skipped),
+            "rolling": lambda: _rolling(settings, engine, dates.today),
             "ensure_buckets": lambda: _ensure_buckets(settings, engine, dates.live_today),
             "baseline": lambda: _baseline(engine, dates.live_today),
         }
@@ -197,7 +198,6 @@ def _aggregate(
     settings: MaintenanceSettings,
     engine: Engine,
     past_days: list[dt.date],
-    today: dt.date,
     point: Checkpoint,
 ) -> StepResult:
     events, days = 0, 0
@@ -209,9 +209,7 @@ def _aggregate(
             if _why_not(state) is None and (counted := _settle(conn, settings, state)):
                 events, days = events + counted, days + 1
             point(f"aggregate {day}")
-    with engine.begin() as conn:
-        venues = store.rolling_metrics(conn, today, settings.rolling_days)
-    return StepResult(rows=events, detail={"days": days, "rolling_venues": venues})
+    return StepResult(rows=events, detail={"days": days})
 
 
 def _prune_buckets(engine: Engine, cutoff: str) -> StepResult:
@@ -249,6 +247,12 @@ def _prune_events(
             if point is not None:
                 point(f"prune_events {day}")
     return StepResult(rows=events, detail={"partitions": dropped, "reaggregated": reaggregated})
+
+
+def _rolling(settings: MaintenanceSettings, engine: Engine, today: dt.date) -> StepResult:
+    """After prune_events: a day it re-aggregated (late events) must count here too."""
+    with engine.begin() as conn:
+        return StepResult(rows=store.rolling_metrics(conn, today, settings.rolling_days))
 
 
 def _ensure_buckets(

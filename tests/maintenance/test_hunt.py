@@ -30,7 +30,7 @@ from pydantic import SecretStr
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import IntegrityError
 
-from services.maintenance.run import run
+from services.maintenance.run import STEPS, run
 from services.maintenance.settings import MaintenanceSettings
 from shared.db.buckets import bucket_id_for, ensure_configured_buckets, market_today
 from shared.db.engine import make_engine
@@ -63,6 +63,9 @@ OFFSETS = [
     dt.timedelta(minutes=10),
 ]
 
+# A poller's event written while a run is between two steps: (after which step, which day).
+LATE = st.none() | st.tuples(st.sampled_from(STEPS), st.integers(-2, 0))
+
 
 class Crash(Exception):
     """A run dies here (a failed statement or a killed process: the transaction never commits)."""
@@ -85,6 +88,7 @@ class Maintenance(RuleBasedStateMachine):
         self.events: dict[dt.date, list[Ev]] = {}  # every event written, in order
         self.counted: dict[dt.date, int] = {}  # day_figures.event_count last seen
         self.final: dict[dt.date, Any] = {}  # final days -> their figures then
+        self.rolling: dict[tuple[int, dt.date], int] = {}  # (venue, as of) -> total drops
         self.keys = 0
         self.crashed = 0
         self._ensure()
@@ -96,10 +100,11 @@ class Maintenance(RuleBasedStateMachine):
     def today(self) -> dt.date:
         return market_today(ZONE, self.real)
 
-    def _ensure(self) -> None:
-        """What every poller tick does, by the database clock."""
+    def _ensure(self, lag_days: int = 0) -> None:
+        """What every poller tick does, by its own clock (`lag_days` behind the database's)."""
         with self.engine.begin() as conn:
-            ensure_configured_buckets(conn, self.settings, self.today())
+            today = self.today() - dt.timedelta(days=lag_days)
+            ensure_configured_buckets(conn, self.settings, today)
 
     @rule(hours=st.integers(1, 40))
     def time_passes(self, hours: int) -> None:
@@ -114,18 +119,18 @@ class Maintenance(RuleBasedStateMachine):
             moment = dt.datetime.combine(here.date() + dt.timedelta(days=1), local, tzinfo=ZONE)
         self.real = moment.astimezone(dt.UTC)
 
-    @rule(days=st.integers(1, 2))
-    def the_daily_job_runs(self, days: int) -> None:
+    @rule(days=st.integers(1, 2), late=LATE)
+    def the_daily_job_runs(self, days: int, late: tuple[str, int] | None) -> None:
         """Days pass to the CronJob's next 07:05 and it runs, with the pollers in between."""
         here = self.real.astimezone(ZONE)
         at = dt.datetime.combine(here.date() + dt.timedelta(days=days), dt.time(7, 5), ZONE)
         self.real = at.astimezone(dt.UTC)
         self._ensure()
-        self._maintain(None, None)
+        self._maintain(None, None, late)
 
-    @rule()
-    def poller_tick(self) -> None:
-        self._ensure()
+    @rule(lag_days=st.sampled_from([0, 0, 1, 3]))
+    def poller_tick(self, lag_days: int) -> None:
+        self._ensure(lag_days)
 
     @rule(
         offset=st.integers(-3, 3),
@@ -139,10 +144,12 @@ class Maintenance(RuleBasedStateMachine):
         self, offset: int, venue: int, drop: bool, minutes: int, duration: float, prime: bool
     ) -> None:
         """An event for a live day, or a late one for a past day (written if it still can be)."""
-        day = self.today() + dt.timedelta(days=offset)
         at = self.real - dt.timedelta(minutes=minutes)
         kind, length = ("NEW_DROP", None) if drop else ("CLOSED", duration)
-        event = Ev(venue, day, kind, at, length, prime)
+        self._write(Ev(venue, self.today() + dt.timedelta(days=offset), kind, at, length, prime))
+
+    def _write(self, event: Ev) -> None:
+        day = event.day
         self.keys += 1
         try:
             with self.engine.begin() as conn:
@@ -152,12 +159,28 @@ class Maintenance(RuleBasedStateMachine):
             return
         self.events.setdefault(day, []).append(event)
 
-    @rule(offset=st.sampled_from(OFFSETS), crash_at=st.none() | st.integers(0, 14))
-    def maintenance(self, offset: dt.timedelta | None, crash_at: int | None) -> None:
-        self._maintain(offset, crash_at)
+    @rule(
+        offset=st.sampled_from(OFFSETS),
+        crash_at=st.none() | st.integers(0, 14),
+        late=LATE,
+    )
+    def maintenance(
+        self,
+        offset: dt.timedelta | None,
+        crash_at: int | None,
+        late: tuple[str, int] | None,
+    ) -> None:
+        self._maintain(offset, crash_at, late)
 
-    def _maintain(self, offset: dt.timedelta | None, crash_at: int | None) -> None:
-        """A run at `--now` = database clock + `offset`, crashing at checkpoint `crash_at`."""
+    def _maintain(
+        self,
+        offset: dt.timedelta | None,
+        crash_at: int | None,
+        late: tuple[str, int] | None = None,
+    ) -> None:
+        """A run at `--now` = database clock + `offset`, crashing at checkpoint `crash_at`;
+        `late` = (step, day offset): a poller writes an event for that day once the step
+        has committed (mid-run)."""
         now = None if offset is None else self.real + offset
         live_days = {d for d in self.partitions() if d >= self.today()}
         cutoff = bucket_id_for(self.today(), self.settings.cutoff_time)
@@ -166,6 +189,9 @@ class Maintenance(RuleBasedStateMachine):
 
         def checkpoint(name: str) -> None:
             points.append(name)
+            if late is not None and name == late[0]:
+                day = self.today() + dt.timedelta(days=late[1])
+                self._write(Ev(1, day, "NEW_DROP", self.real, None, True))
             if crash_at is not None and len(points) > crash_at:
                 raise Crash(name)
 
@@ -186,6 +212,25 @@ class Maintenance(RuleBasedStateMachine):
         # A finished run leaves no past partition behind (nothing here is an anomaly).
         assert not [d for d in self.partitions() if d < summary.today]
         assert not summary.skipped.keys() - {"--now", "live window"}
+        assert self._rolling_of(summary.today) == self._rolling_reference(summary.today)
+
+    def _rolling_of(self, as_of: dt.date) -> dict[int, tuple[int, int]]:
+        query = text(
+            "SELECT venue_id, total_drops, days_with_drops FROM venue_rolling_metrics"
+            " WHERE as_of_date = :d"
+        )
+        with self.engine.connect() as conn:
+            return {r[0]: (r[1], r[2]) for r in conn.execute(query, {"d": as_of})}
+
+    def _rolling_reference(self, as_of: dt.date) -> dict[int, tuple[int, int]]:
+        """Per venue, over the window dates before `as_of`: drops and days with drops."""
+        first = as_of - dt.timedelta(days=self.settings.rolling_days)
+        out: dict[int, tuple[int, int]] = {}
+        for (venue, day), figures in actual_venue_metrics(self.engine).items():
+            if first <= day < as_of:
+                drops, days = out.get(venue, (0, 0))
+                out[venue] = (drops + figures[0], days + (figures[0] > 0))
+        return out
 
     # --- what must always hold ----------------------------------------------------------
     def partitions(self) -> list[dt.date]:
@@ -227,6 +272,18 @@ class Maintenance(RuleBasedStateMachine):
                 assert day not in held, f"{day}: a final day was recreated"
                 figures = (mine, markets.get(day))
                 assert self.final.setdefault(day, figures) == figures, f"{day}: final changed"
+
+    @invariant()
+    def rolling_figures_never_shrink(self) -> None:
+        """A rolling row is recomputed only from `venue_metrics`, which only grows."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                text("SELECT venue_id, as_of_date, total_drops FROM venue_rolling_metrics")
+            ).all()
+        now = {(r.venue_id, r.as_of_date): int(r.total_drops) for r in rows}
+        for key, total in self.rolling.items():
+            assert now.get(key, 0) >= total, f"rolling {key}: {total} -> {now.get(key)}"
+        self.rolling = now
 
     @precondition(lambda self: self.crashed > 0)
     @rule()

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 from sqlalchemy import Engine, text
 
+from services.maintenance.run import STEPS
 from services.maintenance.settings import MaintenanceSettings
 from shared.db.contracts import MAINTENANCE_RUN_LOCK
 from shared.db.partitions import list_partitions
@@ -71,6 +72,7 @@ def test_run_aggregates_past_days_then_drops_them(db_url: str, engine: Engine) -
         "aggregate",
         "prune_buckets",
         "prune_events",
+        "rolling",
         "ensure_buckets",
         "baseline",
     ]
@@ -118,7 +120,7 @@ class Crash(Exception):
     pass
 
 
-@pytest.mark.parametrize("step", ["aggregate", "prune_buckets", "prune_events", "ensure_buckets"])
+@pytest.mark.parametrize("step", STEPS[:-1])
 def test_crash_after_any_step_then_rerun_equals_a_clean_run(
     db_url: str, engine: Engine, pg_server: Any, step: str
 ) -> None:
@@ -151,6 +153,13 @@ def test_late_event_after_aggregation_is_counted_before_its_day_is_dropped(
     summary = run_at(msettings(db_url), engine, NOW, checkpoint=sneak)
     assert summary.steps["prune_events"].detail["reaggregated"] == 1
     assert actual_venue_metrics(engine) == expected_venue_metrics([*events, late], set(PAST))
+    # Today's rolling figures see it too (they were computed before the re-aggregation, and
+    # no later run recomputes this as-of date).
+    with engine.connect() as conn:
+        rolling = conn.execute(
+            text("SELECT total_drops FROM venue_rolling_metrics WHERE venue_id = 9")
+        ).scalar_one_or_none()
+    assert rolling == 1
 
 
 def test_a_second_concurrent_run_says_so_and_does_nothing(db_url: str, engine: Engine) -> None:

@@ -28,6 +28,12 @@ def push_summary(url: str, job: str, summary: RunSummary) -> None:
         ["step"],
         registry=registry,
     )
+    Gauge(
+        "dropwatch_maintenance_days_left_for_operator",
+        "Days the last run left alone: a partition with fewer events than its figures count,"
+        " or one that reappeared after its figures became final (see the run's JSON summary).",
+        registry=registry,
+    ).set(sum(what.startswith("day ") for what in summary.skipped))
     for name, step in summary.steps.items():
         seconds.labels(name).set(step.seconds)
         rows.labels(name).set(step.rows)

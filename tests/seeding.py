@@ -19,6 +19,10 @@ from shared.db.buckets import ensure_live_buckets
 from shared.slots import slot_id_for
 
 OWNER = "seeder"
+EVERY_KIND_BASELINED = (
+    "UPDATE discovery_buckets SET baseline_polls = 3, kind_baseline ="
+    " (SELECT jsonb_object_agg(size::text, 3) FROM generate_series(1, 20) AS size)"
+)
 
 
 @dataclass(frozen=True)
@@ -57,8 +61,9 @@ class Seeder:
                     anchors=self.anchors,
                 )
             )
-            # Buckets start with an empty baseline: everything seeded is a drop.
-            await conn.execute(text("UPDATE discovery_buckets SET baseline_polls = 3"))
+            # Buckets start with an empty baseline, for every request kind (party size): everything
+            # seeded is a drop, also a size a bucket's first poll did not report.
+            await conn.execute(text(EVERY_KIND_BASELINED))
 
     def bucket_of(self, slot: SeedSlot) -> str:
         hour = int(slot.start[:2])

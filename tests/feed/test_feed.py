@@ -48,7 +48,7 @@ async def test_just_opened_is_the_recent_window_newest_first(seeder: Seeder, stu
 
 
 async def test_still_open_starts_where_just_opened_ends_and_drops_closed_slots(
-    seeder: Seeder, stub: Stub
+    seeder: Seeder, stub: Stub, feed: FeedServer
 ) -> None:
     old, older, recent = (
         SeedSlot(1, D0, "19:00"),
@@ -61,6 +61,7 @@ async def test_still_open_starts_where_just_opened_ends_and_drops_closed_slots(
     reply = await stub.StillOpen(feed_pb2.StillOpenRequest())
     assert [i.venue.id for i in reply.items] == [1, 2]
     await seeder.close([old], at=ago(10))
+    feed.servicer.cache.invalidate()  # the close's NOTIFY may not have landed yet
     reply = await stub.StillOpen(feed_pb2.StillOpenRequest())
     assert [i.venue.id for i in reply.items] == [2]
     everything = await stub.StillOpen(feed_pb2.StillOpenRequest(min_age_seconds=0))

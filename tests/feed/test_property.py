@@ -42,13 +42,11 @@ FILTER_DAYS = (*LIVE_DAYS, TODAY - dt.timedelta(days=1), TODAY + dt.timedelta(da
 FILTER_TIMES = (*START_TIMES, "00:00", "12:59", "13:07", "17:59", "20:59", "23:59")
 MAX_PAGES = 200
 
+# Buckets are recreated by `Seeder.setup` (every poll-state column back to its default,
+# whatever the poller keeps there, and baselined for every request kind).
 RESET = (
-    "DELETE FROM open_slots",
-    "DELETE FROM baseline_slots",
     "DELETE FROM drop_events",
-    "UPDATE discovery_buckets SET snapshot_version = 0, baseline_polls = 3,"
-    " last_slot_count = NULL, suspect_polls = 0, lease_owner = NULL,"
-    " lease_expires_at = NULL, last_healthy_poll_at = NULL",
+    "DELETE FROM discovery_buckets",  # open_slots and baseline_slots cascade
 )
 
 
@@ -186,6 +184,7 @@ async def reset(seeder: Seeder) -> None:
     async with seeder.engine.begin() as conn:
         for statement in RESET:
             await conn.execute(text(statement))
+    await seeder.setup()
     seeder.state.clear()
 
 
@@ -248,17 +247,18 @@ def _time(raw: str) -> dt.time:
     return dt.time.fromisoformat(raw)
 
 
-def reference(open_now: list[OpenDrop], ask: Ask) -> list[OpenDrop]:
+def reference(open_now: list[OpenDrop], ask: Ask, now: dt.datetime = NOW) -> list[OpenDrop]:
+    """The answer the contract promises at `now` (the answer's boundary), every page joined."""
     f = ask.filter
     if ask.kind == "just_opened":
-        edge = NOW - dt.timedelta(seconds=ask.age or limits.DEFAULT_MAX_AGE_SECONDS)
+        edge = now - dt.timedelta(seconds=ask.age or limits.DEFAULT_MAX_AGE_SECONDS)
     else:
         age = limits.DEFAULT_MAX_AGE_SECONDS if ask.age is None else ask.age
-        edge = NOW - dt.timedelta(seconds=age)
+        edge = now - dt.timedelta(seconds=age)
 
     def passes(d: OpenDrop) -> bool:
         slot = d.slot
-        if slot.day < TODAY or d.opened_at > NOW:
+        if slot.day < TODAY or d.opened_at > now:
             return False
         if ask.kind == "just_opened" and d.opened_at < edge:
             return False

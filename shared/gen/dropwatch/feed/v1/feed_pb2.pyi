@@ -155,8 +155,9 @@ class JustOpenedRequest(_message.Message):
     """Opaque token from a previous response's `next_page_token`, to fetch the
     next page of the same query (every field other than `page_token` and
     `limit` unchanged). Default: empty = the first page. Later pages see the
-    data as of the first page: drops opened after it are not added, so
-    walking every page returns each item of the first call's answer once. A
+    data as of the first page: drops opened or committed after it are not
+    added, so walking every page returns each item of the first call's
+    answer once. A
     slot that closes during the walk is left out of later pages, and then
     an older open slot of the same venue and date may take its place. A
     token that was not issued by the server, or that was issued for another
@@ -279,8 +280,9 @@ class StillOpenRequest(_message.Message):
     """Opaque token from a previous response's `next_page_token`, to fetch the
     next page of the same query (every field other than `page_token` and
     `limit` unchanged). Default: empty = the first page. Later pages see the
-    data as of the first page: drops opened after it are not added, so
-    walking every page returns each item of the first call's answer once. A
+    data as of the first page: drops opened or committed after it are not
+    added, so walking every page returns each item of the first call's
+    answer once. A
     slot that closes during the walk is left out of later pages, and then
     an older open slot of the same venue and date may take its place. A
     token that was not issued by the server, or that was issued for another

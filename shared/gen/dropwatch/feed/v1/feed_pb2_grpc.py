@@ -32,6 +32,12 @@ class FeedServiceStub:
     opened, and older drops whose slots are still open. Both RPCs are
     read-only and idempotent, so clients may retry them on UNAVAILABLE,
     DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED (with backoff).
+
+    Answers of one moment share one boundary: the time their windows are
+    measured from and the committed polls they reflect. It is renewed when a
+    poll commits and at least every 2 s, so JustOpened and StillOpen asked
+    together split the drops at the same edge, whether an answer is cached or
+    not.
     """
 
     def __init__(self, channel):
@@ -57,6 +63,12 @@ class FeedServiceServicer:
     opened, and older drops whose slots are still open. Both RPCs are
     read-only and idempotent, so clients may retry them on UNAVAILABLE,
     DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED (with backoff).
+
+    Answers of one moment share one boundary: the time their windows are
+    measured from and the committed polls they reflect. It is renewed when a
+    poll commits and at least every 2 s, so JustOpened and StillOpen asked
+    together split the drops at the same edge, whether an answer is cached or
+    not.
     """
 
     def JustOpened(self, request, context):
@@ -125,6 +137,12 @@ class FeedService:
     opened, and older drops whose slots are still open. Both RPCs are
     read-only and idempotent, so clients may retry them on UNAVAILABLE,
     DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED (with backoff).
+
+    Answers of one moment share one boundary: the time their windows are
+    measured from and the committed polls they reflect. It is renewed when a
+    poll commits and at least every 2 s, so JustOpened and StillOpen asked
+    together split the drops at the same edge, whether an answer is cached or
+    not.
     """
 
     @staticmethod

@@ -33,6 +33,12 @@ class FeedServiceStub:
     opened, and older drops whose slots are still open. Both RPCs are
     read-only and idempotent, so clients may retry them on UNAVAILABLE,
     DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED (with backoff).
+
+    Answers of one moment share one boundary: the time their windows are
+    measured from and the committed polls they reflect. It is renewed when a
+    poll commits and at least every 2 s, so JustOpened and StillOpen asked
+    together split the drops at the same edge, whether an answer is cached or
+    not.
     """
 
     @_typing.overload
@@ -78,6 +84,12 @@ class FeedServiceAsyncStub(FeedServiceStub):
     opened, and older drops whose slots are still open. Both RPCs are
     read-only and idempotent, so clients may retry them on UNAVAILABLE,
     DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED (with backoff).
+
+    Answers of one moment share one boundary: the time their windows are
+    measured from and the committed polls they reflect. It is renewed when a
+    poll commits and at least every 2 s, so JustOpened and StillOpen asked
+    together split the drops at the same edge, whether an answer is cached or
+    not.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -119,6 +131,12 @@ class FeedServiceServicer(metaclass=_abc_1.ABCMeta):
     opened, and older drops whose slots are still open. Both RPCs are
     read-only and idempotent, so clients may retry them on UNAVAILABLE,
     DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED (with backoff).
+
+    Answers of one moment share one boundary: the time their windows are
+    measured from and the committed polls they reflect. It is renewed when a
+    poll commits and at least every 2 s, so JustOpened and StillOpen asked
+    together split the drops at the same edge, whether an answer is cached or
+    not.
     """
 
     @_abc_1.abstractmethod

@@ -33,8 +33,9 @@ log = logging.getLogger(__name__)
 class AnswerCache:
     """Serialized answers per normalised request, fresh for at most `ttl` seconds.
 
-    The key is everything that shapes an answer (the RPC, the query fingerprint, the limit and
-    the page token). Least recently used answers go first once `max_bytes` would be exceeded.
+    The key is everything that shapes an answer: the whole validated query (its RPC, filters,
+    limit, limit_capped and page token) and the boundary it was answered at. Least recently
+    used answers go first once `max_bytes` would be exceeded.
     """
 
     def __init__(self, ttl: float, registry: CollectorRegistry, max_bytes: int = 64 << 20) -> None:
@@ -86,9 +87,14 @@ class AnswerCache:
 
     def invalidate(self) -> None:
         self._generation += 1
+        self.forget()
+        self.invalidations.inc()
+
+    def forget(self) -> None:
+        """Drop every answer (a new boundary: the old ones' answers can no longer be asked for,
+        and would otherwise fill the byte bound before they are evicted)."""
         self._answers.clear()
         self._bytes = 0
-        self.invalidations.inc()
 
     async def listen(self, database_url: str, stop: asyncio.Event) -> None:
         """Clear the cache on every NOTIFY; reconnect with backoff when the link drops."""

@@ -132,6 +132,7 @@ class FeedServicer:
         return answer
 
     async def _take_boundary(self) -> Boundary:
+        self.cache.forget()
         at = self.clock()
         async with self.engine.connect() as conn:
             return Boundary(at, await store.horizon(conn))

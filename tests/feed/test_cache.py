@@ -41,3 +41,15 @@ def test_zero_ttl_disables_and_the_byte_bound_evicts_least_recent() -> None:
     cache.put("c", b"cccc", 0, now)
     assert cache.get("JustOpened", "b") is None
     assert cache.get("JustOpened", "a") == b"aaaa" and cache.get("JustOpened", "c") == b"cccc"
+
+
+def test_forgetting_answers_is_not_an_invalidation() -> None:
+    """A new boundary drops the answers of the old one; answers being built stay storable."""
+    cache = AnswerCache(2.0, CollectorRegistry())
+    gen = cache.generation()
+    cache.put("old", b"answer", gen, time.monotonic())
+    cache.forget()
+    assert cache.get("JustOpened", "old") is None
+    assert cache.generation() == gen
+    cache.put("new", b"answer", gen, time.monotonic())
+    assert cache.get("JustOpened", "new") == b"answer"

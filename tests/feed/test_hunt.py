@@ -170,6 +170,10 @@ class FeedMachine(RuleBasedStateMachine):
         assert (reply.applied_limit, reply.limit_capped) == (applied, limit > applied), page
         got, want = [shown(i) for i in reply.items], [modelled(d) for d in expected[:applied]]
         assert got == want, (page, ask, self.now, got, want)
+        for item in reply.items:
+            self.check_item(item)
+        order = [(i.opened_at.ToDatetime(dt.UTC), i.event_id) for i in reply.items]
+        assert order == sorted(order, reverse=True) and len(set(order)) == len(order), order
         assert reply.truncated == (len(expected) > applied), page
         assert bool(reply.next_page_token) == reply.truncated, page
         assert reply.HasField("as_of")
@@ -180,6 +184,17 @@ class FeedMachine(RuleBasedStateMachine):
             else:
                 assert not reply.no_data_yet
                 assert reply.as_of.ToDatetime(dt.UTC) == max(self.polled.values())
+
+    def check_item(self, item: feed_pb2.FeedItem) -> None:
+        """The promises about each item's own fields."""
+        assert item.event_id > 0 and item.venue.id > 0 and item.venue.name
+        assert item.bucket_id == f"{item.reservation_date}_{item.time_slot}"
+        prime = item.time_slot in self.ctx.feed.servicer.settings.prime_anchors
+        kind = feed_pb2.TIME_BUCKET_PRIME if prime else feed_pb2.TIME_BUCKET_OFF_PEAK
+        assert item.time_bucket == kind
+        sizes = list(item.party_sizes)
+        assert sizes == sorted(set(sizes)) and all(1 <= n <= 20 for n in sizes), sizes
+        assert item.HasField("opened_at") and item.HasField("venue")
 
     def first_page(self, ask: Ask) -> tuple[Reply, list[OpenDrop]]:
         reply = self.ask(ask)

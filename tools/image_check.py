@@ -8,8 +8,8 @@ JustOpened call from the host), starts the poller against the simulator run from
 (a healthy poll recorded), and runs the maintenance job (its JSON summary).
 
 The database server: DROPWATCH_DATABASE_URL's, else PostgreSQL at 127.0.0.1:5432 when it
-answers (CI's), else an embedded one on the host (its socket directory is mounted into the
-container). A fresh database is created and dropped.
+answers (CI's), else an embedded one on the host (reached through a TCP forwarder to its Unix
+socket). A fresh database is created and dropped.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import psycopg
 
 from shared.gen.dropwatch.feed.v1 import feed_pb2, feed_pb2_grpc
 from tools.database import EXTERNAL_URL_ENV, PgServer, pg_server
-from tools.image_container import Container, Started
+from tools.image_container import Container, Started, tcp_to_unix
 from tools.stack.ready import grpc_serving, http_ok
 
 REPO = Path(__file__).resolve().parent.parent
@@ -158,26 +158,29 @@ def check_contents(box: Container) -> None:
 
 
 @contextmanager
-def database_server() -> Iterator[PgServer]:
-    if os.environ.get(EXTERNAL_URL_ENV):
+def database_server(embedded: bool = False) -> Iterator[PgServer]:
+    if os.environ.get(EXTERNAL_URL_ENV) and not embedded:
         with pg_server() as server:
             yield server
         return
     with socket.socket() as sock:
         sock.settimeout(2)
         answers = sock.connect_ex(("127.0.0.1", 5432)) == 0
-    if answers:
+    if answers and not embedded:
         yield PgServer(LOCAL_SERVER, "PostgreSQL at 127.0.0.1:5432")
         return
+    os.environ.pop(EXTERNAL_URL_ENV, None)
     with pg_server("dropwatch-image-") as server:  # embedded, on the host
         yield server
 
 
-def _socket_dir(url: str) -> str | None:
-    """The Unix socket directory of a libpq URL (the embedded server listens on one only)."""
+def _unix_socket(url: str) -> str | None:
+    """The Unix socket of a libpq URL (the embedded server listens on one only)."""
     parts = urlsplit(url)
-    host = parse_qs(parts.query).get("host", [parts.hostname or ""])[0]
-    return host if host.startswith("/") else None
+    query = parse_qs(parts.query)
+    host = query.get("host", [parts.hostname or ""])[0]
+    port = query.get("port", [str(parts.port or 5432)])[0]
+    return f"{host}/.s.PGSQL.{port}" if host.startswith("/") else None
 
 
 def _query(url: str, sql: str) -> Any:
@@ -273,22 +276,25 @@ def check_maintenance(box: Container, env: dict[str, str]) -> None:
     _require(bool(summary.get("steps")), f"maintenance steps: {', '.join(summary['steps'])}")
 
 
-def run_checks(image: str, driver: str, logs: Path) -> None:
+def run_checks(image: str, driver: str, logs: Path, embedded: bool = False) -> None:
     print(f"== image-test: {image}", flush=True)
     check_config(image, driver)
-    with database_server() as server, ExitStack() as stack:
+    with database_server(embedded) as server, ExitStack() as stack:
         print(f"== database: {server.description}", flush=True)
         name = stack.enter_context(server.database("dropwatch_image"))
-        url = server.url_for(name)
+        url = box_url = server.url_for(name)
+        unix = _unix_socket(url)
+        if unix:  # uid 10001 may not enter the server's directory: give it TCP instead
+            port = stack.enter_context(tcp_to_unix(unix))
+            user = urlsplit(url).username or "postgres"
+            box_url = f"postgresql://{user}@127.0.0.1:{port}/{name}"
+            print(f"   --  the container reaches it at 127.0.0.1:{port}", flush=True)
         box = Container(image, logs, driver)
         stack.callback(box.remove)  # first out: stop the components, then drop the database
-        sockets = _socket_dir(url)
-        if sockets:
-            box.volumes[sockets] = sockets
         box.create()
         print("== contents", flush=True)
         check_contents(box)
-        env = {"DROPWATCH_DATABASE_URL": url}
+        env = {"DROPWATCH_DATABASE_URL": box_url}
         print("== components, from the image, as uid 10001", flush=True)
         check_migrate(box, env, url)
         check_feed(box, env)
@@ -306,12 +312,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--storage-driver", default=os.environ.get("DROPWATCH_STORAGE_DRIVER", "vfs")
     )
+    parser.add_argument(
+        "--embedded", action="store_true", help="an embedded server on the host, whatever answers"
+    )
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="dropwatch-image-") as logs:
         try:
-            run_checks(args.image, args.storage_driver, Path(logs))
+            run_checks(args.image, args.storage_driver, Path(logs), args.embedded)
         except (AssertionError, RuntimeError, subprocess.SubprocessError) as exc:
             print(f"image-test FAILED: {exc}", file=sys.stderr, flush=True)
             return 1

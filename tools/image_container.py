@@ -15,9 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
+import socket
+import socketserver
 import subprocess
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,7 +97,6 @@ class Container:
     image: str
     logs: Path
     driver: str = "vfs"
-    volumes: dict[str, str] = field(default_factory=dict)
     name: str = field(default_factory=lambda: f"dropwatch-image-test-{os.getpid()}")
     root: Path = Path("/nonexistent")
     _started: list[Started] = field(default_factory=list)
@@ -121,7 +124,6 @@ class Container:
 
     def argv(self, command: Sequence[str], env: Mapping[str, str], user: str = USER) -> list[str]:
         mounts = {str(self.root) + path: path + ":ro" for path in READ_ONLY}
-        mounts.update(self.volumes)
         args = ["buildah", "--storage-driver", self.driver, "run", "--isolation", "chroot"]
         args += ["--network", "host", "--user", user]
         for source, target in mounts.items():
@@ -165,3 +167,39 @@ class Container:
                 started.kill()
         if self.root != Path("/nonexistent"):
             self.buildah("rm", self.name)  # unmounts too
+
+
+class _Forward(socketserver.BaseRequestHandler):
+    """One TCP connection, relayed byte for byte to the Unix socket `target`."""
+
+    target = ""
+
+    def handle(self) -> None:
+        with socket.socket(socket.AF_UNIX) as upstream:
+            upstream.connect(self.target)
+            peer = {self.request: upstream, upstream: self.request}
+            while True:
+                ready, _, _ = select.select(list(peer), [], [])
+                for sock in ready:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    peer[sock].sendall(data)
+
+
+@contextlib.contextmanager
+def tcp_to_unix(path: str) -> Iterator[int]:
+    """A loopback TCP port that forwards to the Unix socket `path`, for the block; its port.
+
+    The embedded server listens on a Unix socket in a directory only its owner may enter, which
+    uid 10001 in the container cannot; over TCP it needs no permission on the host's files."""
+    handler = type("Handler", (_Forward,), {"target": path})
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="tcp-to-unix", daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()

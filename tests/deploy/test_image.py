@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO_ROOT
 from tools import image_check
+from tools.image_container import tcp_to_unix
 
 IMAGE_TOOLS = ("podman", "buildah", "mmdebstrap")
 
@@ -34,10 +37,25 @@ def test_a_reference_to_the_cli_is_found_and_pips_own_cli_is_not() -> None:
     assert not found(b"site-packages/pip/_internal/cli/main.py")
 
 
-def test_the_embedded_servers_socket_directory_is_found_in_its_url() -> None:
-    socket_dir = image_check._socket_dir
-    assert socket_dir("postgresql://postgres@/db?host=/tmp/pg%20x") == "/tmp/pg x"
-    assert socket_dir("postgresql://postgres@127.0.0.1:5432/db") is None
+def test_the_embedded_servers_socket_is_found_in_its_url() -> None:
+    unix_socket = image_check._unix_socket
+    assert unix_socket("postgresql://postgres@/db?host=/tmp/pg%20x") == "/tmp/pg x/.s.PGSQL.5432"
+    assert unix_socket("postgresql://u@/db?host=/run/pg&port=5433") == "/run/pg/.s.PGSQL.5433"
+    assert unix_socket("postgresql://postgres@127.0.0.1:5432/db") is None
+
+
+def test_the_forwarder_relays_both_ways_to_a_unix_socket(tmp_path: Path) -> None:
+    path = str(tmp_path / "echo.sock")
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(path)
+        listener.listen(1)
+        with tcp_to_unix(path) as port, socket.create_connection(("127.0.0.1", port), 5) as tcp:
+            tcp.sendall(b"ping")
+            conn, _ = listener.accept()
+            with conn:
+                assert conn.recv(4) == b"ping"
+                conn.sendall(b"pong")
+                assert tcp.recv(4) == b"pong"
 
 
 @pytest.mark.slow

@@ -302,3 +302,22 @@ def test_cli_fails_non_zero_when_the_database_is_unreachable() -> None:
     assert result.returncode == 2
     assert json.loads(result.stdout.strip())["ok"] is False
     assert "secretpw" not in result.stdout + result.stderr
+
+
+def test_party_size_events_are_counted_as_events_but_not_as_drops(
+    db_url: str, engine: Engine
+) -> None:
+    """SIZE_OPEN / SIZE_CLOSE (a slot's party sizes changed) are not drops or closes; the day
+    is still final once, with every event it held accounted for."""
+    events = sample_events()
+    sizes = [Ev(1, PAST[0], kind, _at(PAST[0], 14)) for kind in ("SIZE_OPEN", "SIZE_CLOSE")]
+    insert_events(engine, [*events, *sizes])
+    summary = run_at(msettings(db_url), engine, NOW)
+    assert summary.steps["prune_events"].detail == {"partitions": 3, "reaggregated": 0}
+    assert actual_venue_metrics(engine) == expected_venue_metrics(events, set(PAST))
+    assert actual_market_metrics(engine) == expected_market_metrics(events, set(PAST))
+    with engine.connect() as conn:
+        counted = conn.execute(
+            text("SELECT event_count FROM day_figures WHERE window_date = :d"), {"d": PAST[0]}
+        ).scalar_one()
+    assert counted == sum(e.day == PAST[0] for e in events) + 2

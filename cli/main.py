@@ -231,7 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("maintenance", help="the daily aggregate-then-prune job")
     maint = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     q = maint.add_parser("run", help="run it once now")
-    q.add_argument("--now", help="pretend it is this ISO-8601 time (with a UTC offset)")
+    q.add_argument(
+        "--now",
+        help="date the run back to this ISO-8601 time (with a UTC offset); never more than"
+        " DROPWATCH_MAX_CLOCK_SKEW_SECONDS ahead of the database clock",
+    )
     q.set_defaults(func=_cmd_maintenance)
 
     from cli import feed as client

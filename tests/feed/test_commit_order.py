@@ -108,3 +108,29 @@ async def test_a_write_in_flight_holds_back_what_commits_after_it(
         assert [i.venue.id for i in shown.items] == [1]
     finally:
         await writer.close()
+
+
+async def test_a_size_added_after_the_first_page_changes_no_later_page(
+    seeder: Seeder, stub: Stub, feed: FeedServer
+) -> None:
+    """Found by the hunt: a party-size change is an UPDATE that kept the row's writing
+    transaction, so a walk's later page saw it (here it hid `a` and slipped in behind the
+    cursor). A resized slot now counts as written by the resizing poll."""
+    a, b, c = (SeedSlot(venue, TODAY, "19:00", party_sizes=(4,)) for venue in (1, 2, 3))
+    await seeder.open([a], at=ago(30))
+    await seeder.open([SeedSlot(1, TODAY, "19:30", party_sizes=(2,))], at=ago(25))
+    await seeder.open([b], at=ago(20))
+    await seeder.open([c], at=ago(10))
+    feed.servicer.cache.invalidate()  # the NOTIFY of the last poll may not have landed yet
+    for_four = feed_pb2.FeedFilter(party_sizes=[4])
+    first = await stub.JustOpened(feed_pb2.JustOpenedRequest(filter=for_four, limit=2))
+    assert [i.venue.id for i in first.items] == [3, 2] and first.next_page_token
+    # A slow poll: venue 1's 19:30 slot becomes bookable for 4 as well.
+    await seeder.open([SeedSlot(1, TODAY, "19:30", party_sizes=(2, 4))], at=ago(5))
+    rest = await stub.JustOpened(
+        feed_pb2.JustOpenedRequest(filter=for_four, limit=2, page_token=first.next_page_token)
+    )
+    assert [(i.venue.id, i.slot_time) for i in rest.items] == [(1, "19:00")]
+    feed.servicer.cache.invalidate()
+    fresh = await stub.JustOpened(feed_pb2.JustOpenedRequest(filter=for_four))
+    assert (1, "19:30") in [(i.venue.id, i.slot_time) for i in fresh.items]

@@ -27,6 +27,7 @@ from pathlib import Path
 
 USER = "10001:10001"
 READ_ONLY = ("/opt", "/usr")
+PREFIX = "dropwatch-image-test-"  # then the process id of the run that made the container
 
 
 def _descendants(pid: int) -> list[int]:
@@ -97,7 +98,7 @@ class Container:
     image: str
     logs: Path
     driver: str = "vfs"
-    name: str = field(default_factory=lambda: f"dropwatch-image-test-{os.getpid()}")
+    name: str = field(default_factory=lambda: f"{PREFIX}{os.getpid()}")
     root: Path = Path("/nonexistent")
     _started: list[Started] = field(default_factory=list)
 
@@ -113,14 +114,18 @@ class Container:
         return done.stdout.strip()
 
     def create(self) -> None:
-        if self._exists():  # left by a run of the same process id that was killed
-            self.buildah("rm", self.name)
+        self._remove_leftovers()
         self.buildah("from", "--pull-never", "--name", self.name, self.image)
         self.root = Path(self.buildah("mount", self.name))
 
-    def _exists(self) -> bool:
+    def _remove_leftovers(self) -> None:
+        """Working containers of runs that were killed (each holds a copy of the image)."""
         names = self.buildah("containers", "--format", "{{.ContainerName}}").split()
-        return self.name in names
+        for name in names:
+            owner = name.removeprefix(PREFIX)
+            ours = name.startswith(PREFIX) and owner.isdigit()
+            if ours and (name == self.name or not Path(f"/proc/{owner}").exists()):
+                self.buildah("rm", name)
 
     def argv(self, command: Sequence[str], env: Mapping[str, str], user: str = USER) -> list[str]:
         mounts = {str(self.root) + path: path + ":ro" for path in READ_ONLY}

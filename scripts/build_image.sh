@@ -11,13 +11,17 @@
 #   3. the image, with vfs storage and chroot isolation (what works in an unprivileged sandbox).
 #
 # The base tarball and the wheelhouse are cached in DROPWATCH_IMAGE_CACHE (default
-# ~/.cache/dropwatch/image, outside the work tree so fresh clones share it), keyed by what makes
-# them. The image is rebuilt only when one of its inputs changed (label dev.dropwatch.inputs).
+# ~/.cache/dropwatch/image, outside the work tree so fresh clones share it; .dropwatch/image-cache
+# without a home), keyed by what makes them. The image is rebuilt only when one of its inputs changed (label dev.dropwatch.inputs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 IMAGE="${IMAGE:-dropwatch:dev}"
-CACHE="${DROPWATCH_IMAGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dropwatch/image}"
+if [ -n "${XDG_CACHE_HOME:-}" ] || [ -n "${HOME:-}" ]; then
+    CACHE="${DROPWATCH_IMAGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dropwatch/image}"
+else  # no home (some CI runners): the git-ignored state folder of the work tree
+    CACHE="${DROPWATCH_IMAGE_CACHE:-$PWD/.dropwatch/image-cache}"
+fi
 DRIVER="${DROPWATCH_STORAGE_DRIVER:-vfs}"
 VENV_PYTHON="${VENV_PYTHON:-.venv/bin/python}"
 SUITE=bookworm

@@ -42,7 +42,7 @@ FORMATS: dict[str, Callable[[dt.datetime], str]] = {
     "offset": lambda t: t.replace(tzinfo=ZONE).isoformat(),
     "utc": lambda t: t.replace(tzinfo=ZONE).astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
 }
-FAULTS = ("server_error", "timeout", "bad_time", "missing_page")
+FAULTS = ("server_error", "timeout", "bad_time", "missing_page", "repeat_venue")
 
 
 def slot_key(venue: int, hhmm: str, day: dt.date = TODAY) -> str:
@@ -61,7 +61,9 @@ class ScriptedResy:
     all_empty: bool = False
     time_format: str = "space"
     fault: str | None = None  # fires on every request of the next poll, then clears
-    fired: bool = False  # did the fault change an answer (missing_page needs a second page)?
+    # Did the fault make the fetch fail? (missing_page needs a second page; repeat_venue never
+    # fails it: the same slot seen twice is one slot.)
+    fired: bool = False
     requests: int = 0
 
     def transport(self) -> httpx.MockTransport:
@@ -82,6 +84,10 @@ class ScriptedResy:
             venues = [*venues, (999, ["19:00"])]
         total_pages = max(1, -(-len(venues) // per_page))
         hits = [self._hit(v, times) for v, times in venues[(page - 1) * per_page : page * per_page]]
+        if self.fault == "missing_page" and page >= 2:  # meta still claims the page
+            hits, self.fired = [], True
+        if self.fault == "repeat_venue" and page >= 2:  # page drift: a venue shown twice
+            hits = [self._hit(*venues[(page - 1) * per_page - 1]), *hits]
         meta = {"page": page, "per_page": per_page, "total_pages": total_pages}
         return httpx.Response(
             200, json={"search": {"hits": hits, "nbHits": len(venues)}, "meta": meta}

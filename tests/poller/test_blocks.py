@@ -183,3 +183,21 @@ async def test_a_kind_blocked_while_its_bucket_baselined_reports_no_false_drops(
     resy.slots[(3, "20:00")] = {4}  # now a real drop for size 4
     assert await poll_scripted(sctx, resy, BUCKET) == "healthy"
     assert kinds(engine) == [("NEW_DROP", slot_key(3, "20:00"), [4])]
+
+
+async def test_a_missing_page_fails_the_fetch_and_a_repeated_venue_is_one_venue(
+    sctx: PollContext, engine: Engine, resy: ScriptedResy, clock: Clock
+) -> None:
+    """The page faults the hunt serves do what they say (per_page 100 -> 2 here)."""
+    object.__setattr__(sctx.settings, "per_page", 2)
+    resy.slots = {(v, "19:00"): {2, 4} for v in range(1, 6)}  # 3 pages per party size
+    await baselined(sctx, resy, clock)
+    before = open_sizes(engine)
+    resy.slots.pop((1, "19:00"))
+    resy.fault = "missing_page"
+    assert await poll_scripted(sctx, resy, BUCKET) == "incomplete"
+    assert resy.fired and kinds(engine) == [] and open_sizes(engine) == before
+    resy.fault, resy.fired = "repeat_venue", False
+    assert await poll_scripted(sctx, resy, BUCKET) == "healthy"
+    assert not resy.fired and [k for k, _, _ in kinds(engine)] == []
+    assert len(open_sizes(engine)) == 4

@@ -33,7 +33,7 @@ from tests.poller.scripted import slot_key as key_id
 
 BUCKET = f"{TODAY.isoformat()}_19:00"
 OTHER = f"{TODAY.isoformat()}_15:00"  # another bucket of the market: sell-out evidence
-SIZES = (2, 4)
+SIZES = (2, 4, 6)
 MIN_PREVIOUS, SHRINK, CONFIRM_S, CONFIRM_POLLS = 3, 0.5, 120.0, 2
 # Inside the bucket's window (19:00 +/- 2 h), then outside it (a late one crosses midnight in UTC).
 TIMES = ("17:00", "18:00", "19:00", "19:45", "21:00", "21:15", "23:30")
@@ -197,6 +197,7 @@ def hunt(db_url: str, engine: Engine, profile: settings) -> None:
                 db_url,
                 max_attempts=1,
                 per_page=2,
+                party_sizes=SIZES,
                 soft_block_min_previous=MIN_PREVIOUS,
                 soft_block_shrink_ratio=SHRINK,
                 sellout_confirm_seconds=CONFIRM_S,

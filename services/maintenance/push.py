@@ -29,7 +29,7 @@ def push_summary(url: str, job: str, summary: RunSummary) -> None:
         registry=registry,
     )
     Gauge(
-        "dropwatch_maintenance_days_left_for_operator",
+        "dropwatch_maintenance_partitions_left_for_operator",
         "Days the last run left alone: a partition with fewer events than its figures count,"
         " or one that reappeared after its figures became final (see the run's JSON summary).",
         registry=registry,

@@ -293,7 +293,7 @@ def test_cli_prints_json_and_pushes_to_the_pushgateway(db_url: str, engine: Engi
     path, body = _Gateway.received[-1]
     assert path == "/metrics/job/dropwatch_maintenance"
     assert "dropwatch_maintenance_last_success_timestamp_seconds" in body
-    assert "dropwatch_maintenance_days_left_for_operator 0.0" in body
+    assert "dropwatch_maintenance_partitions_left_for_operator 0.0" in body
     assert 'dropwatch_maintenance_step_duration_seconds{step="aggregate"}' in body
 
 

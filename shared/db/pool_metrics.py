@@ -2,7 +2,8 @@
 
 Gauges (size, in use, overflow) are read from the pool at scrape time by a collector, so they
 can never drift from the truth; checkout wait and timeouts are recorded by the instrumented pool
-classes in `shared.db.engine` as they happen.
+classes in `shared.db.engine` as they happen. A tracked pool's counters exist at zero from the
+start: `increase()` ignores a series' first sample, so a pod's first timeouts would be invisible.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ class PoolMetrics:
     def track(self, name: str, get_pool: Callable[[], Pool]) -> None:
         """Report the pool that `get_pool()` returns (read at each scrape) under label `name`."""
         self._pools[name] = get_pool
+        self.checkout_wait.labels(name)
+        self.checkout_timeouts.labels(name)
 
 
 class _PoolStateCollector(Collector):

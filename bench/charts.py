@@ -9,9 +9,6 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-LATENCY_UNITS = ("ms", "s")
-MEMORY_UNITS = ("MB",)
-
 
 def draw(points: dict[str, list[dict[str, Any]]], out_dir: Path) -> list[Path]:
     """Write latency.png and memory.png (when there are such points); return the files."""
@@ -20,8 +17,8 @@ def draw(points: dict[str, list[dict[str, Any]]], out_dir: Path) -> list[Path]:
     matplotlib.use("Agg")
     written = []
     for name, units, title in (
-        ("latency.png", LATENCY_UNITS, "Latency against table size"),
-        ("memory.png", MEMORY_UNITS, "Memory against table size"),
+        ("latency.png", ("ms", "s"), "Latency against table size"),
+        ("memory.png", ("MB",), "Memory against table size"),
     ):
         panels = _panels(points, units)
         path = out_dir / name
@@ -38,7 +35,8 @@ Panel = dict[str, Any]
 
 
 def _panels(points: dict[str, list[dict[str, Any]]], units: tuple[str, ...]) -> list[Panel]:
-    """One panel per (benchmark, metric) with points in these units, sizes ascending."""
+    """One panel per (benchmark, metric) with points in these units, sizes ascending; an
+    original's value a log axis cannot show is None (not drawn)."""
     grouped: dict[tuple[str, str, str], dict[int, dict[str, Any]]] = defaultdict(dict)
     for benchmark, items in points.items():
         for p in items:  # a later run at the same size replaces an earlier one
@@ -47,21 +45,11 @@ def _panels(points: dict[str, list[dict[str, Any]]], units: tuple[str, ...]) -> 
     panels = []
     for (benchmark, metric, unit), by_size in sorted(grouped.items()):
         sizes = sorted(by_size)
-        panels.append(
-            {
-                "title": f"{benchmark}: {metric}",
-                "unit": unit,
-                "sizes": sizes,
-                "ours": [float(by_size[s]["ours"]) for s in sizes],
-                "original": [_positive(by_size[s].get("original")) for s in sizes],
-            }
-        )
+        original = [by_size[s].get("original") for s in sizes]
+        panel = {"title": f"{benchmark}: {metric}", "unit": unit, "sizes": sizes}
+        panel["ours"] = [float(by_size[s]["ours"]) for s in sizes]
+        panels.append(panel | {"original": [float(v) if v and v > 0 else None for v in original]})
     return panels
-
-
-def _positive(value: Any) -> float | None:
-    """A value a log axis can show, else None (not drawn)."""
-    return float(value) if value is not None and float(value) > 0 else None
 
 
 def _size_label(value: float, _pos: object = None) -> str:
@@ -90,14 +78,11 @@ def _figure(panels: list[Panel], title: str, path: Path) -> None:
         if pairs:
             xs, ys = zip(*pairs, strict=True)
             ax.plot(xs, ys, "s--", color="tab:red", label="original (naive) pattern")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+        ax.set(xscale="log", yscale="log", xlabel="drop_events in the table", ylabel=panel["unit"])
         ax.xaxis.set_major_formatter(FuncFormatter(_size_label))
         ax.yaxis.set_major_formatter(FuncFormatter(_value_label))
         ax.yaxis.set_minor_formatter(FuncFormatter(_value_label))
         ax.set_title(panel["title"], fontsize=9)
-        ax.set_xlabel("drop_events in the table")
-        ax.set_ylabel(panel["unit"])
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     for ax in list(axes.flat)[len(panels) :]:

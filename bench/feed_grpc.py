@@ -6,27 +6,24 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager as ContextManager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 
-from bench.harness import log, percentile
+from bench.harness import child, log, percentile
 from shared.gen.dropwatch.feed.v1 import feed_pb2
 
-ROOT = Path(__file__).resolve().parents[1]
 CALL_TIMEOUT = 30.0
 ECHO_SERVICE = "dropwatch.bench.Echo"
-FEED_SERVICE = feed_pb2.DESCRIPTOR.services_by_name["FeedService"].full_name
 # Echo methods: an empty answer; the feed's cached default answer as a message serialized per
 # call (as the feed serves its cache) or as pre-serialized bytes. The client parses the last two.
 ECHO = {
@@ -43,29 +40,24 @@ def free_port() -> int:
 
 
 @dataclass
-class Child:
-    proc: subprocess.Popen[bytes]
+class Server:
+    proc: subprocess.Popen[Any]
     target: str  # host:port of its gRPC server
     log_path: Path
     metrics_port: int = 0
 
-    def tail(self) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-30:])
-
-    async def ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
+    async def ready(self) -> None:
+        """Until its gRPC server answers (a minute at most); stops the run if it exits."""
+        for _ in range(60):
             if self.proc.poll() is not None:
-                raise SystemExit(
-                    f"{self.proc.args!r} exited {self.proc.returncode}:\n{self.tail()}"
-                )
-            try:
+                break
+            with suppress(TimeoutError):
                 async with grpc.aio.insecure_channel(self.target) as channel:
-                    await asyncio.wait_for(channel.channel_ready(), timeout=1.0)
-                    return
-            except TimeoutError:
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"{self.target} not ready:\n{self.tail()}") from None
+                    return await asyncio.wait_for(channel.channel_ready(), timeout=1.0)
+        log = self.log_path.read_text(errors="replace").splitlines()[-30:]
+        raise SystemExit(
+            f"{self.proc.args!r} not ready ({self.proc.returncode}):\n" + "\n".join(log)
+        )
 
     def cache_counts(self) -> dict[str, float]:
         """The feed's JustOpened cache counters (hit, miss) from its /metrics."""
@@ -77,79 +69,53 @@ class Child:
 
 
 @contextmanager
-def child(
-    args: list[str], log_path: Path, env: dict[str, str] | None, port: int
-) -> Iterator[Child]:
-    """A child process, SIGTERM then SIGKILL at the end; always reaped."""
-    with log_path.open("wb") as out:
-        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        yield Child(proc, f"127.0.0.1:{port}", log_path)
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-
-
-@contextmanager
-def feed_server(url: str, logs: Path, name: str, cache_ttl: float | None) -> Iterator[Child]:
-    """`python -m services.feed` on a free port against the benchmark's database."""
-    port, metrics = free_port(), free_port()
-    env = dict(os.environ, DROPWATCH_DATABASE_URL=url, DROPWATCH_LOG_LEVEL="INFO")
-    env["DROPWATCH_PAGE_TOKEN_SECRET"] = "bench-page-token-secret"
-    if cache_ttl is not None:  # 0: every request reaches PostgreSQL
-        env["DROPWATCH_CACHE_TTL_SECONDS"] = str(cache_ttl)
-    args = ["-m", "services.feed", "--port", str(port), "--metrics-port", str(metrics)]
-    with child([sys.executable, *args], logs / f"feed-{name}.log", env, port) as feed:
-        feed.metrics_port = metrics
-        yield feed
-
-
-@contextmanager
-def echo_server(logs: Path, payload: bytes) -> Iterator[Child]:
+def served(
+    args: list[str], log_path: Path, env: dict[str, str], metrics: int = 0
+) -> Iterator[Server]:
+    """A gRPC server child on a free port (`{port}` in `args`), its output in `log_path`."""
     port = free_port()
+    args = [a.replace("{port}", str(port)) for a in args]
+    with log_path.open("wb") as out, child(args, env, stdout=out, stderr=subprocess.STDOUT) as p:
+        yield Server(p, f"127.0.0.1:{port}", log_path, metrics)
+
+
+def feed_server(url: str, logs: Path, name: str, cache_ttl: float) -> ContextManager[Server]:
+    """`python -m services.feed` against the benchmark's database."""
+    metrics = free_port()
+    env = dict(os.environ, DROPWATCH_DATABASE_URL=url, DROPWATCH_LOG_LEVEL="INFO")
+    env.update(DROPWATCH_PAGE_TOKEN_SECRET="bench", DROPWATCH_CACHE_TTL_SECONDS=str(cache_ttl))
+    args = ["-m", "services.feed", "--port", "{port}", "--metrics-port", str(metrics)]
+    return served(args, logs / f"feed-{name}.log", env, metrics)
+
+
+def echo_server(logs: Path, payload: bytes) -> ContextManager[Server]:
     (logs / "payload.bin").write_bytes(payload)
-    code = f"from bench.feed_grpc import serve_echo; serve_echo({port}, {str(logs)!r})"
-    with child([sys.executable, "-c", code], logs / "echo.log", None, port) as echo:
-        yield echo
+    code = f"from bench.feed_grpc import serve_echo; serve_echo({{port}}, {str(logs)!r})"
+    return served(["-c", code], logs / "echo.log", dict(os.environ))
 
 
 def serve_echo(port: int, logs: str) -> None:
     """The echo child: a bare grpc.aio server, generic handlers, no interceptor."""
     payload = (Path(logs) / "payload.bin").read_bytes()
     message = feed_pb2.JustOpenedResponse.FromString(payload)
+    serialize = feed_pb2.JustOpenedResponse.SerializeToString
+    answers = {"Empty": (b"", None), "Bytes": (payload, None), "Message": (message, serialize)}
 
-    async def main() -> None:
-        async def empty(request: bytes, context: Any) -> bytes:
-            return b""
+    def handler(answer: Any, serializer: Any) -> grpc.RpcMethodHandler[Any, Any]:
+        async def handle(request: bytes, context: Any) -> Any:
+            return answer
 
-        async def as_bytes(request: bytes, context: Any) -> bytes:
-            return payload
+        return grpc.unary_unary_rpc_method_handler(handle, None, serializer)
 
-        async def as_message(request: bytes, context: Any) -> feed_pb2.JustOpenedResponse:
-            return message
-
-        serialize = feed_pb2.JustOpenedResponse.SerializeToString
-        handlers = {
-            "Empty": grpc.unary_unary_rpc_method_handler(empty),
-            "Bytes": grpc.unary_unary_rpc_method_handler(as_bytes),
-            "Message": grpc.unary_unary_rpc_method_handler(as_message, None, serialize),
-        }
+    async def main() -> None:  # until SIGTERM
         server = grpc.aio.server()
+        handlers = {method: handler(*answer) for method, answer in answers.items()}
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(ECHO_SERVICE, handlers),)
         )
         server.add_insecure_port(f"127.0.0.1:{port}")
         await server.start()
-        stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await server.stop(0)
+        await server.wait_for_termination()
 
     asyncio.run(main())
 
@@ -163,36 +129,14 @@ def echo_call(channel: grpc.aio.Channel, method: str) -> Call:
     return lambda: stub(b"", timeout=CALL_TIMEOUT)
 
 
-async def raw_default_answer(target: str) -> bytes:
-    """The feed's default JustOpened answer, as the bytes on the wire."""
-    async with grpc.aio.insecure_channel(target) as channel:
-        serialize = feed_pb2.JustOpenedRequest.SerializeToString
-        stub = channel.unary_unary(f"/{FEED_SERVICE}/JustOpened", serialize, None)
-        reply = await stub(feed_pb2.JustOpenedRequest(), timeout=CALL_TIMEOUT)
-    assert isinstance(reply, bytes)
-    return reply
+class Load(NamedTuple):
+    """What `drive` measured, every call's latency as the client saw it."""
 
-
-@dataclass
-class Load:
-    """What `drive` measured: every call's latency as the client saw it."""
-
-    latencies_ms: list[float]
-    seconds: float
+    p50: float  # ms
+    p99: float
+    rps: float
     items: int  # in the last answer
     size: int  # bytes of the last answer
-
-    @property
-    def rps(self) -> float:
-        return len(self.latencies_ms) / self.seconds
-
-    @property
-    def p50(self) -> float:
-        return percentile(self.latencies_ms, 50)
-
-    @property
-    def p99(self) -> float:
-        return percentile(self.latencies_ms, 99)
 
 
 async def drive(call: Call, concurrency: int, duration: float) -> Load:
@@ -217,11 +161,13 @@ async def drive(call: Call, concurrency: int, duration: float) -> Load:
                 latencies.append((time.perf_counter() - started) * 1000)
                 last = reply
 
-    warmup = min(1.0, max(0.2, duration / 5))
-    for keep, seconds in ((False, warmup), (True, duration)):
+    for keep, seconds in ((False, min(1.0, max(0.2, duration / 5))), (True, duration)):
         started = time.perf_counter()
         await asyncio.gather(*(worker(started + seconds, keep) for _ in range(concurrency)))
-    elapsed = time.perf_counter() - started
-    if isinstance(last, bytes | None):
-        return Load(latencies, elapsed, 0, len(last or b""))
-    return Load(latencies, elapsed, len(last.items), last.ByteSize())
+    rps = len(latencies) / (time.perf_counter() - started)
+    items, size = (
+        (0, len(last or b""))
+        if isinstance(last, bytes | None)
+        else (len(last.items), last.ByteSize())
+    )
+    return Load(percentile(latencies, 50), percentile(latencies, 99), rps, items, size)

@@ -1,12 +1,15 @@
-"""The feed benchmark in-process: the original read pattern, and where the feed's own time goes
-(the real code, no gRPC)."""
+"""The feed benchmark in-process: its requests, the original read pattern, and where the feed's
+own time goes (the real code, no gRPC)."""
 
 from __future__ import annotations
 
 import datetime as dt
+import inspect
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -18,7 +21,7 @@ from services.feed import sql as feed_sql
 from services.feed import store
 from services.feed.cache import AnswerCache
 from services.feed.paging import PageTokens
-from services.feed.request import FeedQuery
+from services.feed.request import FeedQuery, from_just_opened, from_still_open
 from services.feed.servicer import FeedServicer
 from services.feed.settings import FeedSettings
 from shared.db.buckets import market_today
@@ -27,28 +30,46 @@ from shared.db.models import EVENT_NEW_DROP, DropEvent
 from shared.gen.dropwatch.feed.v1 import feed_pb2
 
 MAX_SAMPLES = 50
+# key, title, JustOpened?, filtered?, p50 target at concurrency 1 (ms)
+SCENARIOS = (
+    ("jo_default", "JustOpened default", True, False, 5.0),
+    ("jo_filtered", "JustOpened filtered", True, True, 5.0),
+    ("so_default", "StillOpen limit=1000", False, False, 15.0),
+    ("so_filtered", "StillOpen filtered", False, True, 15.0),
+)
 
 
 @dataclass(frozen=True)
 class Ask:
-    """One request as both sides see it: the feed's query and the original's parameters."""
+    """One request as every side sees it: the gRPC message, the feed's query, the original's
+    parameters (filtered: party size 2 and the next three days, market time)."""
 
+    key: str
     title: str
+    target_ms: float
+    message: feed_pb2.JustOpenedRequest | feed_pb2.StillOpenRequest
     query: FeedQuery
     just_opened: bool
     dates: frozenset[dt.date]
     sizes: frozenset[int]
 
 
-@dataclass
-class Original:
-    ms: list[float]
-    query_ms: list[float]  # the ORM DropEvent query, objects built
-    snapshot_ms: list[float]  # the open (bucket_id, slot_id) set
-    python_ms: list[float]  # still-open, filters, dedupe
-    server_ms: float  # EXPLAIN ANALYZE execution time of its query
-    rows: int
-    items: int
+def asks(today: dt.date) -> list[Ask]:
+    out = []
+    for key, title, jo, filtered, target in SCENARIOS:
+        dates = [today + dt.timedelta(days=d) for d in ((1, 2, 3) if filtered else ())]
+        f = feed_pb2.FeedFilter(
+            party_sizes=[2] if filtered else [], reservation_dates=[d.isoformat() for d in dates]
+        )
+        if jo:
+            m: Any = feed_pb2.JustOpenedRequest(filter=f)
+            query = from_just_opened(m)
+        else:
+            m = feed_pb2.StillOpenRequest(filter=f, limit=1000)
+            query = from_still_open(m)
+        sizes = frozenset({2} if filtered else ())
+        out.append(Ask(key, title, target, m, query, jo, frozenset(dates), sizes))
+    return out
 
 
 def original_statement(ask: Ask, bucket_ids: list[str], now: dt.datetime) -> Any:
@@ -64,18 +85,19 @@ def original_statement(ask: Ask, bucket_ids: list[str], now: dt.datetime) -> Any
 
 def original_request(
     engine: Engine, ask: Ask, bucket_ids: list[str], today: dt.date
-) -> tuple[float, float, float, int, int]:
+) -> list[float]:
     """One request the original way: query, open snapshot (read from open_slots here; the
-    original parsed a JSON snapshot per bucket), then filters and dedupe in Python."""
+    original parsed a JSON snapshot per bucket), then filters and dedupe in Python. Returns
+    the ms of each part, rows read and items."""
     now = dt.datetime.now(dt.UTC)
     limit, edge = (500, None) if ask.just_opened else (1000, now - dt.timedelta(seconds=600))
-    started = time.perf_counter()
+    times = [time.perf_counter()]
     with Session(engine) as db:
         events = db.scalars(original_statement(ask, bucket_ids, now)).all()
-        queried = time.perf_counter()
+        times.append(time.perf_counter())
         sql = "SELECT bucket_id, slot_id FROM open_slots WHERE bucket_id = ANY(:ids)"
         open_now = {(r[0], r[1]) for r in db.execute(text(sql), {"ids": bucket_ids})}
-        loaded = time.perf_counter()
+        times.append(time.perf_counter())
         seen: set[tuple[int, dt.date]] = set()
         for e in events:  # newest first: the first per (venue, date) wins
             if (e.bucket_id, e.slot_id) not in open_now or e.slot_date < today:
@@ -85,30 +107,26 @@ def original_request(
             ):
                 continue
             if (ask.sizes and ask.sizes.isdisjoint(e.party_sizes)) or (
-                e.venue_id,
-                e.slot_date,
-            ) in seen:
+                (e.venue_id, e.slot_date) in seen
+            ):
                 continue
             seen.add((e.venue_id, e.slot_date))
             if len(seen) >= limit:
                 break
-        done = time.perf_counter()
-    return (
-        (queried - started) * 1000,
-        (loaded - queried) * 1000,
-        (done - loaded) * 1000,
-        len(events),
-        len(seen),
-    )
+        times.append(time.perf_counter())
+    parts = [(b - a) * 1000 for a, b in itertools.pairwise(times)]
+    return [*parts, len(events), len(seen)]
 
 
 def measure_original(
     engine: Engine, asks: list[Ask], bucket_ids: list[str], today: dt.date, duration: float
-) -> list[Original]:
+) -> list[dict[str, float]]:
+    """Per request, medians of ms (whole, query, snapshot, python), the query's server time,
+    rows read and items."""
     out = []
     for ask in asks:
         original_request(engine, ask, bucket_ids, today)  # warm-up
-        runs: list[tuple[float, float, float, int, int]] = []
+        runs: list[list[float]] = []
         until = time.perf_counter() + duration
         while len(runs) < 3 or (time.perf_counter() < until and len(runs) < MAX_SAMPLES):
             runs.append(original_request(engine, ask, bucket_ids, today))
@@ -119,93 +137,56 @@ def measure_original(
                 sql = str(stmt.compile(engine, compile_kwargs={"literal_binds": True}))
                 plan = conn.exec_driver_sql("EXPLAIN (ANALYZE, FORMAT JSON) " + sql).scalar_one()
                 servers.append(float(plan[0]["Execution Time"]))
-        q, s, p = ([r[i] for r in runs] for i in range(3))
-        ms = [a + b + c for a, b, c in zip(q, s, p, strict=True)]
-        out.append(Original(ms, q, s, p, median(servers), runs[-1][3], runs[-1][4]))
-        log(f"original {ask.title}: p50 {median(ms):.1f} ms over {len(ms)} requests")
+        found = {
+            n: median([r[i] for r in runs]) for i, n in enumerate(("query", "snapshot", "python"))
+        }
+        found.update(ms=median([sum(r[:3]) for r in runs]), server=median(servers))
+        out.append({**found, "rows": runs[-1][3], "items": runs[-1][4]})
+        log(f"original {ask.title}: p50 {found['ms']:.1f} ms over {len(runs)} requests")
     return out
 
 
-@dataclass
-class Breakdown:
-    handler_ms: float  # FeedServicer._answer
-    sql_ms: float  # store.fetch_feed alone
-    server_ms: float  # EXPLAIN ANALYZE execution time
-    planning_ms: float
-    build_ms: float  # _fill of the page into protobuf
-    serialize_ms: float
-    parse_ms: float
-
-
-class _NoDeadline:
-    """Stands in for a grpc ServicerContext without a deadline (all `_answer` asks of it)."""
-
-    def time_remaining(self) -> float | None:
-        return None
-
-
-def _ms(fn: Callable[[], object], n: int) -> float:
-    times = []
+async def _calls(n: int, fn: Callable[[], Any]) -> tuple[float, Any]:
+    """The median ms of `n` calls of `fn` (awaited if it returns an awaitable), its last result."""
+    times, result = [], None
     for _ in range(n):
         started = time.perf_counter()
-        fn()
+        result = fn()
+        result = await result if inspect.isawaitable(result) else result
         times.append((time.perf_counter() - started) * 1000)
-    return median(times)
+    return median(times), result
 
 
-async def measure_breakdown(url: str, asks: list[Ask], n: int = 30) -> list[Breakdown]:
-    """Medians of `n` in-process calls of each part of the real code."""
+async def measure_breakdown(url: str, asks: list[Ask], n: int = 30) -> list[dict[str, float]]:
+    """Medians of `n` in-process calls of each part of the real code (the feed's settings and
+    custom plans, no gRPC)."""
     settings = FeedSettings()
     custom = {"plan_cache_mode": "force_custom_plan"}  # as the feed runs
     engine = make_async_engine(settings, name="bench-feed", url=url, server_settings=custom)
     cache = AnswerCache(settings.cache_ttl_seconds, CollectorRegistry())
     servicer = FeedServicer(settings, engine, PageTokens(b"bench"), cache)
+    no_deadline: Any = SimpleNamespace(time_remaining=lambda: None)  # all `_answer` asks of it
     out = []
-    try:
-        for ask in asks:
-            make: Any = (
-                feed_pb2.JustOpenedResponse if ask.just_opened else feed_pb2.StillOpenResponse
-            )
-            handler, sql, server, planning = [], [], [], []
-            answer: Any = None
-            rows: list[store.FeedRow] = []
-            boundary = await servicer._take_boundary()  # shared by first pages, as served
-            today = market_today(settings.zone, boundary.at)
-            for _ in range(n):
-                started = time.perf_counter()
-                answer = await servicer._answer(ask.query, boundary, None, _NoDeadline(), make())  # type: ignore[arg-type]
-                handler.append((time.perf_counter() - started) * 1000)
-            for i in range(n):
-                async with engine.connect() as conn:
-                    started = time.perf_counter()
-                    rows = await store.fetch_feed(
-                        conn, ask.query, today=today, boundary=boundary, cursor=None
-                    )
-                    sql.append((time.perf_counter() - started) * 1000)
-                    if i < 3:
-                        params = feed_sql.params(ask.query, today, boundary, None)
-                        explain = "EXPLAIN (ANALYZE, FORMAT JSON) " + feed_sql.build_sql(
-                            ask.query, keyset=False
-                        )
-                        plan = (await conn.execute(text(explain), params)).scalar_one()
-                        server.append(float(plan[0]["Execution Time"]))
-                        planning.append(float(plan[0]["Planning Time"]))
-            raw = answer.SerializeToString()
-            page = rows[: ask.query.limit]
-            build = _ms(lambda: servicer._fill(make(), page, ask.query), n)  # noqa: B023
-            serialize = _ms(answer.SerializeToString, n)
-            parse = _ms(lambda: make().ParseFromString(raw), n)  # noqa: B023
-            b = Breakdown(
-                median(handler),
-                median(sql),
-                median(server),
-                median(planning),
-                build,
-                serialize,
-                parse,
-            )
-            out.append(b)
-            log(f"in-process {ask.title}: handler {b.handler_ms:.2f} ms, SQL {b.sql_ms:.2f} ms")
-    finally:
-        await engine.dispose()
+    for ask in asks:
+        make: Any = feed_pb2.JustOpenedResponse if ask.just_opened else feed_pb2.StillOpenResponse
+        boundary = await servicer._take_boundary()  # shared by first pages, as served
+        today, q = market_today(settings.zone, boundary.at), ask.query
+        handler = lambda: servicer._answer(q, boundary, None, no_deadline, make())  # noqa: B023, E731
+        found: dict[str, float] = {}
+        found["handler"], answer = await _calls(n, handler)
+        async with engine.connect() as conn:
+            fetch = lambda: store.fetch_feed(conn, q, today=today, boundary=boundary, cursor=None)  # noqa: B023, E731
+            found["sql"], rows = await _calls(n, fetch)
+            explain = text("EXPLAIN (ANALYZE, FORMAT JSON) " + feed_sql.build_sql(q, keyset=False))
+            params = feed_sql.params(q, today, boundary, None)
+            plans = [(await conn.execute(explain, params)).scalar_one()[0] for _ in range(3)]
+        found["server"] = median([float(p["Execution Time"]) for p in plans])
+        found["planning"] = median([float(p["Planning Time"]) for p in plans])
+        raw, page = answer.SerializeToString(), rows[: q.limit]
+        found["build"] = (await _calls(n, lambda: servicer._fill(make(), page, q)))[0]  # noqa: B023
+        found["serialize"] = (await _calls(n, answer.SerializeToString))[0]
+        found["parse"] = (await _calls(n, lambda: make().ParseFromString(raw)))[0]  # noqa: B023
+        out.append(found)
+        log(f"in-process {ask.title}: handler {found['handler']:.2f} ms, SQL {found['sql']:.2f}")
+    await engine.dispose()
     return out

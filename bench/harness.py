@@ -1,52 +1,58 @@
-"""What every benchmark shares: timing, statement recording, targets, the Markdown it prints,
-the chart points it hands `dropwatch bench`, and its entry point.
-
-The databases come from `tools.database` (the tests' server and templates too). How each
-benchmark measures is told in docs/performance.md; a benchmark prints its figures only.
-"""
+"""What every benchmark shares: timing, statement recording, child processes, targets, the
+Markdown it prints, its chart points and its entry point. The databases come from
+`tools.database`, as the tests'; how each benchmark measures is told in docs/performance.md."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
+import inspect
 import json
 import math
 import os
 import platform
 import signal
 import statistics
+import subprocess
 import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import psycopg
 from sqlalchemy import Engine, event, text
 
 from shared.db.engine import make_engine
 from shared.settings import Settings
-from tools.database import PgServer
+from tools.database import PgServer, pg_server
 from tools.seed import SeedPlan, SeedResult, load
 from tools.seed.loader import LOADERS
 
 R = TypeVar("R")
+REPO = Path(__file__).resolve().parents[1]
 
 
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-# --- timing ---------------------------------------------------------------------------------
+def busy_cpu_seconds() -> float:
+    """CPU time the whole machine has been busy since boot (/proc/stat, not idle or iowait):
+    what a load cost, the database server included, whatever else the cores were doing."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
+@dataclass
 class Timer:
-    def __init__(self) -> None:
-        self.started = time.perf_counter()
-        self.stopped: float | None = None
+    started: float = field(default_factory=time.perf_counter)
+    cpu: float = field(default_factory=busy_cpu_seconds)  # busy CPU s of the machine, at the end
+    stopped: float = 0.0
 
     @property
     def seconds(self) -> float:
@@ -60,54 +66,32 @@ class Timer:
 @contextmanager
 def timed() -> Iterator[Timer]:
     timer = Timer()
-    try:
-        yield timer
-    finally:
-        timer.stopped = time.perf_counter()
+    yield timer
+    timer.stopped, timer.cpu = time.perf_counter(), busy_cpu_seconds() - timer.cpu
 
 
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values)) if values else math.nan
 
 
-def percentile(values: Sequence[float], p: float) -> float:
-    """The p-th percentile (0..100), interpolated between the closest ranks."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * p / 100.0
-    low, high = math.floor(rank), math.ceil(rank)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+def percentile(values: Sequence[float], p: int) -> float:
+    """The p-th percentile (1..99), interpolated between the closest ranks."""
+    if len(values) < 2:
+        return values[0] if values else math.nan
+    return statistics.quantiles(values, n=100, method="inclusive")[p - 1]
 
 
-# --- statements -----------------------------------------------------------------------------
+Window = list[list[Any]]  # [sql, seconds] per statement, before to after its cursor execution
 
 
-@dataclass
-class Statement:
-    sql: str
-    seconds: float  # before_cursor_execute to after_cursor_execute: adapt, round trip, server
-
-
-@dataclass
-class Window:
-    statements: list[Statement] = field(default_factory=list)
-
-    @property
-    def count(self) -> int:
-        return len(self.statements)
-
-    def seconds(self) -> float:
-        return sum(s.seconds for s in self.statements if not math.isnan(s.seconds))
-
-    def split(self, kind: Callable[[str], str]) -> tuple[dict[str, float], dict[str, int]]:
-        """ms and statements per kind of statement."""
-        ms: dict[str, float] = defaultdict(float)
-        counts: dict[str, int] = defaultdict(int)
-        for s in self.statements:
-            ms[kind(s.sql)] += s.seconds * 1000
-            counts[kind(s.sql)] += 1
-        return ms, counts
+def split(window: Window, kind: Callable[[str], str]) -> tuple[dict[str, float], dict[str, int]]:
+    """ms and statements per kind of statement."""
+    ms: dict[str, float] = defaultdict(float)
+    counts: dict[str, int] = defaultdict(int)
+    for sql, seconds in window:
+        ms[kind(sql)] += seconds * 1000
+        counts[kind(sql)] += 1
+    return ms, counts
 
 
 class StatementRecorder:
@@ -116,49 +100,62 @@ class StatementRecorder:
     Attach it to a sync engine (`async_engine.sync_engine` for asyncio). Pool pre-pings and
     COMMIT are not cursor executions: they are in the caller's wall time, not here."""
 
-    _KEY = "bench_pending"
-
     def __init__(self, engine: Engine) -> None:
         self._current: Window | None = None
         event.listen(engine, "before_cursor_execute", self._before)
         event.listen(engine, "after_cursor_execute", self._after)
 
     def _before(self, conn: Any, cursor: Any, sql: str, *_: Any) -> None:
-        entry = Statement(sql, math.nan)
+        entry = [sql, math.nan]
         if self._current is not None:
-            self._current.statements.append(entry)
-        conn.info[self._KEY] = (entry, time.perf_counter())
+            self._current.append(entry)
+        conn.info["bench_pending"] = (entry, time.perf_counter())
 
     def _after(self, conn: Any, *_: Any) -> None:
-        pending = conn.info.pop(self._KEY, None)
+        pending = conn.info.pop("bench_pending", None)
         if pending is not None:
-            pending[0].seconds = time.perf_counter() - pending[1]
+            pending[0][1] = time.perf_counter() - pending[1]
 
     @contextmanager
     def window(self) -> Iterator[Window]:
-        self._current = Window()
-        try:
-            yield self._current
-        finally:
-            self._current = None
+        self._current = []
+        yield self._current
+        self._current = None
 
 
-# --- databases ------------------------------------------------------------------------------
+def child_env(**extra: str) -> dict[str, str]:
+    """This environment without DROPWATCH_* settings, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DROPWATCH_")}
+    return {**env, **extra}
+
+
+@contextmanager
+def child(args: list[str], env: dict[str, str], **popen: Any) -> Iterator[subprocess.Popen[Any]]:
+    """`python ARGS` in the repository; SIGTERM (then SIGKILL) at the end, always reaped."""
+    proc = subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, **popen)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
 
 # The review's six drop_events indexes. Migration 0003 dropped them (no query of ours reads
 # them); the original patterns read through them, so a benchmark creates them where an
 # original runs (see docs/architecture.md, Review findings).
-REVIEW_INDEXES = tuple(
-    f"CREATE INDEX IF NOT EXISTS ix_drop_events_{name} ON drop_events ({columns})"
-    for name, columns in (
-        ("bucket_id", "bucket_id"),
-        ("slot_id", "slot_id"),
-        ("event_type", "event_type"),
-        ("opened_at", "opened_at"),
-        ("event_type_opened_at", "event_type, opened_at DESC"),
-        ("bucket_id_event_type_opened_at", "bucket_id, event_type, opened_at DESC"),
-    )
+REVIEW_COLUMNS = "bucket_id|slot_id|event_type|opened_at|event_type, opened_at DESC|" + (
+    "bucket_id, event_type, opened_at DESC"
 )
+REVIEW_INDEXES = [  # ix_drop_events_<columns> ON drop_events (<columns>)
+    f"CREATE INDEX IF NOT EXISTS ix_drop_events_{c.replace(', ', '_').removesuffix(' DESC')}"
+    f" ON drop_events ({c})"
+    for c in REVIEW_COLUMNS.split("|")
+]
 
 
 def engine_for(url: str, name: str = "bench", **settings: Any) -> Engine:
@@ -204,14 +201,11 @@ def seed(engine: Engine, plan: SeedPlan) -> tuple[SeedResult, str]:
     )
 
 
-def checkpoint(server: PgServer) -> bool:
-    """An untimed CHECKPOINT, so a measurement does not pay for earlier bulk writes' flushing;
-    False when the role may not run it."""
-    try:
+def checkpoint(server: PgServer) -> None:
+    """An untimed CHECKPOINT, so a measurement does not pay for earlier bulk writes' flushing
+    (skipped where the role may not run it)."""
+    with suppress(psycopg.errors.InsufficientPrivilege):
         server.execute("CHECKPOINT")
-    except psycopg.errors.InsufficientPrivilege:
-        return False
-    return True
 
 
 def postgres(server: PgServer, names: Sequence[str]) -> str:
@@ -225,52 +219,31 @@ def postgres(server: PgServer, names: Sequence[str]) -> str:
     return f"PostgreSQL {version}, {server.description}; {', '.join(values)}"
 
 
-def _proc(path: str, key: str) -> str:
-    """The value of the first `key:` line of a /proc file ("" where there is none)."""
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError:
-        return ""
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith(key)), "")
+def machine() -> str:
+    def proc(path: str, key: str) -> str:  # the first `key:` line of a /proc file
+        lines = Path(path).read_text().splitlines() if Path(path).exists() else []
+        return next((line.split(":", 1)[1].strip() for line in lines if line.startswith(key)), "")
 
-
-def machine(extra: str = "") -> str:
-    cpus = len(os.sched_getaffinity(0))
-    memory = int(_proc("/proc/meminfo", "MemTotal").split()[0] or 0) / 2**20
+    memory = int(proc("/proc/meminfo", "MemTotal").split()[0] or 0) / 2**20
     return (
-        f"{cpus} CPUs (nproc; {_proc('/proc/cpuinfo', 'model name')}), {memory:.0f} GiB RAM, "
-        f"{platform.system()} {platform.release()}, Python {platform.python_version()}{extra}"
+        f"{len(os.sched_getaffinity(0))} CPUs (nproc; {proc('/proc/cpuinfo', 'model name')}), "
+        f"{memory:.0f} GiB RAM, {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}"
     )
 
 
-# --- what a benchmark prints ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Target:
+class Target(NamedTuple):
     name: str  # what must hold, e.g. "k=1000 under 150 ms"
     measured: str
     ok: bool | None  # None: not measured in this run
 
-    @property
-    def verdict(self) -> str:
-        return "n/a" if self.ok is None else "PASS" if self.ok else "MISS"
-
-
-def md_table(head: Sequence[str], body: Sequence[Sequence[str]]) -> str:
-    """A Markdown table: the first column left-aligned, the figures right-aligned."""
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1))]
-    lines[-1] += "|"
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in body]
-    return "\n".join(lines)
-
 
 class Section:
-    """One benchmark's Markdown section: its command, setting, targets and tables."""
+    """One benchmark's Markdown section: its command, setting (bullets), targets and tables."""
 
     def __init__(self, title: str, command: str, **bullets: str) -> None:
-        self.lines = [f"## {title}", "", f"`{command}`", ""]
-        self.lines += [f"- {key.replace('_', ' ')}: {text}" for key, text in bullets.items()]
+        self.title, self.command, self.bullets = title, command, bullets
+        self.lines: list[str] = []
 
     def add(self, *paragraphs: str) -> Section:
         for paragraph in paragraphs:
@@ -278,15 +251,21 @@ class Section:
         return self
 
     def table(self, head: Sequence[str], body: Sequence[Sequence[str]], title: str = "") -> Section:
-        return self.add(*([title] if title else []), md_table(head, body))
+        """A Markdown table: the first column left-aligned, the figures right-aligned."""
+        rows = [f"| {' | '.join(head)} |", "|---" + "|---:" * (len(head) - 1) + "|"]
+        rows += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in body]
+        return self.add(*([title] if title else []), "\n".join(rows))
 
     def targets(self, targets: Sequence[Target]) -> Section:
-        rows = [[t.name, t.measured, f"**{t.verdict}**"] for t in targets]
-        text = md_table(["target", "measured", "verdict"], rows)
-        return self.add(text.replace("|---:|---:|", "|---|---|", 1))
+        verdict = {None: "n/a", True: "PASS", False: "MISS"}
+        body = [[name, measured, f"**{verdict[ok]}**"] for name, measured, ok in targets]
+        self.table(["target", "measured", "verdict"], body)
+        self.lines[-1] = self.lines[-1].replace("|---:|---:|", "|---|---|", 1)  # all left
+        return self
 
     def __str__(self) -> str:
-        return "\n".join(self.lines)
+        bullets = [f"- {key.replace('_', ' ')}: {text}" for key, text in self.bullets.items()]
+        return "\n".join([f"## {self.title}", "", f"`{self.command}`", "", *bullets, *self.lines])
 
 
 @dataclass(frozen=True)
@@ -300,22 +279,9 @@ class Point:
     original: float | None = None
 
 
-def write_points(path: str | None, benchmark: str, points: Sequence[Point]) -> None:
-    if not path:
-        return
-    finite = [p for p in points if math.isfinite(p.ours) and math.isfinite(p.original or 0.0)]
-    data = {"benchmark": benchmark, "points": [dataclasses.asdict(p) for p in finite]}
-    Path(path).write_text(json.dumps(data, indent=1))
-
-
-# --- the entry point ------------------------------------------------------------------------
-
-
-def parser(name: str, doc: str | None) -> argparse.ArgumentParser:
-    out = argparse.ArgumentParser(prog=f"python -m bench.{name}", description=(doc or "").strip())
-    out.add_argument("--markdown", action="store_true", help="(the default) print Markdown")
-    out.add_argument("--json", help="also write the chart figures to this file")
-    return out
+def _ints(value: str) -> list[int]:
+    """Comma-separated integers, ascending (a list option)."""
+    return sorted(int(v) for v in value.split(",") if v.strip())
 
 
 def _stop(signum: int, _frame: object) -> None:
@@ -324,19 +290,39 @@ def _stop(signum: int, _frame: object) -> None:
 
 def main(
     name: str,
-    args: argparse.Namespace,
-    measure: Callable[[argparse.Namespace, str], R],
-    render: Callable[[R], str],
+    doc: str | None,
+    options: Sequence[tuple[str, Any, str]],
+    measure: Callable[[PgServer, argparse.Namespace], Any],  # may be a coroutine function
+    render: Callable[[R, Section], None],
     points: Callable[[R], list[Point]],
+    show: Sequence[str] = ("shared_buffers", "work_mem", "synchronous_commit", "fsync", "jit"),
+    check: Callable[[argparse.Namespace], str] = lambda _: "",
 ) -> int:
-    """Measure, print the section, write the points; SIGTERM cleans up as an error does."""
-    argv = " ".join(sys.argv[1:])
-    command = f".venv/bin/python -m bench.{name} {argv}".strip()
+    """Parse `options` ((flag, default, help)) and what `check` says is wrong; measure on one
+    server, print the section, write the points. SIGTERM cleans up as an error does."""
+    p = argparse.ArgumentParser(prog=f"python -m bench.{name}", description=(doc or "").strip())
+    p.add_argument("--markdown", action="store_true", help="(the default) print Markdown")
+    p.add_argument("--json", help="also write the chart figures to this file")
+    for flag, default, about in options:
+        kind = _ints if isinstance(default, list) else type(default)
+        p.add_argument(flag, type=kind, default=default, help=about)
+    args = p.parse_args()
+    if error := check(args):
+        p.error(error)
+    command = f".venv/bin/python -m bench.{name} {' '.join(sys.argv[1:])}".strip()
     previous = signal.signal(signal.SIGTERM, _stop)
     try:
-        result = measure(args, command)
+        with pg_server("dropwatch-bench-") as server:
+            database = postgres(server, show)
+            result = measure(server, args)
+            result = asyncio.run(result) if inspect.iscoroutine(result) else result
     finally:
         signal.signal(signal.SIGTERM, previous)
-    print(render(result))
-    write_points(args.json, getattr(args, "points_name", name), points(result))
+    section = Section("", command, Machine=machine(), Database=database)
+    render(result, section)
+    print(section)
+    if args.json:
+        found = [p for p in points(result) if math.isfinite(p.ours + (p.original or 0.0))]
+        data = {"benchmark": getattr(args, "points_name", name), "points": found}
+        Path(args.json).write_text(json.dumps(data, default=dataclasses.asdict, indent=1))
     return 0

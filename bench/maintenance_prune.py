@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from sqlalchemy import event, text
 
 from bench import harness
-from bench.harness import StatementRecorder, engine_for, median
+from bench.harness import Point, Section, StatementRecorder, Target, engine_for, median
 from services.maintenance import run as maintenance_run
 from services.maintenance import store as maintenance_store
 from services.maintenance.settings import MaintenanceSettings
@@ -21,9 +21,9 @@ from shared.db.buckets import bucket_id_for
 from shared.db.partitions import partition_name
 from tools.database import PgServer
 from tools.seed import SeedPlan, load, make_plan
-from tools.seed.plan import BucketSeed
 
 PARTS = ("count", "drop", "checks", "commit", "rest")
+TARGET_RATIO = 1.5  # a day's prune at the largest size against the smallest
 
 
 def prune_part(sql: str) -> str:
@@ -37,9 +37,7 @@ def seed_plan(events: int, now: dt.datetime) -> SeedPlan:
     return make_plan(MaintenanceSettings(), events, now=now, past_days=14)
 
 
-def fixed_day_plan(
-    size: int, day_events: int, days: int, now: dt.datetime
-) -> tuple[SeedPlan, SeedPlan]:
+def fixed_day_plans(size: int, day_events: int, days: int, now: dt.datetime) -> list[SeedPlan]:
     """About `size` events whose `days` oldest past days hold `day_events` each: the plan to
     load first (those days empty) and the plan to fill them from, one day at a time, so the
     table holds the rest plus one filled day at every prune."""
@@ -48,20 +46,16 @@ def fixed_day_plan(
     if any(day >= base.today for day in fixed):
         raise SystemExit(f"{days} fixed-size days do not fit in the past days")
     others = [b for b in base.buckets if b.day not in fixed]
-    open_drops = sum(b.open_drops for b in others)
     # events of a bucket = 2 * pairs - open drops (an open drop has no CLOSED)
-    rest = max(
-        max(b.open_drops for b in others),
-        math.ceil((size - day_events + open_drops) / (2 * len(others))),
-    )
+    pairs = (size - day_events + sum(b.open_drops for b in others)) / (2 * len(others))
+    rest = max(max(b.open_drops for b in others), math.ceil(pairs))
     day_pairs = math.ceil(day_events / (2 * len({b.anchor for b in base.buckets})))
-    final: list[BucketSeed] = []
-    for b in base.buckets:  # pair numbers (event ids) stay unique across later fills
-        final.append(
-            replace(b, n0=sum(x.pairs for x in final), pairs=day_pairs if b.day in fixed else rest)
-        )
+    final, n0 = [], 0  # pair numbers (event ids) stay unique across later fills
+    for b in base.buckets:
+        final.append(replace(b, n0=n0, pairs=day_pairs if b.day in fixed else rest))
+        n0 += final[-1].pairs
     first = tuple(replace(b, pairs=0) if b.day in fixed else b for b in final)
-    return replace(base, buckets=first), replace(base, buckets=tuple(final))
+    return [replace(base, buckets=first), replace(base, buckets=tuple(final))]
 
 
 @dataclass
@@ -84,28 +78,24 @@ class Row:
         return median(self.delete_ms)
 
 
-class Target:
+class Pruned:
     """One database: loaded, its past days aggregated, pruned one day at a time."""
 
     def __init__(self, url: str, size: int, now: dt.datetime, day_events: int, days: int) -> None:
-        self.settings = MaintenanceSettings()
-        self.engine = engine_for(url, "bench-prune")
-        self.fixed: set[dt.date] = set()
-        plan, self.refill_plan = seed_plan(size, now), None
-        if day_events:
-            plan, self.refill_plan = fixed_day_plan(size, day_events, days, now)
-            self.fixed = set(plan.days[:days])
-        seeded = load(self.engine, plan)
+        self.settings, self.engine = MaintenanceSettings(), engine_for(url, "bench-prune")
+        plans = (
+            fixed_day_plans(size, day_events, days, now) if day_events else [seed_plan(size, now)]
+        )
+        self.refill_plan, self.fixed = plans[-1], set(plans[0].days[:days] if day_events else ())
+        seeded = load(self.engine, plans[0])
         harness.vacuum(self.engine, "VACUUM")  # as autovacuum would have by now
         harness.log(f"prune {size:,}: loaded {seeded.events:,} in {seeded.seconds:.1f} s")
         self.id_base, self.resident = seeded.id_base, seeded.events
         self.row = Row(size, seeded.events, seeded.seconds, day_events)
-        self.past = [d for d in plan.days if d < plan.today]
-        for day in self.past:
-            if day not in self.fixed:
-                self.aggregate(day)
-        self.recorder = StatementRecorder(self.engine)
-        self.commits: list[float] = []
+        self.past = [d for d in plans[0].days if d < plans[0].today]
+        for day in sorted(set(self.past) - self.fixed):
+            self.aggregate(day)
+        self.recorder, self.commits = StatementRecorder(self.engine), [0.0]
         event.listen(self.engine, "commit", lambda conn: self.commits.append(time.perf_counter()))
 
     def aggregate(self, day: dt.date) -> int:
@@ -114,34 +104,33 @@ class Target:
             return maintenance_store.aggregate_day(conn, day, market=market, zone=zone)
 
     def refill(self, day: dt.date) -> None:
-        """Fill the empty `day` (untimed): its load, VACUUM (ANALYZE), its aggregation."""
-        assert self.refill_plan is not None
+        """Fill the empty fixed-size `day` (untimed): its load, VACUUM (ANALYZE), aggregation."""
         inserted = load(self.engine, self.refill_plan, days=[day], id_base=self.id_base).events
         harness.vacuum(self.engine, f"VACUUM (ANALYZE) {partition_name(day)}")
         if self.aggregate(day) != inserted:
             raise SystemExit(f"fill of {day}: the aggregation counted other than {inserted}")
         self.row.events = self.resident + inserted  # the earlier filled days are gone
 
-    def prune_ours(self, day: dt.date, keep: bool) -> None:
+    def ours(self, day: dt.date, keep: bool) -> None:
         """The real prune_events step for `day` alone, timed part by part."""
-        size = f"SELECT pg_total_relation_size('{partition_name(day)}')"
-        on_disk = harness.count(self.engine, size)
+        on_disk = harness.count(
+            self.engine, f"SELECT pg_total_relation_size('{partition_name(day)}')"
+        )
         with self.recorder.window() as window, harness.timed() as timer:
             step = maintenance_run._prune_events(self.settings, self.engine, [day])
         if step.detail != {"partitions": 1, "reaggregated": 0}:
             raise SystemExit(f"prune of {day} did not go as planned: {step}")
         if keep:
-            row = self.row
-            row.ours_ms.append(timer.ms)
-            row.day_events.append(step.rows)
-            row.day_bytes.append(on_disk)
-            spent, _ = window.split(prune_part)
-            spent["commit"] = (timer.stopped or 0.0) * 1000 - self.commits[-1] * 1000
+            spent, _ = harness.split(window, prune_part)
+            spent["commit"] = (timer.stopped - self.commits[-1]) * 1000
             spent["rest"] = timer.ms - sum(spent.values())
             for name in PARTS:
-                row.parts[name].append(spent[name])
+                self.row.parts[name].append(spent[name])
+            self.row.ours_ms.append(timer.ms)
+            self.row.day_events.append(step.rows)
+            self.row.day_bytes.append(on_disk)
 
-    def delete_rows(self, day: dt.date, keep: bool) -> None:
+    def delete(self, day: dt.date, keep: bool) -> None:
         """The original row DELETE; the earlier days are gone, so it removes `day` alone."""
         cutoff = bucket_id_for(day + dt.timedelta(days=1), "00:00")
         with harness.timed() as timer, self.engine.begin() as conn:
@@ -160,40 +149,54 @@ def measure(
     every round) so the sizes share the machine's conditions. Ours first on the real schema;
     then the original's indexes, and its row DELETE on the next days. Day 0 of each method is
     an untimed warm-up."""
-    days = 2 * (1 + repeats)
     with ExitStack() as stack:
-        targets = []
+        dbs = []
         for size in sizes:
             name = stack.enter_context(server.migrated("dw_bench_prune"))
-            targets.append(Target(server.url_for(name), size, now, day_events, days))
-            stack.callback(targets[-1].engine.dispose)
-        if not day_events:
-            harness.checkpoint(server)
+            dbs.append(Pruned(server.url_for(name), size, now, day_events, 2 * (1 + repeats)))
+            stack.callback(dbs[-1].engine.dispose)
         for method in ("ours", "delete"):
             offset = 0 if method == "ours" else 1 + repeats
-            if method == "delete":
-                for target in targets:
-                    target.row.index_seconds = harness.create_review_indexes(target.engine)
-                if not day_events:
-                    harness.checkpoint(server)
+            for db in dbs if method == "delete" else ():
+                db.row.index_seconds = harness.create_review_indexes(db.engine)
+            if not day_events:
+                harness.checkpoint(server)
             for i in range(1 + repeats):
+                for db in dbs if day_events else ():
+                    db.refill(db.past[offset + i])
                 if day_events:
-                    for target in targets:
-                        target.refill(target.past[offset + i])
                     harness.checkpoint(server)
-                for target in targets if i % 2 == 0 else targets[::-1]:
-                    prune = target.prune_ours if method == "ours" else target.delete_rows
-                    prune(target.past[offset + i], i > 0)
-        return [t.row for t in targets]
+                for db in dbs if i % 2 == 0 else dbs[::-1]:
+                    getattr(db, method)(db.past[offset + i], i > 0)
+        return [db.row for db in dbs]
 
 
-def tables(rows: list[Row]) -> tuple[list[list[str]], list[list[str]]]:
-    """(events, load s, day, ours, DELETE) and (where our prune's time goes) per size."""
-    first = "events in the table" if rows[0].fixed_day else "events"
-    main = [[first, "load s", "events in the day", "ours ms (median)", "ours min / max ms"]]
-    main[0] += ["row DELETE ms (median)", "DELETE min / max ms", "DELETE / ours"]
-    parts = [[first, "day's partition MB", "count(*) ms", "DROP TABLE ms", "other statements ms"]]
-    parts[0] += ["COMMIT ms", "rest ms", "ours ms (median)"]
+def targets(rows: list[Row]) -> list[Target]:
+    if len(rows) < 2:
+        return []
+    small, big = min(rows, key=lambda r: r.size), max(rows, key=lambda r: r.size)
+    days = [int(median([float(n) for n in r.day_events])) for r in (small, big)]
+    if big.fixed_day:
+        name = f"fixed-size day ({days[1]:,} events): prune of that day with {big.events:,}"
+        name += " events in the table"
+    else:
+        name = f"day grows with the table ({days[0]:,} -> {days[1]:,} events in the day): "
+        name += f"prune of one day at {big.events:,} events"
+    ratio, fastest = big.ours() / small.ours(), min(big.ours_ms) / min(small.ours_ms)
+    got = f"{ratio:.2f}x ({big.ours():.1f} ms vs {small.ours():.1f} ms; fastest "
+    got += f"{fastest:.2f}x); row DELETE: {big.delete() / small.delete():.1f}x "
+    got += f"({big.delete():.1f} ms vs {small.delete():.1f} ms)"
+    name += f" <= {TARGET_RATIO}x its time at {small.events:,}"
+    return [Target(name, got, ratio <= TARGET_RATIO)]
+
+
+def render(rows: list[Row], section: Section) -> None:
+    """Per size: the day, ours and the row DELETE; where our prune's time goes."""
+    if not rows:
+        return
+    title = f"fixed-size day of {rows[0].fixed_day:,} events" if rows[0].fixed_day else ""
+    title, first = title or "day grows with the table", "events in the table" if title else "events"
+    main, parts = [], []
     for r in sorted(rows, key=lambda r: r.size):
         day = int(median([float(n) for n in r.day_events]))
         main.append([f"{r.events:,}", f"{r.load_seconds:.1f}", f"{day:,}", f"{r.ours():.1f}"])
@@ -203,4 +206,26 @@ def tables(rows: list[Row]) -> tuple[list[list[str]], list[list[str]]]:
         mb = median([b / 2**20 for b in r.day_bytes])
         parts.append([f"{r.events:,}", f"{mb:.1f}", *(f"{median(r.parts[p]):.1f}" for p in PARTS)])
         parts[-1].append(f"{r.ours():.1f}")
-    return main, parts
+    head = [first, "load s", "events in the day", "ours ms (median)", "ours min / max ms"]
+    head += ["row DELETE ms (median)", "DELETE min / max ms", "DELETE / ours"]
+    section.table(head, main, f"Pruning one past day, by table size: **{title}**:")
+    head = [first, "day's partition MB", "count(*) ms", "DROP TABLE ms", "other statements ms"]
+    head += ["COMMIT ms", "rest ms", "ours ms (median)"]
+    section.table(head, parts, f"Where our prune time goes ({title}):")
+    indexes = max(r.index_seconds for r in rows)
+    section.add(f"The review's indexes for the row DELETE: up to {indexes:.1f} s (untimed).")
+
+
+def points(rows: list[Row]) -> list[Point]:
+    return [
+        Point(
+            f"prune one {r.fixed_day:,}-event day"
+            if r.fixed_day
+            else "prune one past day (grows with the table)",
+            "ms",
+            r.size,
+            r.ours(),
+            r.delete(),
+        )
+        for r in rows
+    ]

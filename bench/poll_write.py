@@ -1,17 +1,13 @@
-"""The poller's write path against the original N+1 pattern (docs/performance.md, Poller write).
-
-.venv/bin/python -m bench.poll_write [--events 1000000] [--ks 10,100,1000] [--repeats 5]
-                                     [--warmups 1] [--json FILE]
-"""
+"""The poller's write path against the original N+1 pattern (docs/performance.md, Poller write)."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from sqlalchemy import Engine, select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -25,7 +21,7 @@ from shared.db.buckets import bucket_id_for
 from shared.db.engine import make_async_engine
 from shared.db.models import EVENT_CLOSED, EVENT_NEW_DROP, DiscoveryBucket, DropEvent
 from shared.settings import Settings
-from tools.database import pg_server
+from tools.database import PgServer
 from tools.seed import SeedPlan, make_plan
 from tools.seed.plan import PROVIDER, BucketSeed, slot_for, venue_info
 
@@ -37,9 +33,6 @@ OUR_PARTS = ("lease", "check_lease", "upsert_venues", "write", "other")
 ORIGINAL_PARTS = ("bucket", "dedupe", "insert", "lookups", "other")
 # what a CLOSED copies from its NEW_DROP
 COPIED = "venue_id opened_at slot_date slot_time seating_type party_sizes time_slot time_bucket"
-
-
-# --- setup: the seed's data, two buckets without open state ---------------------------------
 
 
 def setup(events: int) -> tuple[SeedPlan, BucketSeed, BucketSeed]:
@@ -69,46 +62,34 @@ def changed(k: int) -> list[int]:
     return list(range(k, OPEN)) + list(range(NEW_BASE, NEW_BASE + k))
 
 
-@dataclass
-class Sample:
+class Sample(NamedTuple):
     ms: float
-    statements: int
     parts: dict[str, float]  # ms per kind of work; "other": what no statement accounts for
     kinds: dict[str, int]  # statements per kind
 
 
 Poll = Callable[[BucketFetch], Awaitable[tuple[int, int, float]]]
-
-
-@dataclass
-class Method:
-    poll: Poll
-    recorder: StatementRecorder
-    bucket: BucketSeed
-    kind: Callable[[str], str]  # of a statement
-    parts: tuple[str, ...]
+Method = tuple[Poll, StatementRecorder, BucketSeed, Callable[[str], str]]  # kind of a statement
 
 
 async def polls(method: Method, plan: SeedPlan, k: int, args: argparse.Namespace) -> list[Sample]:
     """Warm-ups, then timed polls with k new and k closed slots; after each, an untimed poll
     back to the base open state."""
-    base = fetch_of(plan, method.bucket, range(OPEN))
-    moved = fetch_of(plan, method.bucket, changed(k))
+    poll, recorder, bucket, kind = method
+    base = fetch_of(plan, bucket, range(OPEN))
+    moved = fetch_of(plan, bucket, changed(k))
     samples = []
     for i in range(args.warmups + args.repeats):
-        with method.recorder.window() as window:
-            new, closed, ms = await method.poll(moved)
-        back = await method.poll(base)
+        with recorder.window() as window:
+            new, closed, ms = await poll(moved)
+        back = await poll(base)
         if (new, closed, *back[:2]) != (k, k, k, k):
-            raise SystemExit(f"{method.bucket}: {new} new, {closed} closed, back {back[:2]}")
-        parts, kinds = window.split(method.kind)
-        parts["other"] = ms - window.seconds() * 1000
+            raise SystemExit(f"{bucket}: {new} new, {closed} closed, back {back[:2]}")
+        parts, kinds = harness.split(window, kind)
+        parts["other"] = ms - sum(parts.values())
         if i >= args.warmups:
-            samples.append(Sample(ms, window.count, parts, kinds))
+            samples.append(Sample(ms, parts, kinds))
     return samples
-
-
-# --- ours: the real write path ---------------------------------------------------------------
 
 
 def our_kind(sql: str) -> str:
@@ -126,36 +107,25 @@ def our_kind(sql: str) -> str:
 
 def our_poll(aengine: AsyncEngine, plan: SeedPlan, bucket: BucketSeed) -> Poll:
     """Lease transaction, then one of version check, venue upsert and the write."""
+    prime = bucket.anchor in plan.prime_anchors
+    lease: dict[str, Any] = dict(owner="bench", bucket_id=bucket.bucket_id, lease_seconds=60)
 
     async def ours(fetch: BucketFetch) -> tuple[int, int, float]:
         now = dt.datetime.now(dt.UTC)
         with harness.timed() as timer:
             async with aengine.begin() as conn:
-                leased = await store.lease_one(
-                    conn, owner="bench", bucket_id=bucket.bucket_id, lease_seconds=60
-                )
+                leased = await store.lease_one(conn, **lease)
             if leased is None:
                 raise SystemExit(f"could not lease {bucket.bucket_id}")
             async with aengine.begin() as conn:
                 await store.check_lease(conn, leased, "bench")
                 await store.upsert_venues(conn, fetch, PROVIDER)
-                result = await store.write_healthy_poll(
-                    conn,
-                    leased,
-                    fetch,
-                    market=plan.market,
-                    provider=PROVIDER,
-                    prime=bucket.anchor in plan.prime_anchors,
-                    outcome="healthy",
-                    now=now,
-                    next_poll_at=now,
-                )
+                kw: dict[str, Any] = dict(market=plan.market, provider=PROVIDER, prime=prime)
+                kw.update(outcome="healthy", now=now, next_poll_at=now)
+                result = await store.write_healthy_poll(conn, leased, fetch, **kw)
         return result.new_drops, result.closed, timer.ms
 
     return ours
-
-
-# --- the original: sync ORM, dedupe query, one lookup per closed slot -----------------------
 
 
 def orig_kind(sql: str) -> str:
@@ -179,18 +149,15 @@ def original_poll(engine: Engine, plan: SeedPlan, bucket: BucketSeed) -> Poll:
         with harness.timed() as timer, Session(engine) as db:
             row = db.get(DiscoveryBucket, bid)  # the original read its snapshot from this row
             assert row is not None
-            common = {"bucket_date": bucket.day, "bucket_id": bid, "market": plan.market}
-            common["provider"] = PROVIDER
+            common = dict(bucket_date=bucket.day, bucket_id=bid, market=plan.market)
+            common.update(provider=PROVIDER)
             new = [
                 DropEvent(
                     **common,
                     **{c: getattr(slot, c) for c in ("slot_id", "venue_id", "seating_type")},
-                    event_type=EVENT_NEW_DROP,
-                    opened_at=now,
-                    slot_date=slot.start.date(),
-                    slot_time=slot.start.time(),
+                    **dict(event_type=EVENT_NEW_DROP, opened_at=now, time_slot=bucket.anchor),
+                    **dict(slot_date=slot.start.date(), slot_time=slot.start.time()),
                     party_sizes=sorted(slot.party_sizes),
-                    time_slot=bucket.anchor,
                     time_bucket=tb,
                     dedupe_key=f"{EVENT_NEW_DROP}:{bid}:{slot.slot_id}:{number[0]}",
                 )
@@ -210,18 +177,10 @@ def original_poll(engine: Engine, plan: SeedPlan, bucket: BucketSeed) -> Poll:
                 last = lookup.order_by(DropEvent.opened_at.desc()).limit(1).first()
                 if last is not None:
                     kept = {c: getattr(last, c) for c in COPIED.split()}
-                    closed.append(
-                        DropEvent(
-                            **common,
-                            **kept,
-                            slot_id=sid,
-                            event_type=EVENT_CLOSED,
-                            closed_at=now,
-                            drop_duration_seconds=(now - last.opened_at).total_seconds(),
-                            dedupe_key=f"{EVENT_CLOSED}:{last.id}",
-                            drop_event_id=last.id,
-                        )
-                    )
+                    kept.update(event_type=EVENT_CLOSED, slot_id=sid, closed_at=now)
+                    kept.update(dedupe_key=f"{EVENT_CLOSED}:{last.id}", drop_event_id=last.id)
+                    seconds = (now - last.opened_at).total_seconds()
+                    closed.append(DropEvent(**common, **kept, drop_duration_seconds=seconds))
             db.add_all(closed)
             row.last_polled_at = row.last_healthy_poll_at = now  # stands in for the JSON column
             row.snapshot_version += 1
@@ -231,9 +190,6 @@ def original_poll(engine: Engine, plan: SeedPlan, bucket: BucketSeed) -> Poll:
         return len(new), len(closed), timer.ms
 
     return original
-
-
-# --- the run ---------------------------------------------------------------------------------
 
 
 @dataclass
@@ -247,77 +203,65 @@ class Row:
         return median([s.ms for s in getattr(self, which)])
 
 
-@dataclass
-class Report:
-    command: str
-    postgres: str
-    data: str
-    events: int
-    rows: list[Row] = field(default_factory=list)
+Result = tuple[str, int, list[Row]]  # what was loaded, drop_events, a row per k
 
 
-async def run(args: argparse.Namespace, command: str) -> Report:
-    with pg_server("dropwatch-bench-") as server, server.migrated("dw_bench_poll") as name:
+async def run(server: PgServer, args: argparse.Namespace) -> Result:
+    """Phase 1: ours at every k on the real schema; phase 2, after the review's indexes: ours
+    again and the original, per k."""
+    with server.migrated("dw_bench_poll") as name:
         url = server.url_for(name)
         loader = engine_for(url, "bench-load")
         aengine = make_async_engine(Settings(), name="bench", url=url)
         sync = engine_for(url, "bench-original", db_statement_timeout_ms=15_000)
         try:
-            names = ("shared_buffers", "work_mem", "synchronous_commit", "fsync", "jit")
-            postgres = harness.postgres(server, names)
             plan, ours_bucket, orig_bucket = setup(args.events)
             seeded, data = harness.seed(loader, plan)
-            poll = our_poll(aengine, plan, ours_bucket)
             recorder = StatementRecorder(aengine.sync_engine)
-            ours = Method(poll, recorder, ours_bucket, our_kind, OUR_PARTS)
+            ours = (our_poll(aengine, plan, ours_bucket), recorder, ours_bucket, our_kind)
             poll = original_poll(sync, plan, orig_bucket)
-            original = Method(poll, StatementRecorder(sync), orig_bucket, orig_kind, ORIGINAL_PARTS)
+            original = (poll, StatementRecorder(sync), orig_bucket, orig_kind)
             for method in (ours, original):  # the base open state
-                opened = await method.poll(fetch_of(plan, method.bucket, range(OPEN)))
+                opened = await method[0](fetch_of(plan, method[2], range(OPEN)))
                 if opened[0] != OPEN:
-                    raise SystemExit(f"the first poll of {method.bucket} opened {opened}")
-            phase1 = {}
-            for k in args.k_list:
-                phase1[k] = await polls(ours, plan, k, args)
-                harness.log(f"k={k}: ours {median([s.ms for s in phase1[k]]):.1f} ms")
+                    raise SystemExit(f"the first poll of {method[2]} opened {opened}")
+            phase1 = {k: await polls(ours, plan, k, args) for k in args.ks}
             index_seconds = harness.create_review_indexes(loader)
-            report = Report(command, postgres, data, seeded.events)
-            for k in args.k_list:
-                indexed = await polls(ours, plan, k, args)
-                orig = await polls(original, plan, k, args)
-                report.rows.append(Row(k, phase1[k], indexed, orig))
-                harness.log(f"k={k}: original {report.rows[-1].ms('original'):.1f} ms")
-            report.data += (
+            rows = []
+            for k in args.ks:
+                phase2 = [await polls(method, plan, k, args) for method in (ours, original)]
+                rows.append(Row(k, phase1[k], *phase2))
+            data += (
                 f"; the review's 6 indexes created between the phases in {index_seconds:.1f} s; "
                 f"buckets: ours {ours_bucket.bucket_id}, the original's {orig_bucket.bucket_id}"
             )
-            return report
+            return data, seeded.events, rows
         finally:
             await aengine.dispose()
             sync.dispose()
             loader.dispose()
 
 
-def targets(report: Report) -> list[Target]:
-    counts = sorted({s.statements for r in report.rows for s in r.ours})
-    ks = ", ".join(str(r.k) for r in report.rows)
+def targets(rows: list[Row]) -> list[Target]:
+    counts = sorted({sum(s.kinds.values()) for r in rows for s in r.ours})
+    ks = ", ".join(str(r.k) for r in rows)
     what = f"statements per poll constant and at most {TARGET_MAX_STATEMENTS}"
     ok = len(counts) == 1 and counts[0] <= TARGET_MAX_STATEMENTS
     out = [Target(what, f"{'/'.join(map(str, counts))} at every k ({ks})", ok)]
-    at = next((r for r in report.rows if r.k == TARGET_K), None)
-    fast = f"at least {TARGET_SPEEDUP:.0f}x faster than the original at k={TARGET_K}"
-    if at is None:
-        return [*out, Target(f"k={TARGET_K} under {TARGET_MS:.0f} ms", "not measured", None)]
-    ours, orig = at.ms("ours"), at.ms("original")
+    at = next((r for r in rows if r.k == TARGET_K), None)
     name = f"k={TARGET_K} under {TARGET_MS:.0f} ms"
+    if at is None:
+        return [*out, Target(name, "not measured", None)]
+    ours, orig = at.ms("ours"), at.ms("original")
     out.append(Target(name, f"{ours:.1f} ms (median)", ours < TARGET_MS))
+    fast = f"at least {TARGET_SPEEDUP:.0f}x faster than the original at k={TARGET_K}"
     speed = f"{orig / ours:.1f}x ({orig:.0f} ms vs {ours:.1f} ms)"
     return [*out, Target(fast, speed, orig / ours >= TARGET_SPEEDUP)]
 
 
-def render(report: Report) -> str:
+def render(result: Result, section: Section) -> None:
     def counts(samples: list[Sample]) -> str:
-        return "/".join(str(c) for c in sorted({s.statements for s in samples}))
+        return "/".join(str(c) for c in sorted({sum(s.kinds.values()) for s in samples}))
 
     def spread(samples: list[Sample]) -> str:
         ms = [s.ms for s in samples]
@@ -326,31 +270,23 @@ def render(report: Report) -> str:
     def kinds(samples: list[Sample]) -> str:
         return ", ".join(f"{name} {n}" for name, n in samples[-1].kinds.items() if n)
 
-    def part(samples: list[Sample], name: str) -> float:
-        return median([s.parts[name] for s in samples])
+    def part(samples: list[Sample], name: str) -> str:
+        return f"{median([s.parts[name] for s in samples]):.1f}"
 
-    rows = report.rows
-    section = Section(
-        "Poller write path: benchmark",
-        report.command,
-        Machine=harness.machine(),
-        Database=report.postgres,
-        Data=report.data,
-    )
-    head = ["k", "ours ms (median)", "ours statements", "original ms (median)"]
-    head += ["original statements", "speed-up"]
-    main = []
+    section.title, section.bullets["Data"] = "Poller write path: benchmark", result[0]
+    main, rows = [], result[2]
     for r in rows:
         main.append([str(r.k), f"{r.ms('ours'):.1f}", counts(r.ours), f"{r.ms('original'):.1f}"])
         main[-1] += [counts(r.original), f"{r.ms('original') / r.ms('ours'):.1f}x"]
-    section.table(head, main).targets(targets(report))
+    head = ["k", "ours ms (median)", "ours statements", "original ms (median)"]
+    section.table([*head, "original statements", "speed-up"], main).targets(targets(rows))
     head = ["k", "ours ms, real schema: 2 indexes (median)", "ours ms, review's 8 indexes"]
     head += ["difference", "write statement ms, 2 indexes", "write statement ms, 8 indexes"]
     body = []
     for r in rows:
         a, b = r.ms("ours"), r.ms("indexed")
         body.append([str(r.k), f"{a:.1f}", f"{b:.1f}", f"{b - a:+.1f} ms ({(b / a - 1):+.0%})"])
-        body[-1] += [f"{part(r.ours, 'write'):.1f}", f"{part(r.indexed, 'write'):.1f}"]
+        body[-1] += [part(r.ours, "write"), part(r.indexed, "write")]
     section.table(head, body, "What the review's six dropped indexes cost our write:")
     head = ["k", "ours min / p90 / max ms", "ours, 8 indexes min / p90 / max ms"]
     body = [[str(r.k), spread(r.ours), spread(r.indexed), spread(r.original)] for r in rows]
@@ -360,31 +296,26 @@ def render(report: Report) -> str:
     section.table(head, body, "Statements per poll:")
     head = ["k", *(f"ours {p}" for p in OUR_PARTS), *(f"orig {p}" for p in ORIGINAL_PARTS)]
     both = [(p, "ours") for p in OUR_PARTS] + [(p, "original") for p in ORIGINAL_PARTS]
-    body = [[str(r.k), *(f"{part(getattr(r, w), p):.1f}" for p, w in both)] for r in rows]
-    return str(section.table(head, body, "Where the time goes (median ms per part):"))
+    body = [[str(r.k), *(part(getattr(r, w), p) for p, w in both)] for r in rows]
+    section.table(head, body, "Where the time goes (median ms per part):")
 
 
-def points(report: Report) -> list[Point]:
-    return [
-        Point(f"poll write, k={r.k}", "ms", report.events, r.ms("ours"), r.ms("original"))
-        for r in report.rows
-    ]
+def points(result: Result) -> list[Point]:
+    _, n, rows = result
+    return [Point(f"poll write, k={r.k}", "ms", n, r.ms("ours"), r.ms("original")) for r in rows]
 
 
-def main() -> int:
-    p = harness.parser("poll_write", __doc__)
-    p.add_argument("--events", type=int, default=1_000_000, help="drop_events to load")
-    p.add_argument("--ks", default="10,100,1000", help="new (= closed) slots per poll")
-    p.add_argument("--repeats", type=int, default=5, help="timed polls per k and method")
-    p.add_argument("--warmups", type=int, default=1, help="untimed polls first, per k")
-    args = p.parse_args()
-    args.k_list = [int(k) for k in args.ks.split(",") if k.strip()]
-    if not args.k_list or not all(1 <= k <= OPEN for k in args.k_list):
-        p.error(f"--ks values must be between 1 and {OPEN}")
-    if args.events < MIN_EVENTS or args.repeats < 1 or args.warmups < 0:
-        p.error(f"--events must be at least {MIN_EVENTS}, --repeats >= 1, --warmups >= 0")
-    return harness.main("poll_write", args, lambda a, c: asyncio.run(run(a, c)), render, points)
+def check(args: argparse.Namespace) -> str:
+    if args.ks and 1 <= args.ks[0] <= args.ks[-1] <= OPEN and args.events >= MIN_EVENTS:
+        return "" if args.repeats >= 1 and args.warmups >= 0 else "--repeats >= 1, --warmups >= 0"
+    return f"--ks values must be between 1 and {OPEN}, --events at least {MIN_EVENTS}"
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    options = [
+        ("--events", 1_000_000, "drop_events to load"),
+        ("--ks", [10, 100, 1000], "new (= closed) slots per poll"),
+        ("--repeats", 5, "timed polls per k and method"),
+        ("--warmups", 1, "untimed polls first, per k"),
+    ]
+    sys.exit(harness.main("poll_write", __doc__, options, run, render, points, check=check))

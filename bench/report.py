@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,33 +23,23 @@ from bench.charts import draw
 from shared.errors import DropwatchError
 
 Runs = tuple[tuple[str, ...], ...]
-# name -> (module, its runs (largest table last), the same at small sizes for --quick)
-BENCHMARKS: dict[str, tuple[str, Runs, Runs]] = {
-    "seed": ("seed", ((),), (("--sizes", "20000,100000"),)),
+# name -> (module, its runs (largest table last), the same at small sizes for --quick); the
+# daily maintenance run at three sizes (the original's memory grows with the table), the last
+# run adding the prune scaling (100k, 1M, 5M)
+QUICK_FEED = " --events 200000 --small 50000 --duration 2"
+BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
+    "seed": ("seed", [""], ["--sizes 20000,100000"]),
     "poll_write": (
         "poll_write",
-        (("--events", "100000"), ("--events", "1000000")),
-        (("--events", "20000", "--repeats", "3"), ("--events", "100000", "--repeats", "3")),
+        ["--events 100000", "--events 1000000"],
+        ["--events 20000 --repeats 3", "--events 100000 --repeats 3"],
     ),
-    "feed": ("feed", ((),), (("--events", "200000", "--small", "50000", "--duration", "2"),)),
-    "feed_uncached": (
-        "feed",
-        (("--cache-ttl", "0"),),
-        (("--cache-ttl", "0", "--events", "200000", "--small", "50000", "--duration", "2"),),
-    ),
-    # The daily run at three sizes (the original's memory grows with the table); the last run
-    # adds the prune scaling (100k, 1M, 5M).
+    "feed": ("feed", [""], [QUICK_FEED]),
+    "feed_uncached": ("feed", ["--cache-ttl 0"], ["--cache-ttl 0" + QUICK_FEED]),
     "maintenance": (
         "maintenance",
-        (
-            ("--events", "100000", "--prune-sizes", ""),
-            ("--events", "300000", "--prune-sizes", ""),
-            (),
-        ),
-        (
-            ("--events", "50000", "--prune-sizes", ""),
-            ("--events", "200000", "--prune-sizes", "50000,200000"),
-        ),
+        ["--events 100000 --prune-sizes=", "--events 300000 --prune-sizes=", ""],
+        ["--events 50000 --prune-sizes=", "--events 200000 --prune-sizes 50000,200000"],
     ),
 }
 HEADER = (
@@ -81,8 +72,7 @@ def sized_runs(name: str, sizes: list[int]) -> Runs:
 def run_benchmarks(
     names: list[str], quick: bool, report: Path, repo: Path, sizes: list[int] | None = None
 ) -> int:
-    unknown = sorted(set(names) - set(BENCHMARKS))
-    if unknown:
+    if unknown := sorted(set(names) - set(BENCHMARKS)):
         known = ", ".join(BENCHMARKS)
         raise DropwatchError(f"unknown benchmark(s) {', '.join(unknown)}; known: {known}")
     images = report.parent / "img"
@@ -90,7 +80,8 @@ def run_benchmarks(
     for name in names or BENCHMARKS:
         module, runs, quick_runs = BENCHMARKS[name]
         points: list[dict[str, Any]] = []
-        for args in sized_runs(name, sizes) if sizes else quick_runs if quick else runs:
+        chosen = [r.split() for r in (quick_runs if quick else runs)]
+        for args in sized_runs(name, sizes) if sizes else chosen:
             sections[name], found = _run(module, args, repo)
             points += found
         data = images / "data"
@@ -103,7 +94,7 @@ def run_benchmarks(
     return 0
 
 
-def _run(module: str, args: tuple[str, ...], repo: Path) -> tuple[str, list[dict[str, Any]]]:
+def _run(module: str, args: Sequence[str], repo: Path) -> tuple[str, list[dict[str, Any]]]:
     """One benchmark process: its Markdown section and its points."""
     with tempfile.TemporaryDirectory(prefix="dropwatch-bench-") as tmp:
         points = Path(tmp) / "points.json"
@@ -128,14 +119,10 @@ def _write(report: Path, sections: dict[str, str], charts: list[str]) -> None:
     """Replace each section (and the charts) between its markers; append what has none."""
     text = report.read_text() if report.exists() else HEADER
     images = "\n\n".join(f"![{CHARTS[c]}](img/{c})" for c in CHARTS if c in charts)
-    for name, body in [
-        ("charts", images),
-        *((n, sections[n]) for n in BENCHMARKS if n in sections),
-    ]:
-        block = f"<!-- bench:{name} -->\n{body}\n<!-- /bench:{name} -->"
+    bodies = {"charts": images} | {n: sections[n] for n in BENCHMARKS if n in sections}
+    for name, body in bodies.items():
         found = re.search(rf"<!-- bench:{name} -->\n.*?<!-- /bench:{name} -->", text, re.S)
-        text = (
-            text[: found.start()] + block + text[found.end() :] if found else text + f"\n{block}\n"
-        )
+        head, tail = (text[: found.start()], text[found.end() :]) if found else (text + "\n", "\n")
+        text = f"{head}<!-- bench:{name} -->\n{body}\n<!-- /bench:{name} -->{tail}"
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(text)

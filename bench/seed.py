@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, text
@@ -23,7 +20,7 @@ from bench import harness
 from bench.harness import Point, Section, Target, engine_for
 from shared.db.partitions import ensure_partitions, partition_name
 from shared.settings import Settings
-from tools.database import PgServer, pg_server
+from tools.database import PgServer
 from tools.seed import SeedPlan, Shape, load, make_plan, open_state, parent
 from tools.seed import day as day_rows
 from tools.seed.loader import ANALYZED, LOADERS, add_venues_and_buckets
@@ -93,134 +90,95 @@ class Run:
     seconds: dict[str, float] = field(default_factory=dict)
     cpu: dict[str, float] = field(default_factory=dict)  # busy CPU s of the whole machine
 
+    def record(self, variant: str, timer: harness.Timer) -> None:
+        self.seconds[variant], self.cpu[variant] = timer.seconds, timer.cpu
+        harness.log(f"{self.events:,}: {TITLES[variant]}: {timer.seconds:.1f} s")
+
     def rate(self, variant: str) -> float:
         events = self.history_events if variant == "history" else self.events
         return events / self.seconds[variant]
 
 
-def busy_cpu_seconds() -> float:
-    """CPU time the whole machine has been busy since boot (/proc/stat): what a load cost,
-    the database server included, whatever else the cores were doing."""
-    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
-    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # not idle/iowait
-
-
-@contextmanager
-def timed(run: Run, variant: str) -> Iterator[None]:
-    cpu = busy_cpu_seconds()
-    with harness.timed() as timer:
-        yield
-    run.seconds[variant], run.cpu[variant] = timer.seconds, busy_cpu_seconds() - cpu
-    harness.log(f"{run.events:,}: {TITLES[variant]}: {timer.seconds:.1f} s")
-
-
-def measure_size(server: PgServer, size: int, now: dt.datetime) -> Run:
-    """Each variant on its own fresh migrated database; the floor in ours's, after it."""
-    plan = make_plan(Settings(), size, now=now)
-    history = make_plan(Settings(), size, now=now, shape=Shape(open_ratio=0, recent=0))
-    open_rows = sum(b.open_drops + b.baseline for b in plan.buckets)
-    run, counts = Run(plan.events, history.events, open_rows), {}
-    for variant in ("ours", "history", "review_indexes", "naive"):
-        with server.migrated("dw_bench_seed") as name:
-            engine = engine_for(server.url_for(name), db_pool_size=4)
-            try:
+def measure(server: PgServer, args: argparse.Namespace) -> list[Run]:
+    """Per size, each variant on its own fresh migrated database; the floor in ours's, after
+    its load. Every variant must load the same events."""
+    runs, now = [], dt.datetime.now(dt.UTC)
+    for size in args.sizes:
+        plan = make_plan(Settings(), size, now=now)
+        history = make_plan(Settings(), size, now=now, shape=Shape(open_ratio=0, recent=0))
+        run = Run(plan.events, history.events, sum(b.open_drops + b.baseline for b in plan.buckets))
+        counts = {}
+        for variant in ("ours", "history", "review_indexes", "naive"):
+            with server.migrated("dw_bench_seed") as name:
+                engine = engine_for(server.url_for(name), db_pool_size=4)
                 if variant == "review_indexes":
                     harness.create_review_indexes(engine)
-                with timed(run, variant):
+                with harness.timed() as timer:
                     if variant == "naive":
                         the_original(engine, plan)
                     else:
                         load(engine, history if variant == "history" else plan)
+                run.record(variant, timer)
                 counts[variant] = harness.count(engine, "SELECT count(*) FROM drop_events")
                 if variant == "ours":
-                    with timed(run, "floor"):
+                    with harness.timed() as timer:
                         the_floor(engine, plan)
-            finally:
+                    run.record("floor", timer)
                 engine.dispose()
-    if counts.pop("history") != history.events or len(set(counts.values())) != 1:
-        raise SystemExit(f"the variants loaded different event counts: {counts}")
-    return run
+        if counts.pop("history") != history.events or len(set(counts.values())) != 1:
+            raise SystemExit(f"the variants loaded different event counts: {counts}")
+        runs.append(run)
+    return runs
 
 
-@dataclass
-class Report:
-    command: str
-    postgres: str
-    runs: list[Run]
-
-
-def measure(args: argparse.Namespace, command: str) -> Report:
-    now = dt.datetime.now(dt.UTC)
-    with pg_server("dropwatch-bench-") as server:
-        postgres = harness.postgres(server, ("wal_level", "shared_buffers", "synchronous_commit"))
-        runs = [measure_size(server, size, now) for size in args.size_list]
-    return Report(command, postgres, runs)
-
-
-def targets(report: Report) -> list[Target]:
-    big = report.runs[-1]
-    floor = big.rate("floor")
-    out = []
+def targets(runs: list[Run]) -> list[Target]:
+    big = runs[-1]
+    floor, out = big.rate("floor"), []
     for variant, what in (
         ("ours", f"the default data ({big.open_rows:,} open_slots rows)"),
         ("history", "history only, no open state"),
     ):
         rate = big.rate(variant)
-        out.append(
-            Target(
-                f"at least {TARGET_OF_FLOOR:.0%} of the floor's events/s: {what}",
-                f"{rate:,.0f} events/s = {rate / floor:.0%} of {floor:,.0f} at {big.events:,}",
-                rate >= TARGET_OF_FLOOR * floor,
-            )
-        )
+        name = f"at least {TARGET_OF_FLOOR:.0%} of the floor's events/s: {what}"
+        got = f"{rate:,.0f} events/s = {rate / floor:.0%} of {floor:,.0f} at {big.events:,}"
+        out.append(Target(name, got, rate >= TARGET_OF_FLOOR * floor))
     return out
 
 
-def render(report: Report) -> str:
+def render(runs: list[Run], section: Section) -> None:
+    section.title, section.bullets["Loaders"] = (
+        "Seeding (`bench/seed.py`)",
+        f"{LOADERS} days at a time",
+    )
     head = ["events", "open_slots rows", "load", "s", "events/s", "CPU s", "vs naive"]
     body = []
-    for r in report.runs:
+    for r in runs:
         for i, (v, title) in enumerate(TITLES.items()):
             first = [f"{r.events:,}", f"{r.open_rows:,}"] if i == 0 else ["", ""]
             rate, cpu, vs = r.rate(v), r.cpu[v], r.seconds["naive"] / r.seconds[v]
             body.append([*first, title, f"{r.seconds[v]:.1f}", f"{rate:,.0f}", f"{cpu:.1f}"])
             body[-1].append(f"{vs:.1f}x")
-    big = report.runs[-1]
+    big = runs[-1]
     floor, ours = big.rate("floor"), big.rate("ours")
-    ceiling = (
+    section.table(head, body).targets(targets(runs)).add(
         f"Ceiling at {big.events:,} events: writing the same rows with nothing to generate "
         f"runs at {floor:,.0f} events/s here ({big.seconds['floor']:.1f} s); ours reaches "
         f"{ours / floor:.0%} of it (target {TARGET_OF_FLOOR:.0%})."
     )
-    section = Section(
-        "Seeding (`bench/seed.py`)",
-        report.command,
-        Machine=harness.machine(),
-        Database=report.postgres,
-        Loaders=f"{LOADERS} days at a time",
-    )
-    return str(section.table(head, body).targets(targets(report)).add(ceiling))
 
 
-def points(report: Report) -> list[Point]:
+def points(runs: list[Run]) -> list[Point]:
     return [
         Point("load the whole history", "s", r.events, r.seconds["ours"], r.seconds["naive"])
-        for r in report.runs
+        for r in runs
     ]
 
 
-def main() -> int:
-    p = harness.parser("seed", __doc__)
-    p.add_argument("--sizes", default="100000,1000000", help="comma-separated event counts")
-    args = p.parse_args()
-    try:
-        args.size_list = sorted(int(s) for s in args.sizes.split(","))
-    except ValueError:
-        p.error("--sizes must be comma-separated integers")
-    if args.size_list[0] < 1000:
-        p.error("--sizes must be at least 1000")
-    return harness.main("seed", args, measure, render, points)
+def check(args: argparse.Namespace) -> str:
+    return "" if args.sizes and args.sizes[0] >= 1000 else "--sizes must be at least 1000"
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    options = [("--sizes", [100_000, 1_000_000], "comma-separated event counts")]
+    show = ("wal_level", "shared_buffers", "synchronous_commit")
+    sys.exit(harness.main("seed", __doc__, options, measure, render, points, show, check))

@@ -21,7 +21,7 @@ import datetime as dt
 import os
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, TypeVar
 
 import pytest
@@ -58,8 +58,8 @@ T = TypeVar("T")
 Stub = feed_pb2_grpc.FeedServiceStub
 Reply = feed_pb2.JustOpenedResponse | feed_pb2.StillOpenResponse
 
-EXAMPLES = int(os.environ.get("DROPWATCH_HUNT_EXAMPLES", "10"))
-STEPS = int(os.environ.get("DROPWATCH_HUNT_STEPS", "30"))
+EXAMPLES = int(os.environ.get("DROPWATCH_HUNT_EXAMPLES", "30"))
+STEPS = int(os.environ.get("DROPWATCH_HUNT_STEPS", "40"))
 
 # Few venues and days: slots often share a (venue, date), so the de-duplication is exercised.
 IDENTITIES = [(v, d, s) for v in (1, 2) for d in LIVE_DAYS[:2] for s in ("15:00", "19:00", "19:30")]
@@ -244,6 +244,28 @@ class FeedMachine(RuleBasedStateMachine):
             self.open[slot.slot_id] = OpenDrop(slot, bucket.split("_")[1], at, self.seq)
         self.polled[bucket] = at
 
+    @precondition(lambda self: self.open)
+    @rule(pick=st.integers(0, 30), sizes=st.sampled_from(SIZE_SETS), slow=SLOW)
+    def resize(self, pick: int, sizes: tuple[int, ...], slow: int) -> None:
+        """A poll changes an open slot's party sizes: for parties of an added size it is a
+        table that just opened (then); the slot's drop and opened_at stay."""
+        drop = sorted(self.open.values(), key=lambda d: d.seq)[pick % len(self.open)]
+        if set(sizes) == set(drop.slot.party_sizes):
+            return
+        slot = replace(drop.slot, party_sizes=sizes)
+        bucket = self.ctx.seeder.bucket_of(slot)
+        at = max(self.now - dt.timedelta(seconds=slow), self.polled.get(bucket, NOW))
+        self.run(self.ctx.seeder.open([slot], at=at))
+        before, kept = dict(drop.added), set(drop.slot.party_sizes)
+        added = tuple(
+            (size, before[size] if size in kept else at)
+            for size in sorted(sizes)
+            if size in before or size not in kept
+        )
+        self.open[slot.slot_id] = replace(drop, slot=slot, added=added)
+        self.polled[bucket] = at
+        self.settled()
+
     @rule(seconds=st.sampled_from(ADVANCES))
     def advance(self, seconds: int) -> None:
         self.now = min(self.now + dt.timedelta(seconds=seconds), LAST)
@@ -265,8 +287,8 @@ class FeedMachine(RuleBasedStateMachine):
         """A later page sees the first page's data, less the slots that closed since. Returns
         whether there are more pages."""
         reply = self.ask(walk.ask, walk.page, walk.token)
-        still = {d.seq for d in self.open.values()}
-        visible = [d for d in walk.visible.values() if d.seq in still]
+        current = {d.seq: d for d in self.open.values()}  # closed or resized since: not seen
+        visible = [d for d in walk.visible.values() if current.get(d.seq) == d]
         expected = [
             d for d in reference(visible, walk.ask, walk.at) if (d.opened_at, d.seq) < walk.last
         ]
@@ -297,13 +319,24 @@ class FeedMachine(RuleBasedStateMachine):
         if not self.next_page(walk):
             self.walks.remove(walk)
 
-    @rule(ask=asks(), changes=CHANGES, slow=SLOW)
+    @rule(
+        ask=asks(),
+        changes=CHANGES,
+        slow=SLOW,
+        resizing=st.none() | st.tuples(st.integers(0, 30), st.sampled_from(SIZE_SETS)),
+    )
     def walk_across_a_poll(
-        self, ask: Ask, changes: list[tuple[int, tuple[int, ...]]], slow: int
+        self,
+        ask: Ask,
+        changes: list[tuple[int, tuple[int, ...]]],
+        slow: int,
+        resizing: tuple[int, tuple[int, ...]] | None,
     ) -> None:
-        """A whole walk with a poll (often a slow one) committed after its first page."""
+        """A whole walk with polls (often slow ones) committed after its first page."""
         walk = self.begin_walk(ask)
         if walk is not None:
+            if resizing is not None and self.open:
+                self.resize(*resizing, slow)
             self.poll(changes, slow)
             while self.next_page(walk):
                 pass

@@ -72,6 +72,11 @@ class OpenDrop:
     anchor: str
     opened_at: dt.datetime
     seq: int
+    added: tuple[tuple[int, dt.datetime], ...] = ()  # sizes bookable since later, and when
+
+    def size_opened(self, size: int) -> dt.datetime:
+        """When parties of `size` could first book it (a size added later opened then)."""
+        return dict(self.added).get(size, self.opened_at)
 
 
 @dataclass(frozen=True)
@@ -260,13 +265,14 @@ def reference(open_now: list[OpenDrop], ask: Ask, now: dt.datetime = NOW) -> lis
         slot = d.slot
         if slot.day < TODAY or d.opened_at > now:
             return False
-        if ask.kind == "just_opened" and d.opened_at < edge:
-            return False
-        if ask.kind == "still_open" and d.opened_at >= edge:
+        if f.party_sizes:  # windowed per requested size: a size added later opened then
+            wanted = set(f.party_sizes) & set(slot.party_sizes)
+            recent = any(d.size_opened(size) >= edge for size in wanted)
+            if not wanted or recent != (ask.kind == "just_opened"):
+                return False
+        elif (d.opened_at >= edge) != (ask.kind == "just_opened"):
             return False
         if f.reservation_dates and slot.day.isoformat() not in f.reservation_dates:
-            return False
-        if f.party_sizes and not set(f.party_sizes) & set(slot.party_sizes):
             return False
         start = _time(slot.start)
         if f.time_from and start < _time(f.time_from):

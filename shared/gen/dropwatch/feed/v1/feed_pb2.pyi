@@ -91,9 +91,13 @@ class FeedFilter(_message.Message):
     @_builtins.property
     def party_sizes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Party sizes to match, each 1-20. A slot matches if any of these sizes
-        is among the slot's available party sizes. Default: empty = every party
-        size. Server maximum: 100 values. A size outside 1-20 is
-        INVALID_ARGUMENT.
+        is among the slot's available party sizes. With this filter the age
+        windows of JustOpened and StillOpen apply per requested size: a size
+        that became bookable after the slot opened counts from that moment, so
+        a slot that just opened for parties of 4 is in JustOpened for 4 (and
+        still open for its older sizes). Items stay ordered by `opened_at`.
+        Default: empty = every party size. Server maximum: 100 values. A size
+        outside 1-20 is INVALID_ARGUMENT.
         """
 
     @_builtins.property

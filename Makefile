@@ -56,7 +56,7 @@ test-db: $(STAMP) ## only the database tests (CI reruns them against DROPWATCH_D
 	$(BIN)/python -m pytest -m db
 
 hunt: $(STAMP) ## the model-based tests, long run (DROPWATCH_HUNT_EXAMPLES=N sets the size)
-	DROPWATCH_HUNT=1 $(BIN)/python -m pytest tests/poller/test_hunt.py tests/maintenance/test_hunt.py -q -p no:cacheprovider
+	DROPWATCH_HUNT=1 $(BIN)/python -m pytest tests/poller/test_hunt.py tests/maintenance/test_hunt.py tests/feed/test_hunt.py -q -p no:cacheprovider
 
 image: $(STAMP) ## build the container image dropwatch:dev with podman (docs/deploy.md)
 	bash scripts/build_image.sh

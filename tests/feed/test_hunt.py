@@ -11,7 +11,9 @@ de-duplication, applied_limit / limit_capped / truncated / next_page_token, as_o
 no_data_yet, each item once per walk, later pages as of the first, and JustOpened and StillOpen
 of one moment never repeating each other.
 
-Bounded for CI; `DROPWATCH_HUNT_EXAMPLES=200 DROPWATCH_HUNT_STEPS=60` hunts longer.
+Bounded for CI (30 sequences of up to 40 steps, about 15 s); `DROPWATCH_HUNT=1` (`make hunt`)
+runs it long (200 sequences of up to 60 steps); `DROPWATCH_HUNT_EXAMPLES` and
+`DROPWATCH_HUNT_STEPS` set the size.
 """
 
 from __future__ import annotations
@@ -58,8 +60,9 @@ T = TypeVar("T")
 Stub = feed_pb2_grpc.FeedServiceStub
 Reply = feed_pb2.JustOpenedResponse | feed_pb2.StillOpenResponse
 
-EXAMPLES = int(os.environ.get("DROPWATCH_HUNT_EXAMPLES", "30"))
-STEPS = int(os.environ.get("DROPWATCH_HUNT_STEPS", "40"))
+HUNTING = bool(os.environ.get("DROPWATCH_HUNT"))
+EXAMPLES = int(os.environ.get("DROPWATCH_HUNT_EXAMPLES", "200" if HUNTING else "30"))
+STEPS = int(os.environ.get("DROPWATCH_HUNT_STEPS", "60" if HUNTING else "40"))
 
 # Few venues and days: slots often share a (venue, date), so the de-duplication is exercised.
 IDENTITIES = [(v, d, s) for v in (1, 2) for d in LIVE_DAYS[:2] for s in ("15:00", "19:00", "19:30")]
@@ -372,7 +375,7 @@ class FeedMachine(RuleBasedStateMachine):
 # A hunt of EXAMPLES x STEPS steps: ~10-20 s at the default bound (a failure is shrunk, which
 # replays polls, so the timeout leaves room for that).
 @pytest.mark.slow
-@pytest.mark.timeout(0 if "DROPWATCH_HUNT_EXAMPLES" in os.environ else 900)
+@pytest.mark.timeout(0 if HUNTING or "DROPWATCH_HUNT_EXAMPLES" in os.environ else 900)
 async def test_the_feed_keeps_every_promise_of_its_contract(
     seeder: Seeder, feed: FeedServer, stub: Stub
 ) -> None:

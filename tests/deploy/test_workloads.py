@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.deploy.kustomize import BASE_DIR, K8S_DIR, key, load_docs
+from tests.deploy.kustomize import BASE_DIR, key, load_docs
 from tests.deploy.manifests import (
     APPLIED,
     COMPONENTS,
@@ -183,23 +183,3 @@ def test_selectors_match_their_pods() -> None:
                 continue
             matched = [n for n, pod in labels.items() if selector.items() <= pod.items()]
             assert len(matched) == 1, (key(doc), matched)
-
-
-def test_first_deploy_phase_selects_namespace_config_and_migrations_only() -> None:
-    """docs/deploy.md applies `-l app.kubernetes.io/component in (namespace,config,migrate)`
-    first and waits for the migration Job before applying everything else."""
-    docs_text = (K8S_DIR.parents[1] / "docs" / "deploy.md").read_text()
-    selector = "app.kubernetes.io/component in (namespace,config,migrate)"
-    assert selector in docs_text
-    for docs in RENDERED.values():
-        first = [
-            d
-            for d in docs
-            if d["metadata"].get("labels", {}).get("app.kubernetes.io/component")
-            in ("namespace", "config", "migrate")
-        ]
-        kinds = sorted({d["kind"] for d in first})
-        assert kinds == ["ConfigMap", "Job", "Namespace", "ServiceAccount"], kinds
-        assert {d["metadata"]["name"] for d in first if d["kind"] == "Job"} == {"dropwatch-migrate"}
-        configs = {d["metadata"]["name"] for d in docs if d["kind"] == "ConfigMap"}
-        assert configs <= {d["metadata"]["name"] for d in first}

@@ -285,6 +285,24 @@ class DayFigures(Base):
     final_at: Mapped[dt.datetime | None] = mapped_column(TZ)
 
 
+class MaintenanceRun(Base):
+    """One maintenance run and its JSON summary, so the job's health (the last success) is
+    read from the database, not from the Pushgateway's memory. See docs/deploy.md, Monitoring."""
+
+    __tablename__ = "maintenance_runs"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    started_at: Mapped[dt.datetime] = mapped_column(TZ)
+    finished_at: Mapped[dt.datetime] = mapped_column(TZ, server_default=func.now())
+    outcome: Mapped[str] = mapped_column(String(16))
+    summary: Mapped[dict[str, object]] = mapped_column(JSONB)
+
+    __table_args__ = (
+        CheckConstraint("outcome IN ('succeeded', 'skipped', 'failed')", name="outcome"),
+        Index("ix_maintenance_runs_outcome_finished_at", "outcome", "finished_at"),
+    )
+
+
 class VenueRollingMetrics(Base):
     """Per venue, the 14 days up to `as_of_date`."""
 

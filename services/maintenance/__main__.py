@@ -2,7 +2,9 @@
 
 Exit 0 on success (also when another run holds the lock), non-zero on failure so the Job's
 backoff retries (2 for a `--now` ahead of the database clock); one JSON line on stdout
-summarises the run, including what it skipped and why.
+summarises the run, including what it skipped and why. The same summary is recorded in
+`maintenance_runs` (a failed run too, when the database can still be reached), where the
+poller reads the last success for the alert: the Pushgateway's memory is not needed for it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,11 @@ import datetime as dt
 import json
 import logging
 import sys
+from typing import Any
 
+from sqlalchemy import Engine
+
+from services.maintenance import store
 from services.maintenance.push import push_summary
 from services.maintenance.run import run
 from services.maintenance.settings import MaintenanceSettings
@@ -38,14 +44,32 @@ def parse_now(raw: str | None) -> dt.datetime | None:
 def run_once(now: dt.datetime | None = None) -> int:
     with started(MaintenanceSettings, "maintenance") as up, unavailable_as_error():
         settings = up.settings
-        summary = run(settings, up.engine, now)
-    print(json.dumps(summary.as_dict()), flush=True)
+        began = dt.datetime.now(dt.UTC)
+        try:
+            summary = run(settings, up.engine, now)
+        except Exception as exc:
+            _record_failure(up.engine, began, exc)
+            raise
+        report = summary.as_dict()
+        with up.engine.begin() as conn:
+            store.record_run(conn, began, "succeeded" if summary.ran else "skipped", report)
+    print(json.dumps(report), flush=True)
     if summary.ran and settings.pushgateway_url:
         try:
             push_summary(settings.pushgateway_url, settings.pushgateway_job, summary)
         except OSError as exc:  # the run itself succeeded; say so and keep exit 0
             log.warning("could not push to the Pushgateway: %s", exc)
     return 0
+
+
+def _record_failure(engine: Engine, began: dt.datetime, exc: Exception) -> None:
+    """Best effort: a database that broke the run may refuse the record too."""
+    report: dict[str, Any] = {"ok": False, "error": str(exc) or type(exc).__name__}
+    try:
+        with unavailable_as_error(), engine.begin() as conn:
+            store.record_run(conn, began, "failed", report)
+    except Exception as record_exc:  # the run's own error is the one to report
+        log.warning("could not record the failed run: %s", record_exc)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -147,3 +147,14 @@ AWAITING_BASELINE = text(
 )
 
 LIVE_BUCKETS = text("SELECT count(*) FROM discovery_buckets WHERE bucket_date >= :d")
+
+# Each run records itself; rows older than the retention go in the same transaction.
+RECORD_RUN = text(
+    """
+    INSERT INTO maintenance_runs (started_at, outcome, summary)
+    VALUES (:started_at, :outcome, CAST(:summary AS jsonb))
+    """
+)
+PRUNE_RUNS = text(
+    "DELETE FROM maintenance_runs WHERE finished_at < now() - make_interval(days => :days)"
+)

@@ -7,7 +7,9 @@ decides what to do with each day; these functions only read and write.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection
 
@@ -92,3 +94,17 @@ def buckets_awaiting_baseline(conn: Connection, first_day: dt.date) -> int:
 
 def live_bucket_count(conn: Connection, first_day: dt.date) -> int:
     return int(conn.execute(sql.LIVE_BUCKETS, {"d": first_day}).scalar_one())
+
+
+RUNS_KEPT_DAYS = 90
+
+
+def record_run(
+    conn: Connection, started_at: dt.datetime, outcome: str, summary: dict[str, Any]
+) -> None:
+    """Record one run (`succeeded`, `skipped` or `failed`) with its JSON summary."""
+    conn.execute(sql.PRUNE_RUNS, {"days": RUNS_KEPT_DAYS})
+    conn.execute(
+        sql.RECORD_RUN,
+        {"started_at": started_at, "outcome": outcome, "summary": json.dumps(summary)},
+    )

@@ -287,7 +287,8 @@ class DayFigures(Base):
 
 class MaintenanceRun(Base):
     """One maintenance run and its JSON summary, so the job's health (the last success) is
-    read from the database, not from the Pushgateway's memory. See docs/deploy.md, Monitoring."""
+    read from the database, not from the Pushgateway's memory; an `installed` row (migration
+    0009) marks when recording began. See docs/deploy.md, Monitoring."""
 
     __tablename__ = "maintenance_runs"
 
@@ -298,7 +299,9 @@ class MaintenanceRun(Base):
     summary: Mapped[dict[str, object]] = mapped_column(JSONB)
 
     __table_args__ = (
-        CheckConstraint("outcome IN ('succeeded', 'skipped', 'failed')", name="outcome"),
+        CheckConstraint(
+            "outcome IN ('succeeded', 'skipped', 'failed', 'installed')", name="outcome"
+        ),
         Index("ix_maintenance_runs_outcome_finished_at", "outcome", "finished_at"),
     )
 

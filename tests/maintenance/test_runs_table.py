@@ -26,7 +26,8 @@ def _runs(engine: Engine) -> list[tuple[str, dict[str, object], dt.datetime, dt.
     with engine.connect() as conn:
         rows = conn.execute(
             text(
-                "SELECT outcome, summary, started_at, finished_at FROM maintenance_runs ORDER BY id"
+                "SELECT outcome, summary, started_at, finished_at FROM maintenance_runs"
+                " WHERE outcome <> 'installed' ORDER BY id"
             )
         ).all()
     return [(r.outcome, r.summary, r.started_at, r.finished_at) for r in rows]
@@ -69,3 +70,11 @@ def test_old_runs_are_pruned_when_a_run_records_itself(engine: Engine) -> None:
         )
     assert main(["run"]) == 0
     assert [outcome for outcome, *_ in _runs(engine)] == ["failed", "succeeded"]
+
+
+def test_the_migration_marks_when_recording_began(engine: Engine) -> None:
+    with engine.connect() as conn:
+        (row,) = conn.execute(
+            text("SELECT outcome, summary FROM maintenance_runs WHERE outcome = 'installed'")
+        ).all()
+    assert "migration 0009" in str(row.summary["message"])

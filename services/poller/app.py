@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -10,6 +11,7 @@ import uuid
 
 import grpc
 
+from services.poller.exported import DatabaseSeries
 from services.poller.metrics import PollerMetrics
 from services.poller.poll import PollContext, PollOutcome
 from services.poller.ratelimit import RequestBudget
@@ -58,9 +60,14 @@ async def run_poller(settings: PollerSettings, database_url: str, stop: asyncio.
         await health.set(ok)
 
     scheduler = Scheduler(ctx, on_health=on_health)
+    # Series read from the database: exported even while the provider fails (exported.py).
+    exporter = asyncio.create_task(DatabaseSeries(ctx).run(stop))
     try:
         await scheduler.run(stop)
     finally:
+        exporter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await exporter
         await health.shutdown()
         await server.stop(grace=1)
         await ctx.provider.aclose()

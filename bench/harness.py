@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import inspect
 import json
 import math
@@ -20,9 +19,8 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 import psycopg
 from sqlalchemy import Engine, event, text
@@ -33,7 +31,6 @@ from tools.database import PgServer, pg_server
 from tools.seed import SeedPlan, SeedResult, load
 from tools.seed.loader import LOADERS
 
-R = TypeVar("R")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -48,11 +45,15 @@ def busy_cpu_seconds() -> float:
     return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
-@dataclass
 class Timer:
-    started: float = field(default_factory=time.perf_counter)
-    cpu: float = field(default_factory=busy_cpu_seconds)  # busy CPU s of the machine, at the end
-    stopped: float = 0.0
+    """The wall time (and the machine's busy CPU time) of a `with Timer() as timer:` block."""
+
+    def __enter__(self) -> Timer:
+        self.started, self.stopped, self.cpu = time.perf_counter(), 0.0, busy_cpu_seconds()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stopped, self.cpu = time.perf_counter(), busy_cpu_seconds() - self.cpu
 
     @property
     def seconds(self) -> float:
@@ -61,13 +62,6 @@ class Timer:
     @property
     def ms(self) -> float:
         return self.seconds * 1000.0
-
-
-@contextmanager
-def timed() -> Iterator[Timer]:
-    timer = Timer()
-    yield timer
-    timer.stopped, timer.cpu = time.perf_counter(), busy_cpu_seconds() - timer.cpu
 
 
 def median(values: Sequence[float]) -> float:
@@ -81,7 +75,7 @@ def percentile(values: Sequence[float], p: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[p - 1]
 
 
-Window = list[list[Any]]  # [sql, seconds] per statement, before to after its cursor execution
+Window = list[tuple[str, float]]  # (sql, seconds) per statement: before to after its execution
 
 
 def split(window: Window, kind: Callable[[str], str]) -> tuple[dict[str, float], dict[str, int]]:
@@ -95,38 +89,27 @@ def split(window: Window, kind: Callable[[str], str]) -> tuple[dict[str, float],
 
 
 class StatementRecorder:
-    """Counts and times the statements an engine sends inside `window()` blocks.
-
-    Attach it to a sync engine (`async_engine.sync_engine` for asyncio). Pool pre-pings and
-    COMMIT are not cursor executions: they are in the caller's wall time, not here."""
+    """Times the statements a sync engine sends inside `window()` blocks (pool pre-pings and
+    COMMIT are not cursor executions: they are in the caller's wall time only)."""
 
     def __init__(self, engine: Engine) -> None:
         self._current: Window | None = None
         event.listen(engine, "before_cursor_execute", self._before)
         event.listen(engine, "after_cursor_execute", self._after)
 
-    def _before(self, conn: Any, cursor: Any, sql: str, *_: Any) -> None:
-        entry = [sql, math.nan]
-        if self._current is not None:
-            self._current.append(entry)
-        conn.info["bench_pending"] = (entry, time.perf_counter())
+    def _before(self, conn: Any, *_: Any) -> None:
+        conn.info["bench_started"] = time.perf_counter()
 
-    def _after(self, conn: Any, *_: Any) -> None:
-        pending = conn.info.pop("bench_pending", None)
-        if pending is not None:
-            pending[0][1] = time.perf_counter() - pending[1]
+    def _after(self, conn: Any, cursor: Any, sql: str, *_: Any) -> None:
+        started = conn.info.pop("bench_started", None)
+        if self._current is not None and started is not None:
+            self._current.append((sql, time.perf_counter() - started))
 
     @contextmanager
     def window(self) -> Iterator[Window]:
         self._current = []
         yield self._current
         self._current = None
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    """This environment without DROPWATCH_* settings, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DROPWATCH_")}
-    return {**env, **extra}
 
 
 @contextmanager
@@ -166,7 +149,7 @@ def engine_for(url: str, name: str = "bench", **settings: Any) -> Engine:
 
 def create_review_indexes(engine: Engine) -> float:
     """Create the review's indexes (for an original pattern); return the seconds it took."""
-    with timed() as timer, engine.begin() as conn:
+    with Timer() as timer, engine.begin() as conn:
         conn.execute(text("SET LOCAL maintenance_work_mem = '256MB'"))
         for ddl in REVIEW_INDEXES:
             conn.execute(text(ddl))
@@ -180,7 +163,7 @@ def count(engine: Engine, sql: str, **params: Any) -> int:
 
 def vacuum(engine: Engine, what: str = "VACUUM (ANALYZE)") -> float:
     """Run VACUUM (outside a transaction); return the seconds it took."""
-    with timed() as timer, engine.connect() as conn:
+    with Timer() as timer, engine.connect() as conn:
         conn.execution_options(isolation_level="AUTOCOMMIT").execute(text(what))
     return timer.seconds
 
@@ -268,10 +251,7 @@ class Section:
         return "\n".join([f"## {self.title}", "", f"`{self.command}`", "", *bullets, *self.lines])
 
 
-@dataclass(frozen=True)
-class Point:
-    """One figure at one table size, ours beside the original pattern's (for the charts)."""
-
+class Point(NamedTuple):  # one figure at one table size, ours beside the original's (charts)
     metric: str
     unit: str  # "ms" or "s" (latency) or "MB" (memory)
     size: int  # drop_events in the table
@@ -279,8 +259,7 @@ class Point:
     original: float | None = None
 
 
-def _ints(value: str) -> list[int]:
-    """Comma-separated integers, ascending (a list option)."""
+def _ints(value: str) -> list[int]:  # a list option: comma-separated integers, ascending
     return sorted(int(v) for v in value.split(",") if v.strip())
 
 
@@ -291,22 +270,25 @@ def _stop(signum: int, _frame: object) -> None:
 def main(
     name: str,
     doc: str | None,
-    options: Sequence[tuple[str, Any, str]],
+    options: Sequence[tuple[str, Any, str, float, float]],
     measure: Callable[[PgServer, argparse.Namespace], Any],  # may be a coroutine function
-    render: Callable[[R, Section], None],
-    points: Callable[[R], list[Point]],
+    render: Callable[[Any, Section], list[Point]],
     show: Sequence[str] = ("shared_buffers", "work_mem", "synchronous_commit", "fsync", "jit"),
     check: Callable[[argparse.Namespace], str] = lambda _: "",
 ) -> int:
-    """Parse `options` ((flag, default, help)) and what `check` says is wrong; measure on one
-    server, print the section, write the points. SIGTERM cleans up as an error does."""
+    """Options are (flag, default, help, lowest, highest value); a list: comma-separated
+    integers. `render` fills the section and returns the chart points."""
     p = argparse.ArgumentParser(prog=f"python -m bench.{name}", description=(doc or "").strip())
     p.add_argument("--markdown", action="store_true", help="(the default) print Markdown")
     p.add_argument("--json", help="also write the chart figures to this file")
-    for flag, default, about in options:
+    for flag, default, about, low, high in options:
         kind = _ints if isinstance(default, list) else type(default)
-        p.add_argument(flag, type=kind, default=default, help=about)
+        p.add_argument(flag, type=kind, default=default, help=f"{about} ({low:g} to {high:g})")
     args = p.parse_args()
+    for flag, _, _, low, high in options:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if not all(low <= v <= high for v in (value if isinstance(value, list) else [value])):
+            p.error(f"{flag} must be {low:g} to {high:g}")
     if error := check(args):
         p.error(error)
     command = f".venv/bin/python -m bench.{name} {' '.join(sys.argv[1:])}".strip()
@@ -319,10 +301,10 @@ def main(
     finally:
         signal.signal(signal.SIGTERM, previous)
     section = Section("", command, Machine=machine(), Database=database)
-    render(result, section)
+    points = render(result, section)
     print(section)
     if args.json:
-        found = [p for p in points(result) if math.isfinite(p.ours + (p.original or 0.0))]
-        data = {"benchmark": getattr(args, "points_name", name), "points": found}
-        Path(args.json).write_text(json.dumps(data, default=dataclasses.asdict, indent=1))
+        found = [p._asdict() for p in points if math.isfinite(p.ours + (p.original or 0.0))]
+        data = {"benchmark": name, "points": found}
+        Path(args.json).write_text(json.dumps(data, indent=1))
     return 0

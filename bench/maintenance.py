@@ -39,13 +39,11 @@ LEFT = (  # what a job left behind: both jobs must agree
 
 
 def left_behind(url: str) -> list[float]:
-    engine = engine_for(url, "bench-check")
-    try:
-        with engine.connect() as conn:
-            values = [float(conn.execute(text(sql)).scalar_one() or 0) for _, sql in LEFT]
-            return [*values, float(len(list_partitions(conn)))]
-    finally:
-        engine.dispose()
+    with (engine := engine_for(url, "bench-check")).connect() as conn:
+        values = [float(conn.execute(text(sql)).scalar_one() or 0) for _, sql in LEFT]
+        values.append(float(len(list_partitions(conn))))
+    engine.dispose()
+    return values
 
 
 # Run with `python -c`: the job named by argv[2] (ours, original, or a module to import only).
@@ -80,12 +78,13 @@ class Child(NamedTuple):
 
 def run_child(kind: str, now: dt.datetime, url: str = "") -> Child:
     """One child to the end; its environment has no DROPWATCH_* but the database URL."""
-    env = harness.child_env(**({"DROPWATCH_DATABASE_URL": url} if url else {}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DROPWATCH_")}
+    env |= {"DROPWATCH_DATABASE_URL": url} if url else {}
     with tempfile.TemporaryDirectory(prefix="dw-bench-child-") as scratch:
         peak, err = Path(scratch) / "peak.json", Path(scratch) / "stderr"
         args = ["-c", CHILD, str(peak), kind, now.isoformat()]
         with (
-            harness.timed() as wall,
+            harness.Timer() as wall,
             err.open("wb") as stderr,
             harness.child(args, env, stdout=subprocess.PIPE, stderr=stderr) as proc,
         ):
@@ -128,8 +127,7 @@ def measure_run(server: PgServer, events: int, now: dt.datetime) -> Run:
             with server.database(f"dw_bench_{kind}", template=template) as name:
                 url = server.url_for(name)
                 if kind == "original":  # it reads through the review's indexes; ours does not
-                    copy = engine_for(url)
-                    index_seconds = harness.create_review_indexes(copy)
+                    index_seconds = harness.create_review_indexes(copy := engine_for(url))
                     copy.dispose()
                 harness.checkpoint(server)
                 children.append(run_child(kind, now, url))
@@ -142,7 +140,7 @@ def measure_run(server: PgServer, events: int, now: dt.datetime) -> Run:
     return Run(data, seeded.events, children[0], children[1], imports, left)
 
 
-Result = tuple[Run, list[list[maintenance_prune.Row]]]  # the run; prunes: growing, fixed day
+Result = tuple[Run, list[list[maintenance_prune.Pruned]]]  # the run; prunes: growing, fixed day
 
 
 def measure(server: PgServer, args: argparse.Namespace) -> Result:
@@ -153,40 +151,28 @@ def measure(server: PgServer, args: argparse.Namespace) -> Result:
         now -= dt.timedelta(days=1)
     run = measure_run(server, args.events, now)
     days = [0, args.day_events] if args.day_events else [0]  # events of a pruned day; 0: grows
-    return run, [
-        maintenance_prune.measure(server, args.prune_sizes, now, args.repeats, d) for d in days
-    ]
+    sizes, repeats = args.prune_sizes, args.repeats
+    return run, [maintenance_prune.measure(server, sizes, now, repeats, d) for d in days]
 
 
 def targets(r: Run) -> list[Target]:
     steps = r.ours.output["steps"]
     agg = sum(float(steps[n]["seconds"]) for n in ("aggregate", "prune_buckets", "prune_events"))
     ours, theirs = r.ours.peak_mb, r.original.peak_mb
-    return [
-        Target(
-            f"peak RSS of the whole run < {TARGET_PEAK_MB} MB",
-            f"{ours:.0f} MB",
-            ours < TARGET_PEAK_MB,
-        ),
-        Target(
-            f"peak RSS >= {TARGET_PEAK_RATIO}x below the original's",
-            f"{theirs / ours:.1f}x ({theirs:,.0f} MB vs {ours:.0f} MB)",
-            theirs / ours >= TARGET_PEAK_RATIO,
-        ),
-        Target(
-            f"aggregate + prune of {r.events:,} events < {TARGET_AGG_PRUNE_SECONDS} s",
-            f"{agg:.2f} s (aggregate + prune_buckets + prune_events steps)",
-            agg < TARGET_AGG_PRUNE_SECONDS,
-        ),
-    ]
+    name = f"peak RSS of the whole run < {TARGET_PEAK_MB} MB"
+    out = [Target(name, f"{ours:.0f} MB", ours < TARGET_PEAK_MB)]
+    name = f"peak RSS >= {TARGET_PEAK_RATIO}x below the original's"
+    got = f"{theirs / ours:.1f}x ({theirs:,.0f} MB vs {ours:.0f} MB)"
+    out.append(Target(name, got, theirs / ours >= TARGET_PEAK_RATIO))
+    name = f"aggregate + prune of {r.events:,} events < {TARGET_AGG_PRUNE_SECONDS} s"
+    got = f"{agg:.2f} s (aggregate + prune_buckets + prune_events steps)"
+    return [*out, Target(name, got, agg < TARGET_AGG_PRUNE_SECONDS)]
 
 
-def render(result: Result, section: Section) -> None:
+def render(result: Result, section: Section) -> list[Point]:
     (r, prunes), o = result, result[0].original.output
-    section.title, section.bullets["Data"] = (
-        "Daily maintenance run (`bench/maintenance.py`)",
-        r.data,
-    )
+    section.title = "Daily maintenance run (`bench/maintenance.py`)"
+    section.bullets["Data"] = r.data
     section.targets(targets(r) + [t for rows in prunes for t in maintenance_prune.targets(rows)])
     steps = r.ours.output["steps"]
     body = []
@@ -206,59 +192,41 @@ def render(result: Result, section: Section) -> None:
     body = [[name, f"{sec:.3f}", what[name]] for name, sec in o["parts"].items()]
     body.append(["all parts", f"{sum(o['parts'].values()):.3f}", ""])
     section.table(["part (original)", "seconds", "what"], body, "The original job, part by part:")
-    (ours, theirs), (ours_i, theirs_i) = (r.ours, r.original), r.imports
-    body = [
-        ["wall, whole child process (s)", f"{ours.wall_seconds:.2f}", f"{theirs.wall_seconds:.2f}"]
-    ]
-    body[0].append(f"{theirs.wall_seconds / ours.wall_seconds:.1f}x")
+    ours, theirs, (ours_i, theirs_i) = r.ours, r.original, r.imports
+    body = [["wall, whole child process (s)", f"{ours.wall_seconds:.2f}"]]
+    body[0] += [f"{theirs.wall_seconds:.2f}", f"{theirs.wall_seconds / ours.wall_seconds:.1f}x"]
+    growth = ours.peak_mb - ours_i.peak_mb, theirs.peak_mb - theirs_i.peak_mb
     for label, a, b in (
         ("peak RSS, VmHWM (MB)", ours.peak_mb, theirs.peak_mb),
         ("  of which interpreter + imports (MB)", ours_i.peak_mb, theirs_i.peak_mb),
-        (
-            "  the job's own growth (MB)",
-            ours.peak_mb - ours_i.peak_mb,
-            theirs.peak_mb - theirs_i.peak_mb,
-        ),
+        ("  the job's own growth (MB)", *growth),
         ("ru_maxrss from wait4 (MB, for reference)", ours.maxrss_mb, theirs.maxrss_mb),
     ):
         ratio = f"{b / a:.1f}x" if len(body) == 1 else ""  # for the peak only
         body.append([label, f"{a:.0f}", f"{b:.0f}", ratio])
     section.table(["", "ours", "original", "original / ours"], body, "Side by side:")
-    names = [name for name, _ in LEFT] + ["drop_events partitions left"]
-    body = [
-        [n, *(f"{v:,.{1 if 'duration' in n else 0}f}" for v in values)]
-        for n, *values in zip(names, *r.left, strict=True)
-    ]
+    body = []
+    for n, *values in zip([*dict(LEFT), "drop_events partitions left"], *r.left, strict=True):
+        body.append([n, *(f"{v:,.{1 if 'duration' in n else 0}f}" for v in values)])
     pairs = zip(r.left[0][:-1], r.left[1][:-1], strict=True)  # the partitions may differ
     agree = all(abs(a - b) <= 1e-6 * max(1.0, abs(a)) for a, b in pairs)
     title = f"What each job left behind (both must agree: **{'yes' if agree else 'NO'}**):"
     section.table(["left behind", "ours", "original"], body, title)
-    for rows in prunes:
-        maintenance_prune.render(rows, section)
-
-
-def points(result: Result) -> list[Point]:
-    r, prunes = result
-    return [
-        Point("daily run, whole job", "s", r.events, r.ours.wall_seconds, r.original.wall_seconds),
-        Point("daily run, peak RSS", "MB", r.events, r.ours.peak_mb, r.original.peak_mb),
-        *(p for rows in prunes for p in maintenance_prune.points(rows)),
-    ]
+    points = [Point("daily run, whole job", "s", r.events, ours.wall_seconds, theirs.wall_seconds)]
+    points.append(Point("daily run, peak RSS", "MB", r.events, ours.peak_mb, theirs.peak_mb))
+    return points + [p for rows in prunes for p in maintenance_prune.render(rows, section)]
 
 
 def check(args: argparse.Namespace) -> str:
-    if min([args.events, *args.prune_sizes]) < 10_000 or not 1 <= args.repeats <= 6:
-        return "--events and --prune-sizes at least 10000, --repeats 1 to 6"
-    if args.day_events < 0 or min([*args.prune_sizes, 10**9]) - args.day_events < 10_000:
-        return "--day-events must leave 10000 events for the rest of the smallest table"
-    return ""
+    rest = min([*args.prune_sizes, 10**9]) - args.day_events  # of the smallest table
+    return "" if rest >= 10_000 else "--day-events must leave 10000 events beside the day"
 
 
 if __name__ == "__main__":
     options = [
-        ("--events", 1_000_000, "drop_events to load"),
-        ("--prune-sizes", [100_000, 1_000_000, 5_000_000], "empty: no prunes"),
-        ("--day-events", DAY_EVENTS, "0: no fixed-size day"),
-        ("--repeats", 5, "days pruned per method and size"),
+        ("--events", 1_000_000, "drop_events to load", 10_000, 1e9),
+        ("--prune-sizes", [100_000, 1_000_000, 5_000_000], "empty: no prunes", 10_000, 1e9),
+        ("--day-events", DAY_EVENTS, "0: no fixed-size day", 0, 1e9),
+        ("--repeats", 5, "days pruned per method and size", 1, 6),
     ]
-    sys.exit(harness.main("maintenance", __doc__, options, measure, render, points, check=check))
+    sys.exit(harness.main("maintenance", __doc__, options, measure, render, check=check))

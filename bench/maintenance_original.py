@@ -1,8 +1,5 @@
 """The original daily job: the whole table through the ORM, figures in Python, row DELETEs
-(docs/architecture.md, What the original system did wrong).
-
-It runs in a child process of bench.maintenance, so it imports nothing of the benchmark's and
-its peak memory is its own."""
+(docs/architecture.md). It runs in a child process, so it imports nothing of the benchmark's."""
 
 from __future__ import annotations
 
@@ -28,6 +25,7 @@ from shared.db.models import (
 )
 
 VENUE_COUNTS = ("new_drop_count", "closed_count", "prime_drop_count", "off_peak_drop_count")
+MARKET_COUNTS = ("total_drops", "total_closes")
 
 
 def durations(values: list[float]) -> dict[str, float | None]:
@@ -57,10 +55,9 @@ def original_job(now_iso: str) -> None:
     with Session(engine) as session:
         events = session.query(DropEvent).all()  # the whole table
         done("load")
-        venues: dict[Any, dict[str, int]] = defaultdict(lambda: dict.fromkeys(VENUE_COUNTS, 0))
-        markets: dict[Any, dict[str, int]] = defaultdict(
-            lambda: dict(total_drops=0, total_closes=0)
-        )
+        # the columns of each (venue, day)'s and each day's row, counted first
+        venues: dict[Any, dict[str, Any]] = defaultdict(lambda: dict.fromkeys(VENUE_COUNTS, 0))
+        markets: dict[Any, dict[str, Any]] = defaultdict(lambda: dict.fromkeys(MARKET_COUNTS, 0))
         drop_venues: dict[Any, set[int]] = defaultdict(set)  # per day
         hours: dict[Any, Counter[int]] = defaultdict(Counter)
         seconds: dict[Any, list[float]] = defaultdict(list)  # per (venue, day) and per day
@@ -82,28 +79,15 @@ def original_job(now_iso: str) -> None:
                 if e.drop_duration_seconds is not None:
                     seconds[(e.venue_id, day)].append(e.drop_duration_seconds)
                     seconds[day].append(e.drop_duration_seconds)
-        venue_rows = [
-            VenueMetrics(
-                venue_id=venue,
-                window_date=day,
-                **counts,
-                **durations(seconds[(venue, day)]),
-                scarcity_score=1.0 / (1 + counts["new_drop_count"]),
-            )
-            for (venue, day), counts in venues.items()
-        ]
-        market_rows = [
-            MarketMetrics(
-                market=settings.market,
-                window_date=day,
-                **counts,
-                venues_with_drops=len(drop_venues[day]),
-                **durations(seconds[day]),
-                weekday=day.isoweekday(),
-                drops_by_hour={str(h): n for h, n in sorted(hours[day].items())},
-            )
-            for day, counts in markets.items()
-        ]
+        venue_rows, market_rows = [], []
+        for (venue, day), row in venues.items():
+            row |= durations(seconds[(venue, day)]) | {"venue_id": venue, "window_date": day}
+            venue_rows.append(VenueMetrics(**row, scarcity_score=1.0 / (1 + row["new_drop_count"])))
+        for day, row in markets.items():
+            row |= durations(seconds[day]) | {"market": settings.market, "window_date": day}
+            by_hour = {str(h): n for h, n in sorted(hours[day].items())}
+            row |= {"venues_with_drops": len(drop_venues[day]), "drops_by_hour": by_hour}
+            market_rows.append(MarketMetrics(**row, weekday=day.isoweekday()))
         done("aggregate")
         session.add_all([*venue_rows, *market_rows])
         session.flush()
@@ -114,12 +98,12 @@ def original_job(now_iso: str) -> None:
         )
         rolling = ("total_drops", "days_with_drops", "last7_drops", "prev7_drops")
         per_venue: dict[int, dict[str, int]] = defaultdict(lambda: dict.fromkeys(rolling, 0))
-        for row in session.scalars(window):
-            r, age = per_venue[row.venue_id], (today - row.window_date).days
-            r["total_drops"] += row.new_drop_count
-            r["days_with_drops"] += 1 if row.new_drop_count > 0 else 0
+        for metrics in session.scalars(window):
+            r, age = per_venue[metrics.venue_id], (today - metrics.window_date).days
+            r["total_drops"] += metrics.new_drop_count
+            r["days_with_drops"] += 1 if metrics.new_drop_count > 0 else 0
             if age <= 14:
-                r["last7_drops" if age <= 7 else "prev7_drops"] += row.new_drop_count
+                r["last7_drops" if age <= 7 else "prev7_drops"] += metrics.new_drop_count
         days = settings.rolling_days
         for venue_id, r in per_venue.items():
             total, last7, prev7 = r["total_drops"], r["last7_drops"], r["prev7_drops"]

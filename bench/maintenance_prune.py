@@ -8,7 +8,7 @@ import math
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from sqlalchemy import event, text
 
@@ -38,9 +38,8 @@ def seed_plan(events: int, now: dt.datetime) -> SeedPlan:
 
 
 def fixed_day_plans(size: int, day_events: int, days: int, now: dt.datetime) -> list[SeedPlan]:
-    """About `size` events whose `days` oldest past days hold `day_events` each: the plan to
-    load first (those days empty) and the plan to fill them from, one day at a time, so the
-    table holds the rest plus one filled day at every prune."""
+    """About `size` events, the `days` oldest past days `day_events` each: the plan to load
+    first (those days empty), the plan to fill them from one at a time."""
     base = seed_plan(size, now)
     fixed = set(base.days[:days])
     if any(day >= base.today for day in fixed):
@@ -58,45 +57,33 @@ def fixed_day_plans(size: int, day_events: int, days: int, now: dt.datetime) -> 
     return [replace(base, buckets=first), replace(base, buckets=tuple(final))]
 
 
-@dataclass
-class Row:
-    size: int
-    events: int  # in the table at each prune
-    load_seconds: float
-    fixed_day: int = 0  # events of every pruned day; 0: the day grows with the table
-    day_events: list[int] = field(default_factory=list)
-    day_bytes: list[int] = field(default_factory=list)  # the pruned partition on disk
-    ours_ms: list[float] = field(default_factory=list)
-    parts: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in PARTS})
-    delete_ms: list[float] = field(default_factory=list)
-    index_seconds: float = 0.0
-
-    def ours(self) -> float:
-        return median(self.ours_ms)
-
-    def delete(self) -> float:
-        return median(self.delete_ms)
-
-
 class Pruned:
-    """One database: loaded, its past days aggregated, pruned one day at a time."""
+    """One database per size: loaded, its past days aggregated, pruned one day at a time; it
+    keeps the figures of its prunes (ms per method, ours part by part)."""
 
     def __init__(self, url: str, size: int, now: dt.datetime, day_events: int, days: int) -> None:
         self.settings, self.engine = MaintenanceSettings(), engine_for(url, "bench-prune")
-        plans = (
-            fixed_day_plans(size, day_events, days, now) if day_events else [seed_plan(size, now)]
-        )
+        plans = [seed_plan(size, now)]
+        plans = fixed_day_plans(size, day_events, days, now) if day_events else plans
         self.refill_plan, self.fixed = plans[-1], set(plans[0].days[:days] if day_events else ())
         seeded = load(self.engine, plans[0])
         harness.vacuum(self.engine, "VACUUM")  # as autovacuum would have by now
         harness.log(f"prune {size:,}: loaded {seeded.events:,} in {seeded.seconds:.1f} s")
-        self.id_base, self.resident = seeded.id_base, seeded.events
-        self.row = Row(size, seeded.events, seeded.seconds, day_events)
+        self.size, self.fixed_day, self.index_seconds = size, day_events, 0.0
+        self.id_base, self.load_seconds = seeded.id_base, seeded.seconds
+        self.resident = self.events = seeded.events  # events: in the table at each prune
         self.past = [d for d in plans[0].days if d < plans[0].today]
         for day in sorted(set(self.past) - self.fixed):
             self.aggregate(day)
+        self.ms: dict[str, list[float]] = {"ours": [], "delete": []}  # then ours, part by part
+        self.ms |= {p: [] for p in PARTS}
+        self.day_events: list[float] = []
+        self.day_mb: list[float] = []  # the pruned partition on disk
         self.recorder, self.commits = StatementRecorder(self.engine), [0.0]
         event.listen(self.engine, "commit", lambda conn: self.commits.append(time.perf_counter()))
+
+    def median(self, what: str) -> float:
+        return median(self.ms[what])
 
     def aggregate(self, day: dt.date) -> int:
         with self.engine.begin() as conn:
@@ -109,14 +96,13 @@ class Pruned:
         harness.vacuum(self.engine, f"VACUUM (ANALYZE) {partition_name(day)}")
         if self.aggregate(day) != inserted:
             raise SystemExit(f"fill of {day}: the aggregation counted other than {inserted}")
-        self.row.events = self.resident + inserted  # the earlier filled days are gone
+        self.events = self.resident + inserted  # the earlier filled days are gone
 
     def ours(self, day: dt.date, keep: bool) -> None:
         """The real prune_events step for `day` alone, timed part by part."""
-        on_disk = harness.count(
-            self.engine, f"SELECT pg_total_relation_size('{partition_name(day)}')"
-        )
-        with self.recorder.window() as window, harness.timed() as timer:
+        size = f"SELECT pg_total_relation_size('{partition_name(day)}')"
+        on_disk = harness.count(self.engine, size) / 2**20
+        with self.recorder.window() as window, harness.Timer() as timer:
             step = maintenance_run._prune_events(self.settings, self.engine, [day])
         if step.detail != {"partitions": 1, "reaggregated": 0}:
             raise SystemExit(f"prune of {day} did not go as planned: {step}")
@@ -124,31 +110,28 @@ class Pruned:
             spent, _ = harness.split(window, prune_part)
             spent["commit"] = (timer.stopped - self.commits[-1]) * 1000
             spent["rest"] = timer.ms - sum(spent.values())
-            for name in PARTS:
-                self.row.parts[name].append(spent[name])
-            self.row.ours_ms.append(timer.ms)
-            self.row.day_events.append(step.rows)
-            self.row.day_bytes.append(on_disk)
+            for name, ms in [*spent.items(), ("ours", timer.ms)]:
+                self.ms[name].append(ms)
+            self.day_events.append(step.rows)
+            self.day_mb.append(on_disk)
 
     def delete(self, day: dt.date, keep: bool) -> None:
         """The original row DELETE; the earlier days are gone, so it removes `day` alone."""
         cutoff = bucket_id_for(day + dt.timedelta(days=1), "00:00")
-        with harness.timed() as timer, self.engine.begin() as conn:
+        with harness.Timer() as timer, self.engine.begin() as conn:
             sql = text("DELETE FROM drop_events WHERE bucket_id < :cutoff")
             deleted = conn.execute(sql, {"cutoff": cutoff}).rowcount
-        if self.fixed and deleted != self.row.events - self.resident:
+        if self.fixed and deleted != self.events - self.resident:
             raise SystemExit(f"row DELETE of the filled {day} removed {deleted} events")
         if keep:
-            self.row.delete_ms.append(timer.ms)
+            self.ms["delete"].append(timer.ms)
 
 
 def measure(
     server: PgServer, sizes: Sequence[int], now: dt.datetime, repeats: int, day_events: int = 0
-) -> list[Row]:
-    """One database per size, pruned in turns (one day each per round, the order reversed
-    every round) so the sizes share the machine's conditions. Ours first on the real schema;
-    then the original's indexes, and its row DELETE on the next days. Day 0 of each method is
-    an untimed warm-up."""
+) -> list[Pruned]:
+    """The sizes pruned in turns, so they share the machine's conditions; ours, then the row
+    DELETE after the review's indexes; each method's first day a warm-up."""
     with ExitStack() as stack:
         dbs = []
         for size in sizes:
@@ -158,7 +141,7 @@ def measure(
         for method in ("ours", "delete"):
             offset = 0 if method == "ours" else 1 + repeats
             for db in dbs if method == "delete" else ():
-                db.row.index_seconds = harness.create_review_indexes(db.engine)
+                db.index_seconds = harness.create_review_indexes(db.engine)
             if not day_events:
                 harness.checkpoint(server)
             for i in range(1 + repeats):
@@ -168,44 +151,44 @@ def measure(
                     harness.checkpoint(server)
                 for db in dbs if i % 2 == 0 else dbs[::-1]:
                     getattr(db, method)(db.past[offset + i], i > 0)
-        return [db.row for db in dbs]
+        return dbs
 
 
-def targets(rows: list[Row]) -> list[Target]:
+def targets(rows: list[Pruned]) -> list[Target]:
     if len(rows) < 2:
         return []
-    small, big = min(rows, key=lambda r: r.size), max(rows, key=lambda r: r.size)
-    days = [int(median([float(n) for n in r.day_events])) for r in (small, big)]
+    small, big = rows[0], rows[-1]
+    days = [int(median(r.day_events)) for r in (small, big)]
     if big.fixed_day:
         name = f"fixed-size day ({days[1]:,} events): prune of that day with {big.events:,}"
         name += " events in the table"
     else:
         name = f"day grows with the table ({days[0]:,} -> {days[1]:,} events in the day): "
         name += f"prune of one day at {big.events:,} events"
-    ratio, fastest = big.ours() / small.ours(), min(big.ours_ms) / min(small.ours_ms)
-    got = f"{ratio:.2f}x ({big.ours():.1f} ms vs {small.ours():.1f} ms; fastest "
-    got += f"{fastest:.2f}x); row DELETE: {big.delete() / small.delete():.1f}x "
-    got += f"({big.delete():.1f} ms vs {small.delete():.1f} ms)"
+    ours = big.median("ours") / small.median("ours")
+    fastest = min(big.ms["ours"]) / min(small.ms["ours"])
+    got = f"{ours:.2f}x ({big.median('ours'):.1f} ms vs {small.median('ours'):.1f} ms; fastest "
+    got += f"{fastest:.2f}x); row DELETE: {big.median('delete') / small.median('delete'):.1f}x "
+    got += f"({big.median('delete'):.1f} ms vs {small.median('delete'):.1f} ms)"
     name += f" <= {TARGET_RATIO}x its time at {small.events:,}"
-    return [Target(name, got, ratio <= TARGET_RATIO)]
+    return [Target(name, got, ours <= TARGET_RATIO)]
 
 
-def render(rows: list[Row], section: Section) -> None:
+def render(rows: list[Pruned], section: Section) -> list[Point]:
     """Per size: the day, ours and the row DELETE; where our prune's time goes."""
     if not rows:
-        return
-    title = f"fixed-size day of {rows[0].fixed_day:,} events" if rows[0].fixed_day else ""
-    title, first = title or "day grows with the table", "events in the table" if title else "events"
+        return []
+    fixed = f"fixed-size day of {rows[0].fixed_day:,} events" if rows[0].fixed_day else ""
+    title, first = fixed or "day grows with the table", "events in the table" if fixed else "events"
     main, parts = [], []
-    for r in sorted(rows, key=lambda r: r.size):
-        day = int(median([float(n) for n in r.day_events]))
-        main.append([f"{r.events:,}", f"{r.load_seconds:.1f}", f"{day:,}", f"{r.ours():.1f}"])
-        main[-1] += [f"{min(r.ours_ms):.1f} / {max(r.ours_ms):.1f}", f"{r.delete():.1f}"]
-        spread = f"{min(r.delete_ms):.1f} / {max(r.delete_ms):.1f}"
-        main[-1] += [spread, f"{r.delete() / r.ours():.1f}x"]
-        mb = median([b / 2**20 for b in r.day_bytes])
-        parts.append([f"{r.events:,}", f"{mb:.1f}", *(f"{median(r.parts[p]):.1f}" for p in PARTS)])
-        parts[-1].append(f"{r.ours():.1f}")
+    for r in rows:
+        ours, delete, day = r.ms["ours"], r.ms["delete"], int(median(r.day_events))
+        main.append([f"{r.events:,}", f"{r.load_seconds:.1f}", f"{day:,}", f"{median(ours):.1f}"])
+        main[-1] += [f"{min(ours):.1f} / {max(ours):.1f}", f"{median(delete):.1f}"]
+        main[-1] += [f"{min(delete):.1f} / {max(delete):.1f}"]
+        main[-1] += [f"{median(delete) / median(ours):.1f}x"]
+        parts.append([f"{r.events:,}", f"{median(r.day_mb):.1f}"])
+        parts[-1] += [f"{r.median(p):.1f}" for p in (*PARTS, "ours")]
     head = [first, "load s", "events in the day", "ours ms (median)", "ours min / max ms"]
     head += ["row DELETE ms (median)", "DELETE min / max ms", "DELETE / ours"]
     section.table(head, main, f"Pruning one past day, by table size: **{title}**:")
@@ -214,18 +197,6 @@ def render(rows: list[Row], section: Section) -> None:
     section.table(head, parts, f"Where our prune time goes ({title}):")
     indexes = max(r.index_seconds for r in rows)
     section.add(f"The review's indexes for the row DELETE: up to {indexes:.1f} s (untimed).")
-
-
-def points(rows: list[Row]) -> list[Point]:
-    return [
-        Point(
-            f"prune one {r.fixed_day:,}-event day"
-            if r.fixed_day
-            else "prune one past day (grows with the table)",
-            "ms",
-            r.size,
-            r.ours(),
-            r.delete(),
-        )
-        for r in rows
-    ]
+    what = f"prune one {rows[0].fixed_day:,}-event day" if fixed else ""
+    what = what or "prune one past day (grows with the table)"
+    return [Point(what, "ms", r.size, r.median("ours"), r.median("delete")) for r in rows]

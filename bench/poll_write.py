@@ -27,8 +27,16 @@ from tools.seed.plan import PROVIDER, BucketSeed, slot_for, venue_info
 
 OPEN = 2000  # slots in a benchmark bucket's open state (its first slot indices)
 NEW_BASE = 40_000  # slot index of the first slot a measured poll opens
-MIN_EVENTS = 10_000
 TARGET_MAX_STATEMENTS, TARGET_K, TARGET_MS, TARGET_SPEEDUP = 8, 1000, 150.0, 20.0
+KINDS = {  # how a statement of ours starts, what one of the original's holds: its kind
+    "UPDATE DISCOVERY_BUCKETS B SET LEASE_OWNER": "lease",
+    "SELECT SNAPSHOT_VERSION, LEASE_OWNER": "check_lease",
+    "INSERT INTO VENUES": "upsert_venues",
+    "WITH CUR AS": "write",
+    "INSERT": "insert",
+    "DEDUPE_KEY IN": "dedupe",
+    "ORDER BY DROP_EVENTS.OPENED_AT DESC": "lookups",
+}
 OUR_PARTS = ("lease", "check_lease", "upsert_venues", "write", "other")
 ORIGINAL_PARTS = ("bucket", "dedupe", "insert", "lookups", "other")
 # what a CLOSED copies from its NEW_DROP
@@ -69,13 +77,13 @@ class Sample(NamedTuple):
 
 
 Poll = Callable[[BucketFetch], Awaitable[tuple[int, int, float]]]
-Method = tuple[Poll, StatementRecorder, BucketSeed, Callable[[str], str]]  # kind of a statement
+Method = tuple[Poll, StatementRecorder, BucketSeed]
 
 
 async def polls(method: Method, plan: SeedPlan, k: int, args: argparse.Namespace) -> list[Sample]:
     """Warm-ups, then timed polls with k new and k closed slots; after each, an untimed poll
     back to the base open state."""
-    poll, recorder, bucket, kind = method
+    poll, recorder, bucket = method
     base = fetch_of(plan, bucket, range(OPEN))
     moved = fetch_of(plan, bucket, changed(k))
     samples = []
@@ -92,17 +100,11 @@ async def polls(method: Method, plan: SeedPlan, k: int, args: argparse.Namespace
     return samples
 
 
-def our_kind(sql: str) -> str:
+def kind(sql: str) -> str:
+    """A statement's kind: by how it starts, else by what it holds ("bucket": neither)."""
     head = " ".join(sql.split()).upper()
-    for prefix, kind in (
-        ("UPDATE DISCOVERY_BUCKETS B SET LEASE_OWNER", "lease"),
-        ("SELECT SNAPSHOT_VERSION, LEASE_OWNER", "check_lease"),
-        ("INSERT INTO VENUES", "upsert_venues"),
-        ("WITH CUR AS", "write"),
-    ):
-        if head.startswith(prefix):
-            return kind
-    raise SystemExit(f"unexpected statement in our poll: {head[:80]}")
+    found = [k for key, k in KINDS.items() if head.startswith(key)]
+    return next(iter(found + [k for key, k in KINDS.items() if key in head]), "bucket")
 
 
 def our_poll(aengine: AsyncEngine, plan: SeedPlan, bucket: BucketSeed) -> Poll:
@@ -112,7 +114,7 @@ def our_poll(aengine: AsyncEngine, plan: SeedPlan, bucket: BucketSeed) -> Poll:
 
     async def ours(fetch: BucketFetch) -> tuple[int, int, float]:
         now = dt.datetime.now(dt.UTC)
-        with harness.timed() as timer:
+        with harness.Timer() as timer:
             async with aengine.begin() as conn:
                 leased = await store.lease_one(conn, **lease)
             if leased is None:
@@ -128,15 +130,6 @@ def our_poll(aengine: AsyncEngine, plan: SeedPlan, bucket: BucketSeed) -> Poll:
     return ours
 
 
-def orig_kind(sql: str) -> str:
-    head = " ".join(sql.split()).upper()
-    if head.startswith("INSERT"):
-        return "insert"
-    if "DEDUPE_KEY IN" in head:
-        return "dedupe"
-    return "lookups" if "ORDER BY DROP_EVENTS.OPENED_AT DESC" in head else "bucket"
-
-
 def original_poll(engine: Engine, plan: SeedPlan, bucket: BucketSeed) -> Poll:
     """The original `run_poll_for_bucket`; its previous snapshot is a dict in memory."""
     snapshot: dict[str, Slot] = {}
@@ -146,7 +139,7 @@ def original_poll(engine: Engine, plan: SeedPlan, bucket: BucketSeed) -> Poll:
     async def original(fetch: BucketFetch) -> tuple[int, int, float]:
         now = dt.datetime.now(dt.UTC)
         number[0] += 1
-        with harness.timed() as timer, Session(engine) as db:
+        with harness.Timer() as timer, Session(engine) as db:
             row = db.get(DiscoveryBucket, bid)  # the original read its snapshot from this row
             assert row is not None
             common = dict(bucket_date=bucket.day, bucket_id=bid, market=plan.market)
@@ -218,9 +211,9 @@ async def run(server: PgServer, args: argparse.Namespace) -> Result:
             plan, ours_bucket, orig_bucket = setup(args.events)
             seeded, data = harness.seed(loader, plan)
             recorder = StatementRecorder(aengine.sync_engine)
-            ours = (our_poll(aengine, plan, ours_bucket), recorder, ours_bucket, our_kind)
+            ours = (our_poll(aengine, plan, ours_bucket), recorder, ours_bucket)
             poll = original_poll(sync, plan, orig_bucket)
-            original = (poll, StatementRecorder(sync), orig_bucket, orig_kind)
+            original = (poll, StatementRecorder(sync), orig_bucket)
             for method in (ours, original):  # the base open state
                 opened = await method[0](fetch_of(plan, method[2], range(OPEN)))
                 if opened[0] != OPEN:
@@ -259,7 +252,7 @@ def targets(rows: list[Row]) -> list[Target]:
     return [*out, Target(fast, speed, orig / ours >= TARGET_SPEEDUP)]
 
 
-def render(result: Result, section: Section) -> None:
+def render(result: Result, section: Section) -> list[Point]:
     def counts(samples: list[Sample]) -> str:
         return "/".join(str(c) for c in sorted({sum(s.kinds.values()) for s in samples}))
 
@@ -298,24 +291,15 @@ def render(result: Result, section: Section) -> None:
     both = [(p, "ours") for p in OUR_PARTS] + [(p, "original") for p in ORIGINAL_PARTS]
     body = [[str(r.k), *(part(getattr(r, w), p) for p, w in both)] for r in rows]
     section.table(head, body, "Where the time goes (median ms per part):")
-
-
-def points(result: Result) -> list[Point]:
-    _, n, rows = result
+    n = result[1]
     return [Point(f"poll write, k={r.k}", "ms", n, r.ms("ours"), r.ms("original")) for r in rows]
-
-
-def check(args: argparse.Namespace) -> str:
-    if args.ks and 1 <= args.ks[0] <= args.ks[-1] <= OPEN and args.events >= MIN_EVENTS:
-        return "" if args.repeats >= 1 and args.warmups >= 0 else "--repeats >= 1, --warmups >= 0"
-    return f"--ks values must be between 1 and {OPEN}, --events at least {MIN_EVENTS}"
 
 
 if __name__ == "__main__":
     options = [
-        ("--events", 1_000_000, "drop_events to load"),
-        ("--ks", [10, 100, 1000], "new (= closed) slots per poll"),
-        ("--repeats", 5, "timed polls per k and method"),
-        ("--warmups", 1, "untimed polls first, per k"),
+        ("--events", 1_000_000, "drop_events to load", 10_000, 1e9),
+        ("--ks", [10, 100, 1000], "new (= closed) slots per poll", 1, OPEN),
+        ("--repeats", 5, "timed polls per k and method", 1, 100),
+        ("--warmups", 1, "untimed polls first, per k", 0, 100),
     ]
-    sys.exit(harness.main("poll_write", __doc__, options, run, render, points, check=check))
+    sys.exit(harness.main("poll_write", __doc__, options, run, render))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.charts import _panels, draw
+from bench.report import _panels, draw
 
 POINTS = {
     "feed": [

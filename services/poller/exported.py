@@ -46,7 +46,7 @@ _MAINTENANCE_SUCCESS = text(
 )
 
 
-class _MaintenanceCollector(Collector):
+class MaintenanceSuccess(Collector):
     """Exports nothing until a value was read: a zero would read as a run 56 years ago."""
 
     def __init__(self) -> None:
@@ -66,7 +66,7 @@ class _MaintenanceCollector(Collector):
 class DatabaseSeries:
     def __init__(self, ctx: PollContext) -> None:
         self.ctx = ctx
-        self.maintenance = _MaintenanceCollector()
+        self.maintenance = MaintenanceSuccess()
         self.buckets = 0
         ctx.metrics.registry.register(self.maintenance)
 

@@ -4,9 +4,38 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from services.poller import judge
+from services.poller.errors import FetchError
 from shared.db.pool_metrics import PoolMetrics
 
 POLL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60)
+
+# Fetch outcomes that are not failures (the fetch-failure alert's `reason!~` list; tests/deploy
+# checks it): applied, or discarded because another replica wrote the bucket first.
+HEALTHY_OUTCOMES = (judge.HEALTHY, judge.CONFIRMED, judge.SOLD_OUT, "lease_conflict")
+HELD_OUTCOMES = (judge.SUSPECT, judge.BLOCKED, judge.PARTIAL)
+KIND_VERDICTS = (
+    judge.HEALTHY,
+    judge.SUSPECT,
+    judge.BLOCKED,
+    judge.CONFIRMED,
+    judge.SOLD_OUT,
+    judge.IDLE,
+)
+STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx", "error")
+
+
+def _failure_reasons() -> list[str]:
+    """The `reason` of every fetch error class (a new one is counted at zero too)."""
+    found, todo = [], [FetchError]
+    while todo:
+        cls = todo.pop()
+        found.append(cls.reason)
+        todo += cls.__subclasses__()
+    return found
+
+
+FETCH_OUTCOMES = tuple(dict.fromkeys([*HEALTHY_OUTCOMES, *HELD_OUTCOMES, *_failure_reasons()]))
 
 
 class PollerMetrics:
@@ -67,8 +96,14 @@ class PollerMetrics:
             ["bucket_id"],
             registry=self.registry,
         )
-        for reason in ("healthy", "suspect_soft_block", "blocked", "partial_block"):
+        # Every labelled series exists at zero: increase() ignores a series' first sample.
+        for reason in FETCH_OUTCOMES:
             self.fetch_outcomes.labels(reason)
+            self.poll_duration.labels(reason)
+        for verdict in KIND_VERDICTS:
+            self.kind_verdicts.labels(verdict)
+        for status_class in STATUS_CLASSES:
+            self.upstream_requests.labels(status_class)
         for event_type in ("NEW_DROP", "CLOSED", "SIZE_CHANGE"):
             self.events_written.labels(event_type)
 

@@ -59,6 +59,11 @@ class _PoolStateCollector(Collector):
             "Connections currently checked out of the pool.",
             labels=["pool"],
         )
+        open_now = GaugeMetricFamily(
+            "dropwatch_db_pool_open_connections",
+            "Connections the pool holds open now (idle + checked out).",
+            labels=["pool"],
+        )
         overflow = GaugeMetricFamily(
             "dropwatch_db_pool_overflow_connections",
             "Connections open beyond the pool size (negative: pool not yet filled).",
@@ -75,9 +80,11 @@ class _PoolStateCollector(Collector):
                 continue
             size.add_metric([name], pool.size())
             in_use.add_metric([name], pool.checkedout())
+            open_now.add_metric([name], pool.checkedin() + pool.checkedout())
             overflow.add_metric([name], pool.overflow())
             max_overflow.add_metric([name], pool._max_overflow)
         yield size
         yield in_use
+        yield open_now
         yield overflow
         yield max_overflow

@@ -18,6 +18,7 @@ import services.maintenance.push as push_module
 from services.feed.cache import AnswerCache
 from services.feed.metrics import GrpcServerMetrics
 from services.maintenance.run import RunSummary, StepResult
+from services.poller.exported import MaintenanceSuccess
 from services.poller.metrics import PollerMetrics
 from shared.db.pool_metrics import PoolMetrics
 
@@ -62,6 +63,9 @@ def poller_metrics() -> str:
     metrics.last_healthy_poll.labels("2026-12-01_19:00").set(1.8e9)
     metrics.lease_conflicts.inc()
     metrics.in_flight.set(2)
+    maintenance = MaintenanceSuccess()  # exported by the poller from maintenance_runs
+    maintenance.value = 1.8e9
+    metrics.registry.register(maintenance)
     return generate_latest(metrics.registry).decode()
 
 

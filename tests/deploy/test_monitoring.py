@@ -86,7 +86,10 @@ def test_the_required_alerts_exist() -> None:
         "DropwatchFeedErrorRatioHigh": "grpc_server_handled_total",
         "DropwatchFeedLatencyHigh": "grpc_server_handling_seconds_bucket",
         "DropwatchDbPoolSaturated": "dropwatch_db_pool_max_overflow_connections",
-        "DropwatchMaintenanceNotSucceeded": "dropwatch_maintenance_last_success_timestamp_seconds",
+        "DropwatchMaintenanceNotSucceeded": (
+            "dropwatch_maintenance_recorded_last_success_timestamp_seconds"
+        ),
+        "DropwatchMaintenanceNeverReported": "dropwatch_maintenance_last_success_timestamp_seconds",
     }
     for alert, metric in required.items():
         assert metric in alerts[alert], alert
@@ -179,10 +182,13 @@ def test_dashboard_shows_what_operators_need() -> None:
         "dropwatch_poller_bucket_last_healthy_poll_timestamp_seconds",
         "sum by (reason) (rate(dropwatch_poller_fetch_outcomes_total",
         "dropwatch_db_pool_connections_in_use",
-        "dropwatch_maintenance_last_success_timestamp_seconds",
+        "dropwatch_maintenance_recorded_last_success_timestamp_seconds",
         "dropwatch_maintenance_step_duration_seconds",
+        # What the pool really holds open (size + negative overflow would say 10 for 2).
+        "sum by (pool) (dropwatch_db_pool_open_connections)",
     ):
         assert needle in exprs, needle
+    assert "clamp_min(dropwatch_db_pool_overflow_connections" not in exprs
 
 
 def test_promtool_parses_every_dashboard_query(tmp_path: Path) -> None:

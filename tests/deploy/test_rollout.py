@@ -1,6 +1,7 @@
 """Rollouts hold their order by themselves: a single `kubectl apply -k` (or a GitOps sync) of
 any overlay starts no service pod before the schema is at its image's revision, and the
-migrate Job can be recreated by GitOps tools (its pod template is immutable)."""
+migrate Job can be recreated by GitOps tools (its pod template is immutable). Also: the feed's
+requests cover what it was measured to use."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from typing import Any
 
 import pytest
 
+from services.feed.settings import FeedSettings
 from shared.db.migrate import main as migrate_main
 from tests.conftest import REPO_ROOT
 from tests.deploy.kustomize import key
-from tests.deploy.manifests import RENDERED, one, pod_spec, workloads
+from tests.deploy.manifests import RENDERED, config_maps, one, pod_spec, workloads
 
 GATED = ("dropwatch-feed", "dropwatch-poller", "dropwatch-maintenance")
 DEPLOY_DOC = REPO_ROOT / "docs" / "deploy.md"
@@ -73,3 +75,38 @@ def test_deploy_doc_describes_the_one_apply_rollout_and_the_gitops_path() -> Non
     assert "GitOps (Argo CD, Flux)" in text
     assert "python -m shared.db.migrate --wait" in text
     assert "GRANT SELECT ON open_slots, venues, discovery_buckets, alembic_version" in text
+
+
+MEASURED_FEED_MIB = 162  # a busy feed replica, about 170 MB (docs/deploy.md, "Scaling")
+_UNITS = {"Mi": 1, "Gi": 1024}
+
+
+def _mib(quantity: str) -> float:
+    return float(quantity[:-2]) * _UNITS[quantity[-2:]]
+
+
+def _millicores(quantity: str) -> float:
+    return float(quantity[:-1]) if quantity.endswith("m") else float(quantity) * 1000
+
+
+@pytest.mark.parametrize("overlay", sorted(RENDERED))
+def test_feed_requests_cover_its_measured_use_and_its_cache(overlay: str) -> None:
+    docs = RENDERED[overlay]
+    (feed,) = pod_spec(one(docs, "Deployment", "dropwatch-feed"))["containers"]
+    maps = config_maps(docs)
+    env = {k: v for ref in feed["envFrom"] for k, v in maps[ref["configMapRef"]["name"]].items()}
+    cache_mib = int(
+        env.get("DROPWATCH_CACHE_MAX_MB", FeedSettings.model_fields["cache_max_mb"].default)
+    )
+    resources = feed["resources"]
+    assert _mib(resources["requests"]["memory"]) >= MEASURED_FEED_MIB + cache_mib
+    assert _mib(resources["limits"]["memory"]) > _mib(resources["requests"]["memory"])
+    # The autoscaler adds a replica before a pod's one core is half used.
+    hpa = one(docs, "HorizontalPodAutoscaler", "dropwatch-feed")
+    (metric,) = hpa["spec"]["metrics"]
+    scale_at = (
+        _millicores(resources["requests"]["cpu"])
+        * metric["resource"]["target"]["averageUtilization"]
+        / 100
+    )
+    assert 200 <= scale_at <= 500 <= _millicores(resources["limits"]["cpu"])

@@ -15,6 +15,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -26,6 +27,7 @@ import psycopg
 from sqlalchemy import Engine, event, text
 
 from shared.db.engine import make_engine
+from shared.db.urls import libpq_url
 from shared.settings import Settings
 from tools.database import PgServer, pg_server
 from tools.seed import SeedPlan, SeedResult, load
@@ -113,7 +115,9 @@ class StatementRecorder:
 
 
 @contextmanager
-def child(args: list[str], env: dict[str, str], **popen: Any) -> Iterator[subprocess.Popen[Any]]:
+def child(
+    args: Sequence[str], env: dict[str, str], **popen: Any
+) -> Iterator[subprocess.Popen[Any]]:
     """`python ARGS` in the repository; SIGTERM (then SIGKILL) at the end, always reaped."""
     proc = subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, **popen)
     try:
@@ -126,6 +130,41 @@ def child(args: list[str], env: dict[str, str], **popen: Any) -> Iterator[subpro
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+class Child(NamedTuple):
+    wall_seconds: float  # spawn to exit, interpreter start and imports included
+    peak_mb: float  # VmHWM, the child's own (wait4's ru_maxrss also counts the parent's at fork)
+    maxrss_mb: float  # wait4's ru_maxrss, for reference
+    output: dict[str, Any]  # its last JSON line
+
+
+PEAK = """\
+import atexit, sys
+def _peak():  # the child's own peak memory, on its stderr at exit
+    lines = open("/proc/self/status").read().splitlines()
+    sys.stderr.write(next(line for line in lines if line.startswith("VmHWM:")) + "\\n")
+atexit.register(_peak)
+"""
+
+
+def run_to_end(code: str, *args: str, env: dict[str, str]) -> Child:
+    """`python -c CODE ARGS` to its end, its peak memory written to stderr at exit."""
+    with tempfile.TemporaryFile() as err:
+        args = ("-c", PEAK + code, *args)
+        with Timer() as wall, child(args, env, stdout=subprocess.PIPE, stderr=err) as proc:
+            assert proc.stdout is not None
+            with proc.stdout as pipe:
+                out = pipe.read().decode()
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        log = err.read().decode(errors="replace")
+    if proc.returncode != 0:
+        raise SystemExit(f"python {args[2:]} exited {proc.returncode}:\n{log[-4000:]}")
+    peak_kb = int([line for line in log.splitlines() if line.startswith("VmHWM:")][-1].split()[1])
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return Child(wall.seconds, peak_kb / 1024, usage.ru_maxrss / 1024, lines[-1] if lines else {})
 
 
 # The review's six drop_events indexes. Migration 0003 dropped them (no query of ours reads
@@ -193,13 +232,11 @@ def checkpoint(server: PgServer) -> None:
 
 def postgres(server: PgServer, names: Sequence[str]) -> str:
     """E.g. "PostgreSQL 18.6, embedded ...; shared_buffers=128MB, jit=on"."""
-    with server.database("dw_bench_info") as name:
-        engine = engine_for(server.url_for(name))
-        with engine.connect() as conn:
-            version = str(conn.execute(text("SHOW server_version")).scalar_one()).split()[0]
-            values = [f"{n}={conn.execute(text(f'SHOW {n}')).scalar_one()}" for n in names]
-        engine.dispose()
-    return f"PostgreSQL {version}, {server.description}; {', '.join(values)}"
+    with psycopg.connect(libpq_url(server.admin_url)) as conn:
+        show = {n: str(conn.execute(f"SHOW {n}".encode()).fetchall()[0][0]) for n in names}
+        version = str(conn.execute(b"SHOW server_version").fetchall()[0][0]).split()[0]
+    settings = ", ".join(f"{name}={value}" for name, value in show.items())
+    return f"PostgreSQL {version}, {server.description}; {settings}"
 
 
 def machine() -> str:

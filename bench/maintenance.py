@@ -1,26 +1,30 @@
-"""The daily maintenance run against the original job, and pruning one day at several table
-sizes against the original row DELETE (docs/performance.md, Daily maintenance run)."""
+"""The daily maintenance run against the original job (both in child processes), and pruning one
+day at several table sizes (the day growing with the table or of a fixed size): ours drops its
+partition, the original deletes its rows (docs/performance.md, Daily maintenance run)."""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
+import math
 import os
-import subprocess
 import sys
-import tempfile
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, NamedTuple
+import time
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
 
-from sqlalchemy import text
+from sqlalchemy import event, text
 
-from bench import harness, maintenance_prune
-from bench.harness import Point, Section, Target, engine_for
+from bench import harness
+from bench.harness import Child, Point, Section, StatementRecorder, Target, engine_for, median
+from services.maintenance import run as maintenance_run
+from services.maintenance import store as maintenance_store
 from services.maintenance.settings import MaintenanceSettings
-from shared.db.partitions import list_partitions
+from shared.db.buckets import bucket_id_for
+from shared.db.partitions import list_partitions, partition_name
 from tools.database import PgServer
+from tools.seed import SeedPlan, load, make_plan
 
 TARGET_PEAK_MB, TARGET_PEAK_RATIO, TARGET_AGG_PRUNE_SECONDS = 150, 10, 5
 DAY_EVENTS = 36_000  # one day's events at 1M events over 28 days
@@ -38,6 +42,186 @@ LEFT = (  # what a job left behind: both jobs must agree
 )
 
 
+PARTS = ("count", "drop", "checks", "commit", "rest")
+TARGET_RATIO = 1.5  # a day's prune at the largest size against the smallest
+
+
+def prune_part(sql: str) -> str:
+    if sql.startswith("SELECT count(*) FROM drop_events_p"):
+        return "count"
+    # checks: partition list, LOCK, advisory lock, the venue_metrics sum
+    return "drop" if sql.startswith("DROP TABLE") else "checks"
+
+
+def seed_plan(events: int, now: dt.datetime) -> SeedPlan:
+    return make_plan(MaintenanceSettings(), events, now=now, past_days=14)
+
+
+def fixed_day_plans(size: int, day_events: int, days: int, now: dt.datetime) -> list[SeedPlan]:
+    """About `size` events, the `days` oldest past days `day_events` each: the plan to load
+    first (those days empty), the plan to fill them from one at a time."""
+    base = seed_plan(size, now)
+    fixed = set(base.days[:days])
+    if any(day >= base.today for day in fixed):
+        raise SystemExit(f"{days} fixed-size days do not fit in the past days")
+    others = [b for b in base.buckets if b.day not in fixed]
+    # events of a bucket = 2 * pairs - open drops (an open drop has no CLOSED)
+    pairs = (size - day_events + sum(b.open_drops for b in others)) / (2 * len(others))
+    rest = max(max(b.open_drops for b in others), math.ceil(pairs))
+    day_pairs = math.ceil(day_events / (2 * len({b.anchor for b in base.buckets})))
+    final, n0 = [], 0  # pair numbers (event ids) stay unique across later fills
+    for b in base.buckets:
+        final.append(replace(b, n0=n0, pairs=day_pairs if b.day in fixed else rest))
+        n0 += final[-1].pairs
+    first = tuple(replace(b, pairs=0) if b.day in fixed else b for b in final)
+    return [replace(base, buckets=first), replace(base, buckets=tuple(final))]
+
+
+class Pruned:
+    """One database per size: loaded, its past days aggregated, pruned one day at a time; it
+    keeps the figures of its prunes (ms per method, ours part by part)."""
+
+    def __init__(self, url: str, size: int, now: dt.datetime, day_events: int, days: int) -> None:
+        self.settings, self.engine = MaintenanceSettings(), engine_for(url, "bench-prune")
+        plans = [seed_plan(size, now)]
+        plans = fixed_day_plans(size, day_events, days, now) if day_events else plans
+        self.refill_plan, self.fixed = plans[-1], set(plans[0].days[:days] if day_events else ())
+        seeded = load(self.engine, plans[0])
+        harness.vacuum(self.engine, "VACUUM")  # as autovacuum would have by now
+        harness.log(f"prune {size:,}: loaded {seeded.events:,} in {seeded.seconds:.1f} s")
+        self.size, self.fixed_day, self.index_seconds = size, day_events, 0.0
+        self.id_base, self.load_seconds = seeded.id_base, seeded.seconds
+        self.resident = self.events = seeded.events  # events: in the table at each prune
+        self.past = [d for d in plans[0].days if d < plans[0].today]
+        for day in sorted(set(self.past) - self.fixed):
+            self.aggregate(day)
+        self.ms: dict[str, list[float]] = {"ours": [], "delete": []}  # then ours, part by part
+        self.ms |= {p: [] for p in PARTS}
+        self.day_events: list[float] = []
+        self.day_mb: list[float] = []  # the pruned partition on disk
+        self.recorder, self.commits = StatementRecorder(self.engine), [0.0]
+        event.listen(self.engine, "commit", lambda conn: self.commits.append(time.perf_counter()))
+
+    def median(self, what: str) -> float:
+        return median(self.ms[what])
+
+    def aggregate(self, day: dt.date) -> int:
+        with self.engine.begin() as conn:
+            market, zone = self.settings.market, self.settings.market_timezone
+            return maintenance_store.aggregate_day(conn, day, market=market, zone=zone)
+
+    def refill(self, day: dt.date) -> None:
+        """Fill the empty fixed-size `day` (untimed): its load, VACUUM (ANALYZE), aggregation."""
+        inserted = load(self.engine, self.refill_plan, days=[day], id_base=self.id_base).events
+        harness.vacuum(self.engine, f"VACUUM (ANALYZE) {partition_name(day)}")
+        if self.aggregate(day) != inserted:
+            raise SystemExit(f"fill of {day}: the aggregation counted other than {inserted}")
+        self.events = self.resident + inserted  # the earlier filled days are gone
+
+    def ours(self, day: dt.date, keep: bool) -> None:
+        """The real prune_events step for `day` alone, timed part by part."""
+        size = f"SELECT pg_total_relation_size('{partition_name(day)}')"
+        on_disk = harness.count(self.engine, size) / 2**20
+        with self.recorder.window() as window, harness.Timer() as timer:
+            step = maintenance_run._prune_events(self.settings, self.engine, [day])
+        if step.detail != {"partitions": 1, "reaggregated": 0}:
+            raise SystemExit(f"prune of {day} did not go as planned: {step}")
+        if keep:
+            spent, _ = harness.split(window, prune_part)
+            spent["commit"] = (timer.stopped - self.commits[-1]) * 1000
+            spent["rest"] = timer.ms - sum(spent.values())
+            for name, ms in [*spent.items(), ("ours", timer.ms)]:
+                self.ms[name].append(ms)
+            self.day_events.append(step.rows)
+            self.day_mb.append(on_disk)
+
+    def delete(self, day: dt.date, keep: bool) -> None:
+        """The original row DELETE; the earlier days are gone, so it removes `day` alone."""
+        cutoff = bucket_id_for(day + dt.timedelta(days=1), "00:00")
+        with harness.Timer() as timer, self.engine.begin() as conn:
+            sql = text("DELETE FROM drop_events WHERE bucket_id < :cutoff")
+            deleted = conn.execute(sql, {"cutoff": cutoff}).rowcount
+        if self.fixed and deleted != self.events - self.resident:
+            raise SystemExit(f"row DELETE of the filled {day} removed {deleted} events")
+        if keep:
+            self.ms["delete"].append(timer.ms)
+
+
+def measure_prunes(
+    server: PgServer, sizes: Sequence[int], now: dt.datetime, repeats: int, day_events: int = 0
+) -> list[Pruned]:
+    """The sizes pruned in turns, so they share the machine's conditions; ours, then the row
+    DELETE after the review's indexes; each method's first day a warm-up."""
+    with ExitStack() as stack:
+        dbs = []
+        for size in sizes:
+            name = stack.enter_context(server.migrated("dw_bench_prune"))
+            dbs.append(Pruned(server.url_for(name), size, now, day_events, 2 * (1 + repeats)))
+            stack.callback(dbs[-1].engine.dispose)
+        for method in ("ours", "delete"):
+            offset = 0 if method == "ours" else 1 + repeats
+            for db in dbs if method == "delete" else ():
+                db.index_seconds = harness.create_review_indexes(db.engine)
+            if not day_events:
+                harness.checkpoint(server)
+            for i in range(1 + repeats):
+                for db in dbs if day_events else ():
+                    db.refill(db.past[offset + i])
+                if day_events:
+                    harness.checkpoint(server)
+                for db in dbs if i % 2 == 0 else dbs[::-1]:
+                    getattr(db, method)(db.past[offset + i], i > 0)
+        return dbs
+
+
+def prune_targets(rows: list[Pruned]) -> list[Target]:
+    if len(rows) < 2:
+        return []
+    small, big = rows[0], rows[-1]
+    days = [int(median(r.day_events)) for r in (small, big)]
+    if big.fixed_day:
+        name = f"fixed-size day ({days[1]:,} events): prune of that day with {big.events:,}"
+        name += " events in the table"
+    else:
+        name = f"day grows with the table ({days[0]:,} -> {days[1]:,} events in the day): "
+        name += f"prune of one day at {big.events:,} events"
+    ours = big.median("ours") / small.median("ours")
+    fastest = min(big.ms["ours"]) / min(small.ms["ours"])
+    got = f"{ours:.2f}x ({big.median('ours'):.1f} ms vs {small.median('ours'):.1f} ms; fastest "
+    got += f"{fastest:.2f}x); row DELETE: {big.median('delete') / small.median('delete'):.1f}x "
+    got += f"({big.median('delete'):.1f} ms vs {small.median('delete'):.1f} ms)"
+    name += f" <= {TARGET_RATIO}x its time at {small.events:,}"
+    return [Target(name, got, ours <= TARGET_RATIO)]
+
+
+def render_prunes(rows: list[Pruned], section: Section) -> list[Point]:
+    """Per size: the day, ours and the row DELETE; where our prune's time goes."""
+    if not rows:
+        return []
+    fixed = f"fixed-size day of {rows[0].fixed_day:,} events" if rows[0].fixed_day else ""
+    title, first = fixed or "day grows with the table", "events in the table" if fixed else "events"
+    main, parts = [], []
+    for r in rows:
+        ours, delete, day = r.ms["ours"], r.ms["delete"], int(median(r.day_events))
+        main.append([f"{r.events:,}", f"{r.load_seconds:.1f}", f"{day:,}", f"{median(ours):.1f}"])
+        main[-1] += [f"{min(ours):.1f} / {max(ours):.1f}", f"{median(delete):.1f}"]
+        main[-1] += [f"{min(delete):.1f} / {max(delete):.1f}"]
+        main[-1] += [f"{median(delete) / median(ours):.1f}x"]
+        parts.append([f"{r.events:,}", f"{median(r.day_mb):.1f}"])
+        parts[-1] += [f"{r.median(p):.1f}" for p in (*PARTS, "ours")]
+    head = [first, "load s", "events in the day", "ours ms (median)", "ours min / max ms"]
+    head += ["row DELETE ms (median)", "DELETE min / max ms", "DELETE / ours"]
+    section.table(head, main, f"Pruning one past day, by table size: **{title}**:")
+    head = [first, "day's partition MB", "count(*) ms", "DROP TABLE ms", "other statements ms"]
+    head += ["COMMIT ms", "rest ms", "ours ms (median)"]
+    section.table(head, parts, f"Where our prune time goes ({title}):")
+    indexes = max(r.index_seconds for r in rows)
+    section.add(f"The review's indexes for the row DELETE: up to {indexes:.1f} s (untimed).")
+    what = f"prune one {rows[0].fixed_day:,}-event day" if fixed else ""
+    what = what or "prune one past day (grows with the table)"
+    return [Point(what, "ms", r.size, r.median("ours"), r.median("delete")) for r in rows]
+
+
 def left_behind(url: str) -> list[float]:
     with (engine := engine_for(url, "bench-check")).connect() as conn:
         values = [float(conn.execute(text(sql)).scalar_one() or 0) for _, sql in LEFT]
@@ -46,58 +230,27 @@ def left_behind(url: str) -> list[float]:
     return values
 
 
-# Run with `python -c`: the job named by argv[2] (ours, original, or a module to import only).
-# The peak is the child's own VmHWM, written to argv[1] at exit (wait4's ru_maxrss also counts
-# the parent's RSS at fork, so it is shown for reference only).
-CHILD = """\
-import atexit, json, sys
-def _peak(path=sys.argv[1]):
-    with open("/proc/self/status") as status:
-        peak = [int(l.split()[1]) for l in status if l.startswith("VmHWM:")][0]
-    with open(path, "w") as out:
-        json.dump(peak, out)
-atexit.register(_peak)
-if sys.argv[2] == "ours":
+# The job named by argv[1] (ours, the original's, or a module to import only), run with
+# `python -c` so that each child's peak memory is its own.
+JOBS = """\
+import sys
+if sys.argv[1] == "ours":
     from services.maintenance.__main__ import main
-    sys.exit(main(["run", "--now", sys.argv[3]]))
-elif sys.argv[2] == "original":
+    sys.exit(main(["run", "--now", sys.argv[2]]))
+elif sys.argv[1] == "original":
     from bench.maintenance_original import original_job
-    original_job(sys.argv[3])
+    original_job(sys.argv[2])
 else:
-    __import__(sys.argv[2])
+    __import__(sys.argv[1])
 """
 IMPORTS = ("services.maintenance.__main__", "bench.maintenance_original")  # ours, the original's
 
 
-class Child(NamedTuple):
-    wall_seconds: float  # spawn to exit, interpreter start and imports included
-    peak_mb: float  # VmHWM of the child itself
-    maxrss_mb: float  # wait4's ru_maxrss
-    output: dict[str, Any]  # its last JSON line
-
-
 def run_child(kind: str, now: dt.datetime, url: str = "") -> Child:
-    """One child to the end; its environment has no DROPWATCH_* but the database URL."""
+    """One job to its end; its environment has no DROPWATCH_* but the database URL."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DROPWATCH_")}
     env |= {"DROPWATCH_DATABASE_URL": url} if url else {}
-    with tempfile.TemporaryDirectory(prefix="dw-bench-child-") as scratch:
-        peak, err = Path(scratch) / "peak.json", Path(scratch) / "stderr"
-        args = ["-c", CHILD, str(peak), kind, now.isoformat()]
-        with (
-            harness.Timer() as wall,
-            err.open("wb") as stderr,
-            harness.child(args, env, stdout=subprocess.PIPE, stderr=stderr) as proc,
-        ):
-            assert proc.stdout is not None
-            out = proc.stdout.read().decode()
-            _, status, usage = os.wait4(proc.pid, 0)
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            proc.stdout.close()
-        if proc.returncode != 0:
-            raise SystemExit(f"child {kind} exited {proc.returncode}:\n{err.read_text()[-4000:]}")
-        peak_kb = int(json.loads(peak.read_text()))
-    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    return Child(wall.seconds, peak_kb / 1024, usage.ru_maxrss / 1024, lines[-1] if lines else {})
+    return harness.run_to_end(JOBS, kind, now.isoformat(), env=env)
 
 
 @dataclass
@@ -114,7 +267,7 @@ def measure_run(server: PgServer, events: int, now: dt.datetime) -> Run:
     """Both jobs in child processes, each on its own copy of one loaded database."""
     with server.migrated("dw_bench_maint") as template:
         engine = engine_for(server.url_for(template), "bench-load")
-        plan = maintenance_prune.seed_plan(events, now)
+        plan = seed_plan(events, now)
         seeded, data = harness.seed(engine, plan)
         vacuum = harness.vacuum(engine, "VACUUM")  # as autovacuum would have by now
         sql = "SELECT count(*) FROM drop_events WHERE bucket_date < :t"
@@ -140,7 +293,7 @@ def measure_run(server: PgServer, events: int, now: dt.datetime) -> Run:
     return Run(data, seeded.events, children[0], children[1], imports, left)
 
 
-Result = tuple[Run, list[list[maintenance_prune.Pruned]]]  # the run; prunes: growing, fixed day
+Result = tuple[Run, list[list[Pruned]]]  # the run; prunes: growing, fixed day
 
 
 def measure(server: PgServer, args: argparse.Namespace) -> Result:
@@ -152,7 +305,7 @@ def measure(server: PgServer, args: argparse.Namespace) -> Result:
     run = measure_run(server, args.events, now)
     days = [0, args.day_events] if args.day_events else [0]  # events of a pruned day; 0: grows
     sizes, repeats = args.prune_sizes, args.repeats
-    return run, [maintenance_prune.measure(server, sizes, now, repeats, d) for d in days]
+    return run, [measure_prunes(server, sizes, now, repeats, d) for d in days]
 
 
 def targets(r: Run) -> list[Target]:
@@ -173,7 +326,7 @@ def render(result: Result, section: Section) -> list[Point]:
     (r, prunes), o = result, result[0].original.output
     section.title = "Daily maintenance run (`bench/maintenance.py`)"
     section.bullets["Data"] = r.data
-    section.targets(targets(r) + [t for rows in prunes for t in maintenance_prune.targets(rows)])
+    section.targets(targets(r) + [t for rows in prunes for t in prune_targets(rows)])
     steps = r.ours.output["steps"]
     body = []
     for name, s in steps.items():
@@ -214,7 +367,7 @@ def render(result: Result, section: Section) -> list[Point]:
     section.table(["left behind", "ours", "original"], body, title)
     points = [Point("daily run, whole job", "s", r.events, ours.wall_seconds, theirs.wall_seconds)]
     points.append(Point("daily run, peak RSS", "MB", r.events, ours.peak_mb, theirs.peak_mb))
-    return points + [p for rows in prunes for p in maintenance_prune.render(rows, section)]
+    return points + [p for rows in prunes for p in render_prunes(rows, section)]
 
 
 def check(args: argparse.Namespace) -> str:

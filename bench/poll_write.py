@@ -65,11 +65,6 @@ def fetch_of(plan: SeedPlan, bucket: BucketSeed, indices: Sequence[int]) -> Buck
     return fetch
 
 
-def changed(k: int) -> list[int]:
-    """The open state with its first k slots gone and k new ones."""
-    return list(range(k, OPEN)) + list(range(NEW_BASE, NEW_BASE + k))
-
-
 class Sample(NamedTuple):
     ms: float
     parts: dict[str, float]  # ms per kind of work; "other": what no statement accounts for
@@ -77,15 +72,19 @@ class Sample(NamedTuple):
 
 
 Poll = Callable[[BucketFetch], Awaitable[tuple[int, int, float]]]
-Method = tuple[Poll, StatementRecorder, BucketSeed]
+Method = tuple[Poll, StatementRecorder]
 
 
-async def polls(method: Method, plan: SeedPlan, k: int, args: argparse.Namespace) -> list[Sample]:
+async def polls(
+    method: Method, plan: SeedPlan, bucket: BucketSeed, k: int, args: argparse.Namespace
+) -> list[Sample]:
     """Warm-ups, then timed polls with k new and k closed slots; after each, an untimed poll
     back to the base open state."""
-    poll, recorder, bucket = method
+    poll, recorder = method
     base = fetch_of(plan, bucket, range(OPEN))
-    moved = fetch_of(plan, bucket, changed(k))
+    moved = fetch_of(
+        plan, bucket, [*range(k, OPEN), *range(NEW_BASE, NEW_BASE + k)]
+    )  # k gone, k new
     samples = []
     for i in range(args.warmups + args.repeats):
         with recorder.window() as window:
@@ -207,32 +206,27 @@ async def run(server: PgServer, args: argparse.Namespace) -> Result:
         loader = engine_for(url, "bench-load")
         aengine = make_async_engine(Settings(), name="bench", url=url)
         sync = engine_for(url, "bench-original", db_statement_timeout_ms=15_000)
-        try:
-            plan, ours_bucket, orig_bucket = setup(args.events)
-            seeded, data = harness.seed(loader, plan)
-            recorder = StatementRecorder(aengine.sync_engine)
-            ours = (our_poll(aengine, plan, ours_bucket), recorder, ours_bucket)
-            poll = original_poll(sync, plan, orig_bucket)
-            original = (poll, StatementRecorder(sync), orig_bucket)
-            for method in (ours, original):  # the base open state
-                opened = await method[0](fetch_of(plan, method[2], range(OPEN)))
-                if opened[0] != OPEN:
-                    raise SystemExit(f"the first poll of {method[2]} opened {opened}")
-            phase1 = {k: await polls(ours, plan, k, args) for k in args.ks}
-            index_seconds = harness.create_review_indexes(loader)
-            rows = []
-            for k in args.ks:
-                phase2 = [await polls(method, plan, k, args) for method in (ours, original)]
-                rows.append(Row(k, phase1[k], *phase2))
-            data += (
-                f"; the review's 6 indexes created between the phases in {index_seconds:.1f} s; "
-                f"buckets: ours {ours_bucket.bucket_id}, the original's {orig_bucket.bucket_id}"
+        plan, ours_bucket, orig_bucket = setup(args.events)
+        seeded, data = harness.seed(loader, plan)
+        ours = (our_poll(aengine, plan, ours_bucket), StatementRecorder(aengine.sync_engine))
+        original = (original_poll(sync, plan, orig_bucket), StatementRecorder(sync))
+        for (poll, _), bucket in ((ours, ours_bucket), (original, orig_bucket)):
+            if (opened := await poll(fetch_of(plan, bucket, range(OPEN))))[0] != OPEN:
+                raise SystemExit(f"the first poll of {bucket} opened {opened}")  # base state
+        phase1 = {k: await polls(ours, plan, ours_bucket, k, args) for k in args.ks}
+        index_seconds = harness.create_review_indexes(loader)
+        rows = []
+        for k in args.ks:
+            indexed = await polls(ours, plan, ours_bucket, k, args)
+            rows.append(
+                Row(k, phase1[k], indexed, await polls(original, plan, orig_bucket, k, args))
             )
-            return data, seeded.events, rows
-        finally:
-            await aengine.dispose()
-            sync.dispose()
-            loader.dispose()
+        data += f"; the review's 6 indexes created between the phases in {index_seconds:.1f} s; "
+        data += f"buckets: ours {ours_bucket.bucket_id}, the original's {orig_bucket.bucket_id}"
+        await aengine.dispose()
+        sync.dispose()
+        loader.dispose()
+        return data, seeded.events, rows
 
 
 def targets(rows: list[Row]) -> list[Target]:

@@ -6,10 +6,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import sys
-from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 from sqlalchemy import Engine, text
 
@@ -32,12 +30,6 @@ TITLES = {
 }
 
 
-def in_parallel(job: Callable[[Any], None], items: Sequence[Any]) -> None:
-    """`job` of each item, `LOADERS` at a time, as the seed loads its days."""
-    with ThreadPoolExecutor(max_workers=LOADERS) as pool:
-        list(pool.map(job, items))
-
-
 def the_original(engine: Engine, plan: SeedPlan) -> None:
     """The same rows inserted straight into the partitioned table, every index maintained."""
     with engine.begin() as conn:
@@ -48,7 +40,8 @@ def the_original(engine: Engine, plan: SeedPlan) -> None:
         with engine.begin() as conn:
             day_rows.insert(conn, plan, day, 0)
 
-    in_parallel(one_day, plan.days)
+    with ThreadPoolExecutor(max_workers=LOADERS) as pool:  # as the seed loads its days
+        list(pool.map(one_day, plan.days))
     analyze = [f"ANALYZE {partition_name(day)} ({ANALYZED})" for day in plan.days]
     for sql in [*analyze, "ANALYZE open_slots, baseline_slots, discovery_buckets, venues"]:
         harness.vacuum(engine, sql)  # the statistics ours gathers
@@ -68,15 +61,18 @@ def the_floor(engine: Engine, plan: SeedPlan) -> None:
     def copy(job: tuple[str, str, str, list[str], str]) -> None:
         source, target, like, ddl, columns = job
         with engine.begin() as conn:
-            conn.execute(text("SET LOCAL maintenance_work_mem = '256MB'"))
-            conn.execute(text(f"CREATE TABLE {target} (LIKE {like})"))
-            conn.execute(text(f"INSERT INTO {target} SELECT * FROM {source}"))
-            for statement in ddl:
-                conn.execute(text(statement))
-            conn.execute(text("SET LOCAL default_statistics_target = 20"))
-            conn.execute(text(f"ANALYZE {target}{columns}"))
+            for sql in [
+                "SET LOCAL maintenance_work_mem = '256MB'",
+                f"CREATE TABLE {target} (LIKE {like})",
+                f"INSERT INTO {target} SELECT * FROM {source}",
+                *ddl,
+                "SET LOCAL default_statistics_target = 20",
+                f"ANALYZE {target}{columns}",
+            ]:
+                conn.execute(text(sql))
 
-    in_parallel(copy, copies)
+    with ThreadPoolExecutor(max_workers=LOADERS) as pool:
+        list(pool.map(copy, copies))
 
 
 @dataclass

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
@@ -46,6 +46,16 @@ class GrpcServerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+
+    def prepare(self, service: str, methods: Iterable[str]) -> None:
+        """Create every method's series (and every status code's) at zero: `increase()` and
+        `rate()` ignore a series' first sample, so a replica's first errors would be unseen."""
+        for method in methods:
+            labels = ("unary", service, method)
+            self.started.labels(*labels)
+            self.latency.labels(*labels)
+            for code in grpc.StatusCode:
+                self.handled.labels(*labels, code.name)
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]

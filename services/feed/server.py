@@ -1,8 +1,9 @@
 """Build and run the feed's gRPC server: FeedService, health, reflection, metrics.
 
-Concurrency is bounded (`maximum_concurrent_rpcs`): excess calls get RESOURCE_EXHAUSTED at
-once instead of queueing without bound. SIGTERM marks health NOT_SERVING and drains in-flight
-calls within the grace period.
+FeedService's concurrency is bounded (`FeedLimit`, admission.py): excess calls get
+RESOURCE_EXHAUSTED at once instead of queueing without bound, and are counted; health and
+reflection are outside the limit, so a busy replica still answers its probes. SIGTERM marks
+health NOT_SERVING and drains in-flight calls within the grace period.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
+from services.feed.admission import FeedLimit
 from services.feed.cache import AnswerCache
 from services.feed.metrics import GrpcServerMetrics, MetricsInterceptor
 from services.feed.paging import PageTokens
@@ -101,12 +103,17 @@ async def start_feed(
     cache = AnswerCache(settings.cache_ttl_seconds, registry, settings.cache_max_mb << 20)
     servicer = FeedServicer(settings, engine, PageTokens(secret), cache)
 
+    handlers = _method_handlers(servicer)
+    grpc_metrics = GrpcServerMetrics(registry)
+    grpc_metrics.prepare(SERVICE_NAME, handlers)
     server = grpc.aio.server(
-        interceptors=[MetricsInterceptor(GrpcServerMetrics(registry))],
-        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+        # Outermost first: refusals at the limit are counted like any other answer.
+        interceptors=[
+            MetricsInterceptor(grpc_metrics),
+            FeedLimit(SERVICE_NAME, settings.max_concurrent_rpcs),
+        ],
         options=[("grpc.so_reuseport", 0)],  # a taken port is an error, not a shared one
     )
-    handlers = _method_handlers(servicer)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     server.add_registered_method_handlers(SERVICE_NAME, handlers)  # type: ignore[attr-defined]
     health = Health((SERVICE_NAME,))

@@ -1,0 +1,56 @@
+"""The feed's concurrency limit, applied to FeedService only.
+
+grpc's `maximum_concurrent_rpcs` counts every call, health checks included: with a slow
+database a busy replica then answered its own probes RESOURCE_EXHAUSTED, went unready and was
+restarted, turning an overload into an outage, and the refused calls never reached the metrics.
+Here FeedService calls beyond the limit are refused at once with RESOURCE_EXHAUSTED, inside
+the metrics interceptor (so they are counted in `grpc_server_handled_total`), while health and
+reflection are never refused: readiness means "this replica can serve", not "has a free slot".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+
+class FeedLimit(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """At most `limit` unary calls of `service` at once; the next ones are refused."""
+
+    def __init__(self, service: str, limit: int) -> None:
+        self.prefix = f"/{service}/"
+        self.limit = limit
+        self.in_flight = 0
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        if not details.method.startswith(self.prefix):
+            return handler
+        behaviour = handler.unary_unary
+
+        async def limited(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            if self.in_flight >= self.limit:
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"this feed replica is answering its limit of {self.limit} calls;"
+                    " retry with back-off",
+                )
+            self.in_flight += 1
+            try:
+                return await behaviour(request, context)
+            finally:
+                self.in_flight -= 1
+
+        return grpc.unary_unary_rpc_method_handler(
+            limited,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine
 from sqlalchemy.pool import QueuePool
 
+from services.feed.metrics import GrpcServerMetrics
 from services.poller import judge
 from services.poller.errors import FetchError
 from services.poller.metrics import (
@@ -21,6 +22,7 @@ from services.poller.metrics import (
     PollerMetrics,
 )
 from shared.db.pool_metrics import PoolMetrics
+from tests.deploy.registries import FEED_SERVICE
 
 
 def _samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -89,3 +91,15 @@ def test_a_pool_reports_the_connections_it_really_holds_open(db_url: str) -> Non
     finally:
         first.close()
         engine.dispose()
+
+
+def test_every_feed_method_and_status_code_exists_at_zero() -> None:
+    registry = CollectorRegistry()
+    GrpcServerMetrics(registry).prepare(FEED_SERVICE, ("JustOpened", "StillOpen"))
+    samples = _samples(registry)
+    for method in ("JustOpened", "StillOpen"):
+        labels = {"grpc_type": "unary", "grpc_service": FEED_SERVICE, "grpc_method": method}
+        assert samples[("grpc_server_started_total", tuple(sorted(labels.items())))] == 0
+        for code in ("OK", "RESOURCE_EXHAUSTED", "UNAVAILABLE", "DEADLINE_EXCEEDED"):
+            key = tuple(sorted({**labels, "grpc_code": code}.items()))
+            assert samples[("grpc_server_handled_total", key)] == 0

@@ -26,7 +26,7 @@ Doc = dict[str, Any]
 _SUPPORTED = {
     "Kustomization": {"apiVersion", "kind", "namespace", "resources", "components", "images"}
     | {"replicas", "patches"},
-    "Component": {"apiVersion", "kind", "resources"},
+    "Component": {"apiVersion", "kind", "resources", "patches"},
 }
 # Kinds the namespace transformer leaves alone (the cluster-scoped ones we could meet).
 _CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
@@ -59,14 +59,15 @@ def _load_resources(directory: Path, entries: list[str]) -> list[Doc]:
 def render(directory: Path) -> list[Doc]:
     """The objects `kubectl kustomize directory` would print (order aside)."""
     k = _kustomization(directory)
-    docs = _load_resources(directory, k.get("resources", []))
+    docs = copy.deepcopy(_load_resources(directory, k.get("resources", [])))
     for component in k.get("components", []):
         component_dir = (directory / component).resolve()
         ck = _kustomization(component_dir)
         if ck.get("kind") != "Component":
             raise ValueError(f"{component_dir} is not a kustomize Component")
-        docs.extend(_load_resources(component_dir, ck.get("resources", [])))
-    docs = copy.deepcopy(docs)
+        docs.extend(copy.deepcopy(_load_resources(component_dir, ck.get("resources", []))))
+        for patch in ck.get("patches", []):  # a component patches what it was added to
+            _apply_patch(docs, patch)
     for patch in k.get("patches", []):
         _apply_patch(docs, patch)
     if "namespace" in k:

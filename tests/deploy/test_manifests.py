@@ -115,14 +115,18 @@ def test_rendered_overlays_pin_a_tagged_image_and_define_no_secret(overlay: str)
 def test_monitoring_component_only_in_prod() -> None:
     assert not [d for d in RENDERED["dev"] if d["kind"] in OPERATOR_KINDS]
     kinds = sorted(d["kind"] for d in RENDERED["prod"] if d["kind"] in OPERATOR_KINDS)
-    assert kinds == ["PodMonitor", "PodMonitor", "PrometheusRule"]
+    assert kinds == ["PodMonitor", "PodMonitor", "PodMonitor", "PrometheusRule"]
 
 
 def test_pod_monitors_scrape_a_named_metrics_port_of_their_pods() -> None:
     docs = RENDERED["prod"]
     deployments = [d for d in docs if d["kind"] == "Deployment"]
     monitors = [d for d in docs if d["kind"] == "PodMonitor"]
-    assert {m["metadata"]["name"] for m in monitors} == {"dropwatch-feed", "dropwatch-poller"}
+    assert {m["metadata"]["name"] for m in monitors} == {
+        "dropwatch-feed",
+        "dropwatch-poller",
+        "dropwatch-pushgateway",
+    }
     for monitor in monitors:
         selector = monitor["spec"]["selector"]["matchLabels"]
         (deployment,) = [

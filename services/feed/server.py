@@ -101,7 +101,7 @@ async def start_feed(
         log.warning("DROPWATCH_PAGE_TOKEN_SECRET unset: page tokens only work on this replica")
         secret = secrets.token_bytes(32)
     cache = AnswerCache(settings.cache_ttl_seconds, registry, settings.cache_max_mb << 20)
-    servicer = FeedServicer(settings, engine, PageTokens(secret), cache)
+    servicer = FeedServicer(settings, engine, PageTokens(secret), cache, registry=registry)
 
     handlers = _method_handlers(servicer)
     grpc_metrics = GrpcServerMetrics(registry)

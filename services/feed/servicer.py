@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import grpc
 import psycopg
 from google.protobuf.timestamp_pb2 import Timestamp
+from prometheus_client import CollectorRegistry, Gauge
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -57,6 +58,7 @@ class FeedServicer:
         tokens: PageTokens,
         cache: AnswerCache,
         clock: Callable[[], dt.datetime] | None = None,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -66,6 +68,12 @@ class FeedServicer:
         # First pages asked in the same moment share one boundary, so JustOpened and StillOpen
         # split the same data at the same edge, cached or not (`boundary.py`).
         self.boundaries = Boundaries(settings.cache_ttl_seconds or BOUNDARY_SECONDS_WITHOUT_CACHE)
+        self.horizon_lag = Gauge(
+            "dropwatch_feed_commit_horizon_lag_transactions",
+            "Transactions started but not visible to the feed at its current boundary: above a"
+            " few, a long writing transaction holds the feed's view back (commit order).",
+            registry=registry if registry is not None else CollectorRegistry(),
+        )
 
     async def JustOpened(
         self, request: feed_pb2.JustOpenedRequest | Undecodable, context: Context
@@ -135,7 +143,9 @@ class FeedServicer:
         self.cache.forget()
         at = self.clock()
         async with self.engine.connect() as conn:
-            return Boundary(at, await store.horizon(conn))
+            oldest, following = await store.horizon(conn)
+        self.horizon_lag.set(following - oldest)
+        return Boundary(at, oldest)
 
     async def _answer(
         self,

@@ -29,8 +29,11 @@ SET_STATEMENT_TIMEOUT = text("SELECT set_config('statement_timeout', :ms, true)"
 # The commit-order horizon: the oldest transaction id still in flight. Every transaction below
 # it has ended, so the rows it reveals are final: later pages (and a stream) that keep this
 # horizon see exactly the same writes, whatever commits meanwhile (docs/architecture.md,
-# "Commit order").
-HORIZON = text("SELECT CAST(pg_snapshot_xmin(pg_current_snapshot()) AS text)")
+# "Commit order"). With the next transaction id: the distance is how far the feed's view lags.
+HORIZON = text(
+    "SELECT CAST(pg_snapshot_xmin(s) AS text), CAST(pg_snapshot_xmax(s) AS text)"
+    " FROM pg_current_snapshot() AS s"
+)
 
 # The latest committed healthy poll of a live bucket: what an answer reflects.
 DATA_AS_OF = text(

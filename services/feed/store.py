@@ -63,9 +63,10 @@ async def set_statement_timeout(conn: AsyncConnection, milliseconds: int) -> Non
     await conn.execute(sql.SET_STATEMENT_TIMEOUT, {"ms": str(milliseconds)})
 
 
-async def horizon(conn: AsyncConnection) -> int:
-    """The oldest transaction id still in flight (see `sql.HORIZON`)."""
-    return int((await conn.execute(sql.HORIZON)).scalar_one())
+async def horizon(conn: AsyncConnection) -> tuple[int, int]:
+    """The oldest transaction id still in flight and the next one (see `sql.HORIZON`)."""
+    oldest, following = (await conn.execute(sql.HORIZON)).one()
+    return int(oldest), int(following)
 
 
 async def data_as_of(conn: AsyncConnection, today: dt.date) -> dt.datetime | None:

@@ -22,6 +22,7 @@ from tests.feed.conftest import NOW, TODAY, feed_settings
 from tests.seeding import Seeder, SeedSlot
 
 Stub = feed_pb2_grpc.FeedServiceStub
+LAG = "dropwatch_feed_commit_horizon_lag_transactions"
 
 
 def ago(seconds: float) -> dt.datetime:
@@ -102,10 +103,13 @@ async def test_a_write_in_flight_holds_back_what_commits_after_it(
         renew()
         held = await stub.JustOpened(feed_pb2.JustOpenedRequest())
         assert not held.items
+        lag = feed.registry.get_sample_value(LAG) or 0
+        assert lag >= 2  # the writer and the poll
         await writer.commit()
         renew()
         shown = await stub.JustOpened(feed_pb2.JustOpenedRequest())
         assert [i.venue.id for i in shown.items] == [1]
+        assert (feed.registry.get_sample_value(LAG) or 0) < lag
     finally:
         await writer.close()
 

@@ -53,8 +53,7 @@ SCENARIOS = (
 
 @dataclass(frozen=True)
 class Ask:
-    """One request as every side sees it: the gRPC message, the feed's query, the original's
-    parameters (filtered: party size 2 and the next three days, market time)."""
+    """One request as every side sees it (filtered: party size 2, the next three days)."""
 
     key: str
     title: str
@@ -62,8 +61,6 @@ class Ask:
     message: feed_pb2.JustOpenedRequest | feed_pb2.StillOpenRequest
     query: FeedQuery
     just_opened: bool
-    dates: frozenset[dt.date]
-    sizes: frozenset[int]
     today: dt.date  # market time
 
 
@@ -79,7 +76,7 @@ def asks(today: dt.date) -> list[Ask]:
         else:
             m = feed_pb2.StillOpenRequest(filter=f, limit=1000)
             query = from_still_open(m)
-        out.append(Ask(key, title, target, m, query, jo, frozenset(dates), frozenset(sizes), today))
+        out.append(Ask(key, title, target, m, query, jo, today))
     return out
 
 
@@ -97,6 +94,7 @@ def original_request(engine: Engine, ask: Ask, bucket_ids: list[str]) -> list[fl
     """One request the original way: ms of its query, open snapshot and Python; rows, items."""
     now = dt.datetime.now(dt.UTC)
     limit, edge = (500, None) if ask.just_opened else (1000, now - dt.timedelta(seconds=600))
+    dates, sizes = set(ask.query.dates), set(ask.query.party_sizes)
     times = [time.perf_counter()]
     with Session(engine) as db:
         events = db.scalars(original_statement(ask, bucket_ids, now)).all()
@@ -108,10 +106,10 @@ def original_request(engine: Engine, ask: Ask, bucket_ids: list[str]) -> list[fl
         for e in events:  # newest first: the first per (venue, date) wins
             if (e.bucket_id, e.slot_id) not in open_now or e.slot_date < ask.today:
                 continue
-            if (edge and e.opened_at >= edge) or (ask.dates and e.slot_date not in ask.dates):
+            if (edge and e.opened_at >= edge) or (dates and e.slot_date not in dates):
                 continue
             key = (e.venue_id, e.slot_date)
-            if (ask.sizes and ask.sizes.isdisjoint(e.party_sizes)) or key in seen:
+            if (sizes and sizes.isdisjoint(e.party_sizes)) or key in seen:
                 continue
             seen.add(key)
             if len(seen) >= limit:

@@ -266,8 +266,7 @@ class Section:
         self.lines: list[str] = []
 
     def add(self, *paragraphs: str) -> Section:
-        for paragraph in paragraphs:
-            self.lines += ["", paragraph]
+        self.lines += [line for paragraph in paragraphs for line in ("", paragraph)]
         return self
 
     def table(self, head: Sequence[str], body: Sequence[Sequence[str]], title: str = "") -> Section:

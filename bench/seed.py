@@ -61,15 +61,12 @@ def the_floor(engine: Engine, plan: SeedPlan) -> None:
     def copy(job: tuple[str, str, str, list[str], str]) -> None:
         source, target, like, ddl, columns = job
         with engine.begin() as conn:
-            for sql in [
-                "SET LOCAL maintenance_work_mem = '256MB'",
-                f"CREATE TABLE {target} (LIKE {like})",
-                f"INSERT INTO {target} SELECT * FROM {source}",
-                *ddl,
-                "SET LOCAL default_statistics_target = 20",
-                f"ANALYZE {target}{columns}",
-            ]:
+            conn.execute(text("SET LOCAL maintenance_work_mem = '256MB'"))
+            conn.execute(text(f"CREATE TABLE {target} (LIKE {like})"))
+            conn.execute(text(f"INSERT INTO {target} SELECT * FROM {source}"))
+            for sql in [*ddl, "SET LOCAL default_statistics_target = 20"]:
                 conn.execute(text(sql))
+            conn.execute(text(f"ANALYZE {target}{columns}"))
 
     with ThreadPoolExecutor(max_workers=LOADERS) as pool:
         list(pool.map(copy, copies))
@@ -138,10 +135,8 @@ def targets(runs: list[Run]) -> list[Target]:
 
 
 def render(runs: list[Run], section: Section) -> list[Point]:
-    section.title, section.bullets["Loaders"] = (
-        "Seeding (`bench/seed.py`)",
-        f"{LOADERS} days at a time",
-    )
+    section.title = "Seeding (`bench/seed.py`)"
+    section.bullets["Loaders"] = f"{LOADERS} days at a time"
     head = ["events", "open_slots rows", "load", "s", "events/s", "CPU s", "vs naive"]
     body = []
     for r in runs:
@@ -157,10 +152,8 @@ def render(runs: list[Run], section: Section) -> list[Point]:
         f"runs at {floor:,.0f} events/s here ({big.seconds['floor']:.1f} s); ours reaches "
         f"{ours / floor:.0%} of it (target {TARGET_OF_FLOOR:.0%})."
     )
-    return [
-        Point("load the whole history", "s", r.events, r.seconds["ours"], r.seconds["naive"])
-        for r in runs
-    ]
+    what = "load the whole history"
+    return [Point(what, "s", r.events, r.seconds["ours"], r.seconds["naive"]) for r in runs]
 
 
 if __name__ == "__main__":

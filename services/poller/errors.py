@@ -68,6 +68,31 @@ class IncompleteFetchError(FetchError):
     reason = "incomplete"
 
 
+class ExcessError(FetchError):
+    """The provider sent more than any real answer holds; taking part of it would be a partial
+    fetch, so the whole fetch is unhealthy. Each subclass names the limit in its reason."""
+
+    reason = "excess"
+
+
+class BodyTooLargeError(ExcessError):
+    """The body, after decompression, is larger than `DROPWATCH_MAX_BODY_BYTES`."""
+
+    reason = "body_too_large"
+
+
+class TooManyHitsError(ExcessError):
+    """A page holds more venues than `DROPWATCH_MAX_HITS_PER_PAGE`."""
+
+    reason = "too_many_hits"
+
+
+class TooManySlotsError(ExcessError):
+    """A venue holds more slots than `DROPWATCH_MAX_SLOTS_PER_VENUE`."""
+
+    reason = "too_many_slots"
+
+
 class UnparseableStartError(MalformedResponseError):
     """A slot's start time is in no format we can read: the whole fetch is unhealthy, since
     leaving that slot out would close it (never a partial diff)."""

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 import random
+import re
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -20,10 +23,13 @@ import httpx
 from services.poller.errors import (
     AuthExpiredError,
     BlockedError,
+    BodyTooLargeError,
     FetchError,
     IncompleteFetchError,
     MalformedResponseError,
     RateLimitedError,
+    TooManyHitsError,
+    TooManySlotsError,
     TransportError,
     UnparseableStartError,
     UpstreamServerError,
@@ -43,6 +49,10 @@ USER_AGENT = (
     "Chrome/126.0 Safari/537.36"
 )
 _CHALLENGE_WORDS = ("captcha", "challenge", "perimeterx", "px-captcha", "blocked")
+# A venue id must fit the database's bigint; a slug or location code goes into a link's path.
+_MAX_VENUE_ID = 2**63 - 1
+_URL_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+_MAX_TEXT = 500
 
 # Called with the status class ("2xx", "4xx", "5xx", "error") of every upstream request.
 RequestObserver = Callable[[str], None]
@@ -68,6 +78,8 @@ class ResyProvider:
             "Origin": "https://widgets.resy.com",
             "Referer": "https://widgets.resy.com/",
             "Accept": "application/json",
+            # What _CappedBody can inflate within its cap.
+            "Accept-Encoding": "gzip, deflate",
         }
         if settings.resy_api_key is not None:
             key = settings.resy_api_key.get_secret_value()
@@ -98,8 +110,16 @@ class ResyProvider:
                     raise IncompleteFetchError(
                         f"{total_pages} pages exceed the limit of {self._settings.max_pages}"
                     )
+                if len(hits) > self._settings.max_hits_per_page:
+                    raise TooManyHitsError(
+                        f"{len(hits)} hits on a page exceed {self._settings.max_hits_per_page}"
+                    )
                 for hit in hits:
-                    self._collect(hit, spec, party_size, result)
+                    try:
+                        self._collect(hit, spec, party_size, result)
+                    except (TypeError, ValueError, OverflowError, AttributeError):
+                        # Valid JSON, invalid data: the fetch is malformed, never partial.
+                        raise MalformedResponseError("a venue hit holds invalid data") from None
                 page += 1
         return result
 
@@ -108,7 +128,13 @@ class ResyProvider:
     ) -> None:
         venue = _parse_venue(hit)
         result.venues[venue.venue_id] = venue
-        for raw in _slots_of(hit):
+        raw_slots = _slots_of(hit)
+        if len(raw_slots) > self._settings.max_slots_per_venue:
+            raise TooManySlotsError(
+                f"venue {venue.venue_id}: {len(raw_slots)} slots exceed "
+                f"{self._settings.max_slots_per_venue}"
+            )
+        for raw in raw_slots:
             start, seating = _parse_slot(raw, self._settings.zone)
             if not spec.contains(start):
                 continue
@@ -159,51 +185,125 @@ class ResyProvider:
         if remaining <= 0:
             raise UpstreamTimeoutError("poll deadline passed")
         try:
-            response = await self._client.post(
-                SEARCH_PATH,
-                json=payload,
-                timeout=min(remaining, self._settings.request_timeout_seconds),
-            )
+            # httpx's timeout is per read: a provider trickling a byte a second would never
+            # trip it, so the poll deadline bounds the whole request, body included.
+            async with asyncio.timeout(remaining):
+                status, retry_after, body = await self._exchange(payload, remaining)
+        except TimeoutError:
+            self._observe("error")
+            raise UpstreamTimeoutError("the poll deadline ran out during a request") from None
         except httpx.TimeoutException as exc:
             self._observe("error")
             raise UpstreamTimeoutError(f"request timed out ({type(exc).__name__})") from None
         except httpx.TransportError as exc:
             self._observe("error")
             raise TransportError(f"connection failed ({type(exc).__name__})") from None
-        self._observe(f"{response.status_code // 100}xx")
-        _raise_for_status(response)
+        self._observe(f"{status // 100}xx")
+        _raise_for_status(status, retry_after, body)
+        return _decode_json(body)
+
+    async def _exchange(
+        self, payload: dict[str, Any], remaining: float
+    ) -> tuple[int, str | None, bytes]:
+        """Status, Retry-After and the body, read as a stream and capped after decompression
+        (a small gzip body may inflate to gigabytes)."""
+        cap = self._settings.max_body_bytes
+        timeout = min(remaining, self._settings.request_timeout_seconds)
+        async with self._client.stream("POST", SEARCH_PATH, json=payload, timeout=timeout) as resp:
+            declared = resp.headers.get("Content-Length", "")
+            if resp.status_code == 200 and declared.isdigit() and int(declared) > cap:
+                self._observe("2xx")
+                raise BodyTooLargeError(f"declared body of {declared} bytes exceeds {cap}")
+            body = _CappedBody(resp.headers.get("Content-Encoding", ""), cap)
+            async for chunk in _raw_chunks(resp):
+                if not body.feed(chunk):
+                    self._observe(f"{resp.status_code // 100}xx")
+                    raise BodyTooLargeError(f"body exceeds {cap} bytes after decompression")
+            return resp.status_code, resp.headers.get("Retry-After"), body.value()
+
+
+async def _raw_chunks(resp: httpx.Response) -> AsyncIterator[bytes]:
+    """The body as it came off the wire; an in-memory transport's response (already read)
+    holds its content whole."""
+    try:
+        async for chunk in resp.aiter_raw():
+            yield chunk
+    except httpx.StreamConsumed:
+        yield resp.content
+
+
+class _CappedBody:
+    """Decompresses a body ourselves, never more than `cap` bytes: httpx's decoder inflates a
+    whole network chunk at once (64 KiB of a gzip bomb is 64 MiB)."""
+
+    def __init__(self, encoding: str, cap: int) -> None:
+        encoding = encoding.strip().lower()
+        if encoding not in ("", "identity", "gzip", "deflate"):
+            raise MalformedResponseError("unsupported Content-Encoding")
+        # 32 + 15: zlib or gzip framing, detected from the header.
+        self._inflater = zlib.decompressobj(47) if encoding in ("gzip", "deflate") else None
+        self._cap = cap
+        self._size = 0
+        self._chunks: list[bytes] = []
+
+    def feed(self, data: bytes) -> bool:
+        """Take one raw chunk; False once the decompressed body passes the cap."""
         try:
-            return response.json()
-        except ValueError:
-            raise MalformedResponseError("response body is not JSON") from None
+            while data:
+                if self._inflater is None:
+                    out, data = data, b""
+                else:
+                    out = self._inflater.decompress(data, self._cap - self._size + 1)
+                    data = self._inflater.unconsumed_tail
+                self._size += len(out)
+                if self._size > self._cap:
+                    return False
+                self._chunks.append(out)
+        except zlib.error:
+            raise MalformedResponseError("response body does not decompress") from None
+        return True
+
+    def value(self) -> bytes:
+        return b"".join(self._chunks)
 
 
-def _raise_for_status(response: httpx.Response) -> None:
-    status = response.status_code
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"JSON constant {name} is not data")
+
+
+def _decode_json(body: bytes) -> Any:
+    """The body as JSON; NaN/Infinity and pathological nesting are malformed, not crashes."""
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise MalformedResponseError("response body is not JSON") from None
+
+
+def _raise_for_status(status: int, retry_after: str | None, body: bytes) -> None:
     if status == 200:
         return
     if status == 401:
         raise AuthExpiredError("401: the API key or token was rejected")
     if status == 403:
-        body = response.text[:2000].lower()
-        if any(word in body for word in _CHALLENGE_WORDS):
+        text = body[:2000].decode("utf-8", "replace").lower()
+        if any(word in text for word in _CHALLENGE_WORDS):
             raise BlockedError("403 with a challenge page: anti-bot block")
         raise AuthExpiredError("403: not authorised")
     if status == 429:
-        raise RateLimitedError("429: rate limited", _retry_after(response))
+        raise RateLimitedError("429: rate limited", _retry_after(retry_after))
     if status >= 500 or status == 412:
         raise UpstreamServerError(f"{status} from the provider")
     raise MalformedResponseError(f"unexpected status {status}")
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
+def _retry_after(value: str | None) -> float | None:
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         return None
+    return max(0.0, seconds) if seconds == seconds and seconds != float("inf") else None
 
 
 def _parse_page(body: Any, page: int) -> tuple[list[dict[str, Any]], int]:
@@ -230,20 +330,44 @@ def _parse_page(body: Any, page: int) -> tuple[list[dict[str, Any]], int]:
 
 def _parse_venue(hit: dict[str, Any]) -> VenueInfo:
     try:
-        venue_id = int(hit["id"]["resy"])
-        name = str(hit["name"])
-    except (KeyError, TypeError, ValueError):
+        raw_id = hit["id"]["resy"]
+        name = hit["name"]
+    except (KeyError, TypeError):
         raise MalformedResponseError("a venue hit has no id.resy or name") from None
+    venue_id = _venue_id(raw_id)
     location = hit.get("location")
     price = hit.get("price_range_id")
+    slug = _opt_str(hit.get("url_slug"))
+    code = _opt_str(location.get("code")) if isinstance(location, dict) else None
     return VenueInfo(
         venue_id=venue_id,
-        name=name,
-        neighborhood=_opt_str(hit.get("neighborhood")),
+        name=_text(name),
+        neighborhood=_opt_text(hit.get("neighborhood")),
         price_range=price if isinstance(price, int) and 1 <= price <= 4 else None,
-        url_slug=_opt_str(hit.get("url_slug")),
-        location_code=_opt_str(location.get("code")) if isinstance(location, dict) else None,
+        # Parts of the booking link: anything but a plain token is dropped (no link).
+        url_slug=slug if slug is not None and _URL_PART.match(slug) else None,
+        location_code=code if code is not None and _URL_PART.match(code) else None,
     )
+
+
+def _venue_id(raw: Any) -> int:
+    """A positive id that fits the database's bigint (`2**63` or a float is malformed)."""
+    if isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw) < 20:
+        raw = int(raw)
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 0 < raw <= _MAX_VENUE_ID:
+        raise MalformedResponseError("a venue id is not a positive 64-bit integer")
+    return raw
+
+
+def _text(value: Any) -> str:
+    """Provider text stored as is: a string, bounded, with no NUL (PostgreSQL rejects it)."""
+    if not isinstance(value, str) or not value or len(value) > _MAX_TEXT or "\x00" in value:
+        raise MalformedResponseError("a venue or slot text field is invalid")
+    return value
+
+
+def _opt_text(value: Any) -> str | None:
+    return _text(value) if isinstance(value, str) and value else None
 
 
 def _slots_of(hit: dict[str, Any]) -> list[dict[str, Any]]:
@@ -259,9 +383,10 @@ def _slots_of(hit: dict[str, Any]) -> list[dict[str, Any]]:
 def _parse_slot(raw: dict[str, Any], zone: dt.tzinfo) -> tuple[dt.datetime, str]:
     try:
         start_raw = raw["date"]["start"]
-        seating = str(raw["config"].get("type") or "Unknown")
+        seating_raw = raw["config"].get("type") or "Unknown"
     except (KeyError, TypeError, AttributeError):
         raise MalformedResponseError("a slot has no date.start / config") from None
+    seating = _text(seating_raw if isinstance(seating_raw, str) else str(seating_raw))
     try:
         start = parse_local_start(str(start_raw), zone)
     except ValueError:

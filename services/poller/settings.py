@@ -28,6 +28,15 @@ class PollerSettings(Settings):
     requests_per_second: float = Field(default=5.0, gt=0, le=1000, description="Per replica.")
     max_attempts: int = Field(default=4, ge=1, le=10, description="Tries per request.")
     backoff_base_seconds: float = Field(default=0.5, gt=0, le=30)
+    # Bounds on what one answer may hold; any excess makes the whole fetch unhealthy.
+    max_body_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=1024,
+        le=256 * 1024 * 1024,
+        description="Largest response body after decompression (a page of 100 venues is ~1 MB).",
+    )
+    max_hits_per_page: int = Field(default=200, ge=1, le=10_000, description="Venues per page.")
+    max_slots_per_venue: int = Field(default=500, ge=1, le=100_000, description="Per venue.")
 
     # --- scheduling -----------------------------------------------------------------------
     cooldown_seconds: float = Field(default=30.0, gt=0, le=3600)

@@ -10,6 +10,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import re
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -17,12 +18,21 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from shared.errors import DropwatchError
 from shared.gen.dropwatch.feed.v1 import feed_pb2, feed_pb2_grpc
 
 DEFAULT_ADDR = "127.0.0.1:50051"
 DEFAULT_ZONE = "America/New_York"
+# C0 and C1 controls and DEL: a name from the provider must not move the cursor, retitle the
+# terminal or open a hyperlink (an OSC sequence).
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def plain(value: str) -> Text:
+    """Provider text for the table: control characters removed, never parsed as markup."""
+    return Text(_CONTROLS.sub("", value))
 
 
 def market_zone() -> ZoneInfo:
@@ -94,7 +104,14 @@ def call(kind: str, args: argparse.Namespace, max_age: int = 0, min_age: int | N
     return 0
 
 
-def _table(response: Any, kind: str, zone: ZoneInfo, *, default_age: bool) -> None:
+def _table(
+    response: Any,
+    kind: str,
+    zone: ZoneInfo,
+    *,
+    default_age: bool,
+    console: Console | None = None,
+) -> None:
     table = Table(
         title=f"{kind}: {len(response.items)} items (limit {response.applied_limit}); "
         f"times in market time ({zone.key})"
@@ -104,17 +121,17 @@ def _table(response: Any, kind: str, zone: ZoneInfo, *, default_age: bool) -> No
     for item in response.items:
         table.add_row(
             item.opened_at.ToDatetime(dt.UTC).astimezone(zone).strftime("%m-%d %H:%M:%S"),
-            f"{item.venue.name} ({item.venue.id})",
-            item.reservation_date,
-            item.slot_time,
-            item.seating_type,
+            plain(f"{item.venue.name} ({item.venue.id})"),
+            plain(item.reservation_date),
+            plain(item.slot_time),
+            plain(item.seating_type),
             ",".join(map(str, item.party_sizes)),
-            item.bucket_id,
+            plain(item.bucket_id),
         )
-    console = Console()
+    console = console or Console()
     console.print(table)
     if response.truncated:
-        console.print(f"more: --page-token {response.next_page_token}")
+        console.print(Text("more: --page-token ") + plain(response.next_page_token))
     if kind == "still-open" and not response.items and default_age:
         console.print(
             "(still-open lists drops open for at least 10 minutes; --min-age 0 lists newer ones)"

@@ -18,7 +18,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
-from shared.db.urls import masked_url
+from shared.db.urls import masked_url, url_passwords
 from shared.errors import ConfigError
 
 ENV_PREFIX = "DROPWATCH_"
@@ -160,9 +160,7 @@ class Settings(BaseSettings):
                 raw = value.get_secret_value()
                 secrets.append(raw)
                 if name == "database_url":
-                    password = make_url(raw).password
-                    if password:
-                        secrets.append(str(password))
+                    secrets += url_passwords(raw)
         return secrets
 
 

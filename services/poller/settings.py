@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, model_validator
+import ipaddress
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ENV_PREFIX, Settings
@@ -56,8 +59,29 @@ class PollerSettings(Settings):
         default=3, ge=2, le=100, description="Empty answers of a kind before a sell-out."
     )
 
+    @field_validator("resy_base_url")
+    @classmethod
+    def _https_unless_loopback(cls, value: str) -> str:
+        """The provider's answers (and our API key) cross the internet: plain http only to a
+        loopback address (the simulator, tests)."""
+        parts = urlsplit(value)
+        if not parts.hostname:
+            raise ValueError("has no host")
+        if parts.scheme == "https" or (parts.scheme == "http" and _is_loopback(parts.hostname)):
+            return value
+        raise ValueError("must be an https:// URL (plain http only to a loopback address)")
+
     @model_validator(mode="after")
     def _lease_outlives_poll(self) -> PollerSettings:
         if self.lease_seconds <= self.poll_deadline_seconds:
             raise ValueError("lease_seconds: must be longer than DROPWATCH_POLL_DEADLINE_SECONDS")
         return self
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -3,8 +3,14 @@ DNS, the database and the provider, and everything else is denied by default."""
 
 from __future__ import annotations
 
-from tests.deploy.kustomize import BASE_DIR, Doc, key, load_docs
-from tests.deploy.manifests import RENDERED, workloads
+import ipaddress
+
+import pytest
+
+from tests.deploy.kustomize import BASE_DIR, OVERLAYS, Doc, key, load_docs
+from tests.deploy.manifests import RENDERED, one, workloads
+
+_ANYWHERE = [{"ipBlock": {"cidr": "0.0.0.0/0"}}, {"ipBlock": {"cidr": "::/0"}}]
 
 
 def _policies() -> dict[str, Doc]:
@@ -44,3 +50,39 @@ def test_everything_else_is_denied_by_default() -> None:
             else doc["spec"]["template"]["metadata"]["labels"]
         )
         assert labels["app.kubernetes.io/part-of"] == "dropwatch", key(doc)
+
+
+def _external_ports(policy: Doc, address: str) -> set[int]:
+    """Ports the policy lets the pod reach at `address` through an ipBlock rule."""
+    ip = ipaddress.ip_address(address)
+    ports: set[int] = set()
+    for rule in policy["spec"]["egress"]:
+        for peer in rule.get("to", _ANYWHERE):
+            block = peer.get("ipBlock")
+            if block is None or ip.version != ipaddress.ip_network(block["cidr"]).version:
+                continue
+            inside = ip in ipaddress.ip_network(block["cidr"])
+            if inside and not any(ip in ipaddress.ip_network(c) for c in block.get("except", [])):
+                ports |= {p["port"] for p in rule["ports"]}
+    return ports
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_poller_egress_is_https_outside_the_cluster_and_the_database_only(overlay: str) -> None:
+    policy = one(RENDERED[overlay], "NetworkPolicy", "dropwatch-poller")
+    for address in ("93.184.216.34", "2606:2800:220:1::1"):
+        assert _external_ports(policy, address) == {443}, address
+    for address in (
+        "10.96.0.10",  # a cluster service
+        "172.20.1.1",
+        "192.168.1.10",
+        "100.64.0.1",
+        "127.0.0.1",
+        "169.254.169.254",  # the cloud metadata service
+        "fd00::1",
+        "fe80::1",
+    ):
+        assert _external_ports(policy, address) == set(), address
+    (database,) = [r for r in policy["spec"]["egress"] if r["ports"][0]["port"] == 5432]
+    (peer,) = database["to"]
+    assert peer["podSelector"]["matchLabels"] == {"dropwatch.io/database": "true"}

@@ -10,7 +10,10 @@ import pytest
 
 from services.poller.judge import Thresholds, judge
 from services.poller.ratelimit import RequestBudget
+from services.poller.settings import PollerSettings
 from services.poller.slots import parse_local_start
+from shared.errors import ConfigError
+from shared.settings import load_settings
 from shared.slots import slot_id_for
 
 
@@ -111,3 +114,27 @@ async def test_request_budget_is_shared_and_bounded_by_the_deadline() -> None:
     assert all(results)
     assert 0.2 <= elapsed < 1.0  # 1 immediately, 5 more at 20/s
     assert not await budget.acquire(time.monotonic() + 0.001)  # cannot come in time
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://api.resy.com",
+        "http://10.0.0.5:8080",
+        "ftp://api.resy.com",
+        "https://",
+        "api.resy.com",
+    ],
+)
+def test_a_provider_url_must_be_https_unless_loopback(url: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(PollerSettings, resy_base_url=url)
+    assert info.value.variable == "DROPWATCH_RESY_BASE_URL"
+    assert "https" in info.value.problem or "host" in info.value.problem
+
+
+@pytest.mark.parametrize(
+    "url", ["https://api.resy.com", "http://127.0.0.1:8080", "http://localhost:9", "http://[::1]:9"]
+)
+def test_https_or_loopback_provider_urls_are_accepted(url: str) -> None:
+    assert load_settings(PollerSettings, resy_base_url=url).resy_base_url == url

@@ -74,7 +74,7 @@ def test_deploy_doc_describes_the_one_apply_rollout_and_the_gitops_path() -> Non
     assert "kubectl apply -k $OVERLAY -l 'app.kubernetes.io/component in" not in text
     assert "GitOps (Argo CD, Flux)" in text
     assert "python -m shared.db.migrate --wait" in text
-    assert "psql \"$OWNER_URL\" -v ON_ERROR_STOP=1 -f deploy/sql/roles.sql" in text
+    assert 'psql "$OWNER_URL" -v ON_ERROR_STOP=1 -f deploy/sql/roles.sql' in text
 
 
 MEASURED_FEED_MIB = 162  # a busy feed replica, about 170 MB (docs/deploy.md, "Scaling")

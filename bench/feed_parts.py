@@ -249,7 +249,7 @@ def feed_server(url: str, logs: Path, name: str, cache_ttl: float) -> ContextMan
     """`python -m services.feed` against the benchmark's database."""
     args = ["-m", "services.feed", "--port", "{port}", "--metrics-port", str(m := free_port())]
     env = dict(DROPWATCH_DATABASE_URL=url, DROPWATCH_CACHE_TTL_SECONDS=str(cache_ttl))
-    env.update(DROPWATCH_PAGE_TOKEN_SECRET="bench", DROPWATCH_LOG_LEVEL="INFO")
+    env.update(DROPWATCH_PAGE_TOKEN_SECRET="bench-" + "0" * 32, DROPWATCH_LOG_LEVEL="INFO")
     return served(logs / f"feed-{name}.log", args, m, **env)
 
 

@@ -207,7 +207,7 @@ def check_feed(box: Container, env: dict[str, str]) -> None:
         **env,
         "DROPWATCH_FEED_PORT": str(port),
         "DROPWATCH_METRICS_PORT": str(metrics),
-        "DROPWATCH_PAGE_TOKEN_SECRET": "image-test",
+        "DROPWATCH_PAGE_TOKEN_SECRET": "image-test-" + "0" * 32,
     }
     feed = box.start("feed", ["python", "-m", "services.feed"], feed_env)
 

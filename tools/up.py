@@ -218,7 +218,7 @@ def _child_env(settings: Settings, url: str, host: str) -> dict[str, str]:
     env["DROPWATCH_DATABASE_URL"] = url
     env["DROPWATCH_DATA_DIR"] = str(settings.data_dir.resolve())
     env["DROPWATCH_BIND_HOST"] = host
-    env.setdefault("DROPWATCH_PAGE_TOKEN_SECRET", "local-make-run")
+    env.setdefault("DROPWATCH_PAGE_TOKEN_SECRET", "local-make-run-" + "0" * 32)
     return env
 
 

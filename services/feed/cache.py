@@ -30,18 +30,27 @@ from shared.db.urls import libpq_url
 log = logging.getLogger(__name__)
 
 
+# What a key costs beyond its text (the tuple, the dataclass, the dict slot), roughly.
+_KEY_OVERHEAD = 512
+
+
+def key_bytes(key: Hashable) -> int:
+    """An estimate of a key's memory: its text plus a fixed overhead."""
+    return len(repr(key)) + _KEY_OVERHEAD
+
+
 class AnswerCache:
     """Serialized answers per normalised request, fresh for at most `ttl` seconds.
 
     The key is everything that shapes an answer: the whole validated query (its RPC, filters,
-    limit, limit_capped and page token) and the boundary it was answered at. Least recently
-    used answers go first once `max_bytes` would be exceeded.
+    limit, limit_capped and the decoded page cursor) and the boundary it was answered at. Least
+    recently used answers go first once `max_bytes` (answers and keys) would be exceeded.
     """
 
     def __init__(self, ttl: float, registry: CollectorRegistry, max_bytes: int = 64 << 20) -> None:
         self.ttl = ttl
         self.max_bytes = max_bytes
-        self._answers: OrderedDict[Hashable, tuple[bytes, float]] = OrderedDict()
+        self._answers: OrderedDict[Hashable, tuple[bytes, float, int]] = OrderedDict()
         self._bytes = 0
         self._generation = 0
         self.requests = Counter(
@@ -74,16 +83,18 @@ class AnswerCache:
         return self._generation
 
     def put(self, key: Hashable, answer: bytes, generation: int, built_at: float) -> None:
-        if generation != self._generation or self.ttl <= 0 or len(answer) > self.max_bytes:
+        # The key counts too: a caller chooses its size (a page token's, a filter's).
+        size = len(answer) + key_bytes(key)
+        if generation != self._generation or self.ttl <= 0 or size > self.max_bytes:
             return
         old = self._answers.pop(key, None)
         if old is not None:
-            self._bytes -= len(old[0])
-        self._answers[key] = (answer, built_at)
-        self._bytes += len(answer)
+            self._bytes -= old[2]
+        self._answers[key] = (answer, built_at, size)
+        self._bytes += size
         while self._bytes > self.max_bytes:
-            _key, (evicted, _at) = self._answers.popitem(last=False)
-            self._bytes -= len(evicted)
+            _key, (_answer, _at, evicted) = self._answers.popitem(last=False)
+            self._bytes -= evicted
 
     def invalidate(self) -> None:
         self._generation += 1

@@ -4,7 +4,9 @@ A token carries the query's fingerprint, the first page's boundary (its time and
 commit-order horizon, so later pages see exactly the writes the first page saw, whatever
 commits meanwhile), and the (opened_at, event_id) of the last item returned. It is
 HMAC-signed, so a tampered token or one from another query is rejected with INVALID_ARGUMENT
-instead of silently returning the wrong page.
+instead of silently returning the wrong page. Tokens expire (`DROPWATCH_PAGE_TOKEN_TTL_SECONDS`),
+and a previous key keeps its tokens valid during a rotation
+(`DROPWATCH_PAGE_TOKEN_PREVIOUS_SECRET`, docs/deploy.md).
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from services.feed.errors import InvalidArgumentError
@@ -35,9 +40,27 @@ class Cursor:
     event_id: int
 
 
+# A real token is about 200 characters; anything longer, or outside the URL-safe base64
+# alphabet, is refused before it is decoded (and before it could become a cache key).
+MAX_TOKEN_CHARS = 512
+_ALPHABET = re.compile(r"^[A-Za-z0-9_-]+$")
+_SIG_BYTES = 16
+
+
 class PageTokens:
-    def __init__(self, secret: bytes) -> None:
-        self._secret = secret
+    """Issues tokens with `secret`; accepts tokens signed with `secret` or `previous` (during a
+    key rotation) that are at most `lifetime` seconds old."""
+
+    def __init__(
+        self,
+        secret: bytes,
+        previous: bytes | None = None,
+        lifetime: float = 3600.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._keys = [secret] + ([previous] if previous else [])
+        self._lifetime = lifetime
+        self._clock = clock
 
     def issue(self, fingerprint: str, cursor: Cursor) -> str:
         body = json.dumps(
@@ -47,27 +70,35 @@ class PageTokens:
                 cursor.boundary.horizon,
                 cursor.opened_at.isoformat(),
                 cursor.event_id,
+                int(self._clock()),
             ],
             separators=(",", ":"),
         ).encode()
-        sig = hmac.new(self._secret, body, hashlib.sha256).digest()[:16]
+        sig = hmac.new(self._keys[0], body, hashlib.sha256).digest()[:_SIG_BYTES]
         return base64.urlsafe_b64encode(sig + body).decode().rstrip("=")
 
     def read(self, token: str, fingerprint: str) -> Cursor:
+        if len(token) > MAX_TOKEN_CHARS or not _ALPHABET.match(token):
+            raise InvalidArgumentError("page_token", "was not issued by this server")
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-            sig, body = raw[:16], raw[16:]
-            expected = hmac.new(self._secret, body, hashlib.sha256).digest()[:16]
-            if not hmac.compare_digest(sig, expected):
+            sig, body = raw[:_SIG_BYTES], raw[_SIG_BYTES:]
+            if not any(
+                hmac.compare_digest(sig, hmac.new(key, body, hashlib.sha256).digest()[:_SIG_BYTES])
+                for key in self._keys
+            ):
                 raise ValueError("bad signature")
-            owner, at, horizon, opened_at, event_id = json.loads(body)
+            owner, at, horizon, opened_at, event_id, issued = json.loads(body)
             cursor = Cursor(
                 Boundary(dt.datetime.fromisoformat(at), int(horizon)),
                 dt.datetime.fromisoformat(opened_at),
                 int(event_id),
             )
+            age = self._clock() - int(issued)
         except (ValueError, TypeError):
             raise InvalidArgumentError("page_token", "was not issued by this server") from None
         if owner != fingerprint:
             raise InvalidArgumentError("page_token", "belongs to a different query")
+        if age > self._lifetime:
+            raise InvalidArgumentError("page_token", "has expired; ask for the first page again")
         return cursor

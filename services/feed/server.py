@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from services.feed.admission import FeedLimit
+from services.feed.auth import FeedAuth
 from services.feed.cache import AnswerCache
 from services.feed.metrics import GrpcServerMetrics, MetricsInterceptor
 from services.feed.paging import PageTokens
@@ -101,26 +102,47 @@ async def start_feed(
         log.warning("DROPWATCH_PAGE_TOKEN_SECRET unset: page tokens only work on this replica")
         secret = secrets.token_bytes(32)
     cache = AnswerCache(settings.cache_ttl_seconds, registry, settings.cache_max_mb << 20)
-    servicer = FeedServicer(settings, engine, PageTokens(secret), cache, registry=registry)
+    previous = settings.page_token_previous_secret
+    tokens = PageTokens(
+        secret,
+        previous.get_secret_value().encode() if previous is not None else None,
+        lifetime=settings.page_token_ttl_seconds,
+    )
+    servicer = FeedServicer(settings, engine, tokens, cache, registry=registry)
 
     handlers = _method_handlers(servicer)
     grpc_metrics = GrpcServerMetrics(registry)
     grpc_metrics.prepare(SERVICE_NAME, handlers)
+    interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(grpc_metrics)]  # type: ignore[type-arg]
+    auth_keys = [
+        key.get_secret_value().encode()
+        for key in (settings.feed_auth_secret, settings.feed_auth_previous_secret)
+        if key is not None
+    ]
+    if auth_keys:
+        interceptors.append(FeedAuth(SERVICE_NAME, auth_keys))
+    else:
+        log.warning("DROPWATCH_FEED_AUTH_SECRET unset: any caller may use the feed")
+    interceptors.append(FeedLimit(SERVICE_NAME, settings.max_concurrent_rpcs))
     server = grpc.aio.server(
-        # Outermost first: refusals at the limit are counted like any other answer.
-        interceptors=[
-            MetricsInterceptor(grpc_metrics),
-            FeedLimit(SERVICE_NAME, settings.max_concurrent_rpcs),
+        # Outermost first: refusals (unauthenticated, at the limit) are counted like any other
+        # answer.
+        interceptors=interceptors,
+        options=[
+            ("grpc.so_reuseport", 0),  # a taken port is an error, not a shared one
+            # A request is a few kilobytes; 4 MiB (gRPC's default) would let a caller make the
+            # server decode megabytes per call.
+            ("grpc.max_receive_message_length", settings.max_request_bytes),
         ],
-        options=[("grpc.so_reuseport", 0)],  # a taken port is an error, not a shared one
     )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     server.add_registered_method_handlers(SERVICE_NAME, handlers)  # type: ignore[attr-defined]
     health = Health((SERVICE_NAME,))
     health.add_to(server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, "grpc.health.v1.Health", reflection.SERVICE_NAME), server
-    )
+    if settings.feed_reflection:  # off in the production overlay
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, "grpc.health.v1.Health", reflection.SERVICE_NAME), server
+        )
     port = server.add_insecure_port(grpc_address(settings.bind_host, settings.feed_port))
     await server.start()
     await health.set(True)

@@ -6,11 +6,13 @@ Domain errors are mapped to gRPC status codes here and only here (`_STATUS`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import grpc
 import psycopg
@@ -117,8 +119,8 @@ class FeedServicer:
     ) -> bytes:
         """The serialized answer: from the cache while fresh, else from PostgreSQL.
 
-        The key is the whole normalised query (limit, limit_capped and page token included)
-        and the boundary it is answered at: everything that shapes the answer.
+        The key is the whole normalised query (limit and limit_capped included), the decoded
+        page cursor and the boundary it is answered at: everything that shapes the answer.
         """
         cursor = (
             self.tokens.read(query.page_token, query.fingerprint()) if query.page_token else None
@@ -129,7 +131,9 @@ class FeedServicer:
             if cursor
             else await self.boundaries.current(generation, self._take_boundary)
         )
-        key = (query, boundary)
+        # Keyed on the decoded cursor, not the token's text: two spellings of one page are
+        # one entry, and a caller cannot grow the cache with padded tokens.
+        key = (dataclasses.replace(query, page_token=""), boundary, cursor)
         cached = self.cache.get(rpc, key)
         if cached is not None:
             return cached
@@ -205,7 +209,12 @@ class FeedServicer:
             if venue is None:
                 url = ""
                 if row.url_slug and row.location_code:
-                    url = f"https://resy.com/cities/{row.location_code}/{row.url_slug}"
+                    # Provider text: each part percent-encoded, so it cannot choose the path,
+                    # query or fragment of the link.
+                    url = (
+                        f"https://resy.com/cities/{quote(row.location_code, safe='')}/"
+                        f"{quote(row.url_slug, safe='')}"
+                    )
                 message = feed_pb2.Venue(
                     id=row.venue_id,
                     name=row.venue_name or "",
@@ -286,4 +295,8 @@ async def _abort(context: Context, exc: DropwatchError) -> None:
     code = _STATUS.get(type(exc), grpc.StatusCode.INTERNAL)
     if code is grpc.StatusCode.INTERNAL:
         log.error("feed request failed: %s", exc)
+    if code is grpc.StatusCode.UNAVAILABLE:
+        # The detail (host, port) is for the log; callers learn only what happened.
+        log.warning("feed request failed: %s", exc)
+        await context.abort(code, "database unavailable")
     await context.abort(code, str(exc))

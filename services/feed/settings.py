@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ENV_PREFIX, Settings
+
+MIN_SECRET_BYTES = 32
 
 
 class FeedSettings(Settings):
@@ -20,5 +22,39 @@ class FeedSettings(Settings):
     shutdown_grace_seconds: float = Field(default=5.0, ge=0, le=300)
     page_token_secret: SecretStr | None = Field(
         default=None,
-        description="HMAC key for page tokens; set the same value on every replica.",
+        description="HMAC key for page tokens (32 bytes or more); the same on every replica.",
     )
+    page_token_previous_secret: SecretStr | None = Field(
+        default=None,
+        description="The key before a rotation: its tokens stay valid until it is removed.",
+    )
+    page_token_ttl_seconds: int = Field(
+        default=3600, ge=60, le=7 * 86400, description="How long a page token is accepted."
+    )
+
+    max_request_bytes: int = Field(
+        default=16 * 1024,
+        ge=1024,
+        le=4 * 1024 * 1024,
+        description="Largest request accepted (the largest valid one is about 5 KiB).",
+    )
+    feed_auth_secret: SecretStr | None = Field(
+        default=None,
+        description="Key of the callers' tokens (services/feed/auth.py); unset = no auth.",
+    )
+    feed_auth_previous_secret: SecretStr | None = Field(
+        default=None, description="The key before a rotation: its tokens stay valid."
+    )
+    feed_reflection: bool = Field(default=True, description="gRPC server reflection.")
+
+    @field_validator(
+        "page_token_secret",
+        "page_token_previous_secret",
+        "feed_auth_secret",
+        "feed_auth_previous_secret",
+    )
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < MIN_SECRET_BYTES:
+            raise ValueError(f"needs at least {MIN_SECRET_BYTES} bytes (openssl rand -hex 32)")
+        return value

@@ -43,7 +43,7 @@ async def _feed(db_url: str) -> AsyncIterator[int]:
         database_url=SecretStr(db_url),
         feed_port=0,
         metrics_port=0,
-        page_token_secret=SecretStr("e2e"),
+        page_token_secret=SecretStr("e2e-" + "0" * 32),
     )
     feed = await start_feed(settings, db_url)
     metrics = serve_metrics(feed.registry, 0, addr="127.0.0.1")

@@ -26,7 +26,7 @@ def feed_settings(db_url: str, **extra: Any) -> FeedSettings:
         "database_url": SecretStr(db_url),
         "feed_port": 0,
         "metrics_port": 0,
-        "page_token_secret": SecretStr("test-secret"),
+        "page_token_secret": SecretStr("test-secret-" + "0" * 32),
     }
     values.update(extra)
     return FeedSettings(**values)

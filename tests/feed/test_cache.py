@@ -6,7 +6,7 @@ import time
 
 from prometheus_client import CollectorRegistry
 
-from services.feed.cache import AnswerCache
+from services.feed.cache import AnswerCache, key_bytes
 
 
 def test_fresh_answers_are_served_until_ttl_or_invalidation() -> None:
@@ -33,7 +33,8 @@ def test_zero_ttl_disables_and_the_byte_bound_evicts_least_recent() -> None:
     off = AnswerCache(0.0, CollectorRegistry())
     off.put("k", b"x", off.generation(), time.monotonic())
     assert off.get("JustOpened", "k") is None
-    cache = AnswerCache(2.0, CollectorRegistry(), max_bytes=10)
+    # Room for two entries of a one-letter key and four bytes, not three (keys count too).
+    cache = AnswerCache(2.0, CollectorRegistry(), max_bytes=2 * (key_bytes("a") + 4) + 2)
     now = time.monotonic()
     cache.put("a", b"aaaa", 0, now)
     cache.put("b", b"bbbb", 0, now)

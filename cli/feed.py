@@ -60,6 +60,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--page-token", default="")
     parser.add_argument("--json", action="store_true", help="print the response as JSON")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("DROPWATCH_FEED_TOKEN", ""),
+        help="the feed's caller token (default DROPWATCH_FEED_TOKEN; docs/deploy.md)",
+    )
 
 
 def call(kind: str, args: argparse.Namespace, max_age: int = 0, min_age: int | None = None) -> int:
@@ -72,6 +77,7 @@ def call(kind: str, args: argparse.Namespace, max_age: int = 0, min_age: int | N
         venue_ids=args.venue,
         all_slots_per_venue=args.all_slots,
     )
+    metadata = (("authorization", f"Bearer {args.token}"),) if args.token else None
     try:
         with grpc.insecure_channel(args.addr) as channel:
             stub = feed_pb2_grpc.FeedServiceStub(channel)
@@ -85,6 +91,7 @@ def call(kind: str, args: argparse.Namespace, max_age: int = 0, min_age: int | N
                         max_age_seconds=max_age,
                     ),
                     timeout=args.timeout,
+                    metadata=metadata,
                 )
             else:
                 request = feed_pb2.StillOpenRequest(
@@ -92,7 +99,7 @@ def call(kind: str, args: argparse.Namespace, max_age: int = 0, min_age: int | N
                 )
                 if min_age is not None:
                     request.min_age_seconds = min_age
-                response = stub.StillOpen(request, timeout=args.timeout)
+                response = stub.StillOpen(request, timeout=args.timeout, metadata=metadata)
     except grpc.RpcError as exc:
         code = exc.code().name if hasattr(exc, "code") else "ERROR"
         details = exc.details() if hasattr(exc, "details") else str(exc)

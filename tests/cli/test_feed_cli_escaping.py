@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import io
+import json
+import time
 from zoneinfo import ZoneInfo
 
 from rich.console import Console
 
 from cli.feed import _table
+from services.feed import auth
+from services.feed.server import start_feed
 from shared.gen.dropwatch.feed.v1 import feed_pb2
+from tests.cli.test_feed_cli import _cli
+from tests.feed.conftest import feed_settings
 
 HOSTILE = "[link=https://evil.example]Carbone[/link]\x1b]8;;https://evil.example\x07x\x1b[2J\x9b"
 
@@ -35,3 +41,21 @@ def test_terminal_escapes_in_provider_text_are_removed() -> None:
     text = _render(HOSTILE)
     assert "\x1b" not in text and "\x07" not in text and "\x9b" not in text
     assert "]8;;https://evil.example" in text  # the rest of the sequence stays visible as text
+
+
+async def test_the_cli_sends_its_token(db_url: str) -> None:
+    """Against a feed that requires tokens: refused without one, served with one."""
+    key = "a" * 32
+    server = await start_feed(feed_settings(db_url, feed_auth_secret=key), db_url)
+    addr = f"127.0.0.1:{server.port}"
+    token = auth.issue(key.encode(), "cli", int(time.time()) + 600)
+    try:
+        code, _, err = await _cli("feed", "still-open", "--addr", addr, "--json")
+        assert code == 2 and "UNAUTHENTICATED" in err
+        code, out, err = await _cli(
+            "feed", "still-open", "--addr", addr, "--json", "--token", token
+        )
+        assert code == 0, err
+        assert json.loads(out)["applied_limit"] > 0
+    finally:
+        await server.stop(0)

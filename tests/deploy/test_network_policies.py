@@ -8,7 +8,7 @@ import ipaddress
 import pytest
 
 from tests.deploy.kustomize import BASE_DIR, OVERLAYS, Doc, key, load_docs
-from tests.deploy.manifests import RENDERED, one, workloads
+from tests.deploy.manifests import RENDERED, one, pod_spec, workloads
 
 _ANYWHERE = [{"ipBlock": {"cidr": "0.0.0.0/0"}}, {"ipBlock": {"cidr": "::/0"}}]
 
@@ -26,6 +26,8 @@ def test_feed_accepts_calls_only_from_labelled_clients_and_scrapes_from_promethe
     assert set(rules) == {50051, 9102}
     (clients,) = rules[50051]
     assert clients["podSelector"]["matchLabels"] == {"dropwatch.io/feed-client": "true"}
+    # Only namespaces an administrator allowed, not any namespace.
+    assert clients["namespaceSelector"]["matchLabels"] == {"dropwatch.io/feed-clients": "allowed"}
     (prometheus,) = rules[9102]
     assert prometheus["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
     assert "namespaceSelector" in prometheus
@@ -86,3 +88,17 @@ def test_poller_egress_is_https_outside_the_cluster_and_the_database_only(overla
     (database,) = [r for r in policy["spec"]["egress"] if r["ports"][0]["port"] == 5432]
     (peer,) = database["to"]
     assert peer["podSelector"]["matchLabels"] == {"dropwatch.io/database": "true"}
+
+
+@pytest.mark.parametrize(("overlay", "reflection"), [("prod", "false"), ("dev", "true")])
+def test_reflection_is_off_in_prod_and_on_in_dev(overlay: str, reflection: str) -> None:
+    config = one(RENDERED[overlay], "ConfigMap", "dropwatch-feed-config")
+    assert config["data"]["DROPWATCH_FEED_REFLECTION"] == reflection
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_feed_requires_caller_tokens(overlay: str) -> None:
+    (container,) = pod_spec(one(RENDERED[overlay], "Deployment", "dropwatch-feed"))["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    ref = env["DROPWATCH_FEED_AUTH_SECRET"]["valueFrom"]["secretKeyRef"]
+    assert ref["key"] == "feed-auth-secret" and not ref.get("optional")

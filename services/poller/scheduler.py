@@ -15,20 +15,25 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from sqlalchemy import exc as sa_exc
+
 from services.poller import store
 from services.poller.poll import PollContext, PollOutcome, poll_bucket
 from shared.db.buckets import (
     bucket_id_for,
     ensure_configured_buckets,
+    ensure_live_buckets,
     live_days,
     market_today,
 )
 from shared.db.engine import unavailable_as_error
+from shared.db.partitions import list_partitions
 from shared.errors import DatabaseUnavailableError
 
 log = logging.getLogger(__name__)
 
 ENSURE_EVERY_SECONDS = 60.0
+_INSUFFICIENT_PRIVILEGE = "42501"
 
 
 async def _ignore_health(_serving: bool) -> None:
@@ -60,10 +65,15 @@ class Scheduler:
         if not force and today == self._ensured_day and recent:
             return 0
         settings = self.ctx.settings
-        async with self.ctx.engine.begin() as conn:
-            created = await conn.run_sync(
-                lambda sync_conn: ensure_configured_buckets(sync_conn, settings, today)
-            )
+        try:
+            async with self.ctx.engine.begin() as conn:
+                created = await conn.run_sync(
+                    lambda sync_conn: ensure_configured_buckets(sync_conn, settings, today)
+                )
+        except sa_exc.ProgrammingError as exc:
+            if getattr(exc.orig, "sqlstate", None) != _INSUFFICIENT_PRIVILEGE:
+                raise
+            created = await self._ensure_without_ddl(today)
         self._ensured_day, self._ensured_at = today, time.monotonic()
         live = {
             bucket_id_for(day, anchor)
@@ -74,6 +84,35 @@ class Scheduler:
         if created:
             log.info("created %d live buckets", created)
         return created
+
+    async def _ensure_without_ddl(self, today: dt.date) -> int:
+        """Under its own role (deploy/sql/roles.sql) the poller may not create a day
+        partition: create the buckets of the days that have one (maintenance creates the
+        rest on its next run)."""
+        settings = self.ctx.settings
+        async with self.ctx.engine.begin() as conn:
+            have = set(await conn.run_sync(list_partitions))
+            days = 0
+            while days < settings.window_days and today + dt.timedelta(days=days) in have:
+                days += 1
+            log.warning(
+                "no privilege to create day partitions: buckets for %d of %d days (the daily "
+                "maintenance run creates the others)",
+                days,
+                settings.window_days,
+            )
+            if not days:
+                return 0
+            return await conn.run_sync(
+                lambda sync_conn: ensure_live_buckets(
+                    sync_conn,
+                    market=settings.market,
+                    today=today,
+                    window_days=days,
+                    anchors=settings.anchors,
+                    cutoff_time=settings.cutoff_time,
+                )
+            )
 
     # --- leasing ------------------------------------------------------------------------
     async def lease_due(self, limit: int) -> list[store.LeasedBucket]:

@@ -11,13 +11,12 @@ import grpc
 import psycopg
 import pytest
 from pydantic import SecretStr
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from services.feed.server import start_feed
 from services.feed.settings import FeedSettings
 from services.poller.app import build_context
 from services.poller.scheduler import Scheduler
-from shared.db.buckets import live_days
 from shared.db.partitions import ensure_partitions
 from shared.db.urls import libpq_url
 from shared.gen.dropwatch.feed.v1 import feed_pb2, feed_pb2_grpc
@@ -55,8 +54,8 @@ async def test_the_poller_polls_and_can_do_nothing_else(
     roles: dict[str, str], engine: Engine
 ) -> None:
     url = roles["poller"]
-    with engine.begin() as conn:  # the day partitions, as maintenance creates them
-        ensure_partitions(conn, live_days(TODAY, 2))
+    with engine.begin() as conn:  # today's partition, as maintenance creates it; not tomorrow's
+        ensure_partitions(conn, [TODAY])
     sim = Simulator(venues=20, seed=3, clock=lambda: NOW)
     sim.start(host="127.0.0.1", port=0)
     ctx = build_context(poller_settings(url, sim.base_url), url)
@@ -67,6 +66,9 @@ async def test_the_poller_polls_and_can_do_nothing_else(
         await ctx.engine.dispose()
         sim.stop()
     assert [o.outcome for o in outcomes] == ["healthy"]
+    with engine.connect() as conn:  # tomorrow waits for its partition, nothing failed
+        days = conn.execute(text("SELECT DISTINCT bucket_date FROM discovery_buckets")).scalars()
+        assert set(days) == {TODAY}
     for statement in (
         "DROP TABLE drop_events",
         "TRUNCATE open_slots",

@@ -76,15 +76,13 @@ Method = tuple[Poll, StatementRecorder]
 
 
 async def polls(
-    method: Method, plan: SeedPlan, bucket: BucketSeed, k: int, args: argparse.Namespace
+    method: Method, bucket: BucketSeed, plan: SeedPlan, k: int, args: argparse.Namespace
 ) -> list[Sample]:
     """Warm-ups, then timed polls with k new and k closed slots; after each, an untimed poll
     back to the base open state."""
     poll, recorder = method
     base = fetch_of(plan, bucket, range(OPEN))
-    moved = fetch_of(
-        plan, bucket, [*range(k, OPEN), *range(NEW_BASE, NEW_BASE + k)]
-    )  # k gone, k new
+    moved = fetch_of(plan, bucket, [*range(k, OPEN), *range(NEW_BASE, NEW_BASE + k)])
     samples = []
     for i in range(args.warmups + args.repeats):
         with recorder.window() as window:
@@ -210,17 +208,13 @@ async def run(server: PgServer, args: argparse.Namespace) -> Result:
         seeded, data = harness.seed(loader, plan)
         ours = (our_poll(aengine, plan, ours_bucket), StatementRecorder(aengine.sync_engine))
         original = (original_poll(sync, plan, orig_bucket), StatementRecorder(sync))
-        for (poll, _), bucket in ((ours, ours_bucket), (original, orig_bucket)):
+        both = ((ours, ours_bucket), (original, orig_bucket))
+        for (poll, _), bucket in both:
             if (opened := await poll(fetch_of(plan, bucket, range(OPEN))))[0] != OPEN:
                 raise SystemExit(f"the first poll of {bucket} opened {opened}")  # base state
-        phase1 = {k: await polls(ours, plan, ours_bucket, k, args) for k in args.ks}
+        phase1 = {k: await polls(ours, ours_bucket, plan, k, args) for k in args.ks}
         index_seconds = harness.create_review_indexes(loader)
-        rows = []
-        for k in args.ks:
-            indexed = await polls(ours, plan, ours_bucket, k, args)
-            rows.append(
-                Row(k, phase1[k], indexed, await polls(original, plan, orig_bucket, k, args))
-            )
+        rows = [Row(k, phase1[k], *[await polls(*m, plan, k, args) for m in both]) for k in args.ks]
         data += f"; the review's 6 indexes created between the phases in {index_seconds:.1f} s; "
         data += f"buckets: ours {ours_bucket.bucket_id}, the original's {orig_bucket.bucket_id}"
         await aengine.dispose()

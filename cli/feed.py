@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import grpc
 from google.protobuf.json_format import MessageToDict
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -124,7 +125,7 @@ def _table(
         f"times in market time ({zone.key})"
     )
     for column in ("opened", "venue", "date", "time", "seating", "sizes", "bucket"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=True)
     for item in response.items:
         table.add_row(
             item.opened_at.ToDatetime(dt.UTC).astimezone(zone).strftime("%m-%d %H:%M:%S"),
@@ -136,9 +137,15 @@ def _table(
             plain(item.bucket_id),
         )
     console = console or Console()
+    # Never cut or fold a value a user copies (ids, dates, page tokens): on a narrow terminal
+    # the table is printed as wide as it needs and the terminal wraps its lines.
+    needed = Measurement.get(console, console.options.update_width(1 << 16), table).maximum
+    if needed > console.width:
+        console.width = needed
     console.print(table)
     if response.truncated:
-        console.print(Text("more: --page-token ") + plain(response.next_page_token))
+        token = Text("more: --page-token ") + plain(response.next_page_token)
+        console.print(token, soft_wrap=True)
     if kind == "still-open" and not response.items and default_age:
         console.print(
             "(still-open lists drops open for at least 10 minutes; --min-age 0 lists newer ones)"

@@ -17,9 +17,11 @@ from tests.seeding import Seeder, SeedSlot
 ONE_SECOND = dt.timedelta(seconds=1)
 
 
-async def _cli(*args: str, stdout: int = asyncio.subprocess.PIPE) -> tuple[int, str, str]:
+async def _cli(
+    *args: str, stdout: int = asyncio.subprocess.PIPE, columns: int = 200
+) -> tuple[int, str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DROPWATCH_")}
-    env["COLUMNS"] = "200"  # a table as wide as a terminal's, not wrapped at 80
+    env["COLUMNS"] = str(columns)  # a table as wide as a terminal's, not wrapped at 80
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -88,3 +90,21 @@ async def test_a_reader_that_goes_away_is_not_a_bug(seeder: Seeder, feed: FeedSe
         os.close(write)
     assert code == 141
     assert err == ""
+
+
+async def test_a_narrow_terminal_cuts_no_value_a_user_copies(
+    seeder: Seeder, feed: FeedServer
+) -> None:
+    await seeder.open([SeedSlot(v, TODAY, "19:15") for v in (9, 10, 11)], at=NOW - ONE_SECOND)
+    addr = f"127.0.0.1:{feed.port}"
+    code, out, err = await _cli("feed", "just-opened", "--addr", addr, "--limit", "1", columns=50)
+    assert code == 0, err
+    assert "\u2026" not in out  # no ellipsis
+    assert TODAY.isoformat() in out and "Venue " in out
+    (line,) = [x for x in out.splitlines() if x.startswith("more: --page-token ")]
+    token = line.removeprefix("more: --page-token ").strip()
+    code, out, err = await _cli(
+        "feed", "just-opened", "--addr", addr, "--limit", "1", "--page-token", token, columns=50
+    )
+    assert code == 0, err  # the token, copied from its line, is whole
+    assert "1 items" in out and "\u2026" not in out

@@ -10,13 +10,14 @@ reflection are never refused: readiness means "this replica can serve", not "has
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 
+from services.feed.interceptors import Behaviour, UnaryInterceptor
 
-class FeedLimit(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+
+class FeedLimit(UnaryInterceptor):
     """At most `limit` unary calls of `service` at once; the next ones are refused."""
 
     def __init__(self, service: str, limit: int) -> None:
@@ -24,18 +25,7 @@ class FeedLimit(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self.limit = limit
         self.in_flight = 0
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
-        details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler = await continuation(details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        if not details.method.startswith(self.prefix):
-            return handler
-        behaviour = handler.unary_unary
-
+    def wrap(self, behaviour: Behaviour, details: grpc.HandlerCallDetails) -> Behaviour:
         async def limited(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             if self.in_flight >= self.limit:
                 await context.abort(
@@ -49,8 +39,4 @@ class FeedLimit(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             finally:
                 self.in_flight -= 1
 
-        return grpc.unary_unary_rpc_method_handler(
-            limited,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return limited

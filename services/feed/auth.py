@@ -20,10 +20,12 @@ import os
 import re
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
+
+from services.feed.interceptors import Behaviour, UnaryInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -57,43 +59,27 @@ def verify(keys: Sequence[bytes], token: str, now: float) -> str:
     return client
 
 
-class FeedAuth(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+class FeedAuth(UnaryInterceptor):
     """Refuses FeedService calls without a valid token (UNAUTHENTICATED)."""
 
     def __init__(self, service: str, keys: Sequence[bytes]) -> None:
         self.prefix = f"/{service}/"
         self.keys = list(keys)
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
-        details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler = await continuation(details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        if not details.method.startswith(self.prefix):
-            return handler
+    def wrap(self, behaviour: Behaviour, details: grpc.HandlerCallDetails) -> Behaviour:
         metadata = dict(details.invocation_metadata or ())
         header = str(metadata.get("authorization", ""))
         try:
             client = verify(self.keys, header.removeprefix("Bearer "), time.time())
         except ValueError as exc:
-            reason = str(exc)
-            log.info("refused a feed call: %s", reason)
+            log.info("refused a feed call: %s", exc)
 
             async def refuse(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a valid feed token needed")
 
-            behaviour = refuse
-        else:
-            log.debug("feed call from %s", client)
-            behaviour = handler.unary_unary
-        return grpc.unary_unary_rpc_method_handler(
-            behaviour,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+            return refuse
+        log.debug("feed call from %s", client)
+        return behaviour
 
 
 def main(argv: list[str] | None = None) -> int:

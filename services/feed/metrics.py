@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from services.feed.interceptors import Behaviour, UnaryInterceptor
 
 LATENCY_BUCKETS = (
     0.0005,
@@ -58,23 +60,15 @@ class GrpcServerMetrics:
                 self.handled.labels(*labels, code.name)
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+class MetricsInterceptor(UnaryInterceptor):
     """Counts and times every unary-unary RPC, with its final status code."""
 
     def __init__(self, metrics: GrpcServerMetrics) -> None:
         self.metrics = metrics
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
-        details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler = await continuation(details)
-        if handler is None or handler.unary_unary is None:
-            return handler
+    def wrap(self, behaviour: Behaviour, details: grpc.HandlerCallDetails) -> Behaviour:
         service, _, method = details.method.lstrip("/").rpartition("/")
         labels = ("unary", service, method)
-        behaviour = handler.unary_unary
         metrics = self.metrics
 
         async def observed(request: Any, context: Any) -> Any:
@@ -94,8 +88,4 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 metrics.handled.labels(*labels, code.name).inc()
                 metrics.latency.labels(*labels).observe(time.perf_counter() - started)
 
-        return grpc.unary_unary_rpc_method_handler(
-            observed,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return observed

@@ -80,8 +80,7 @@ class Result:
 async def measure_size(
     server: PgServer, events: int, args: argparse.Namespace, out: Result
 ) -> None:
-    """One database: ours over gRPC, the original in-process; at the big size (the first) also
-    the echo server and the in-process breakdown."""
+    """One database; at the big size (the first) also the echo server and the breakdown."""
     big = not out.sizes
     with server.migrated("dw_bench_feed") as name, tempfile.TemporaryDirectory() as tmp:
         url, logs = server.url_for(name), Path(tmp)
@@ -155,9 +154,8 @@ def targets(result: Result) -> list[Target]:
 
 
 def render(result: Result, section: Section) -> list[Point]:
-    (big, small), cache = result.sizes, "on, as deployed"
-    if result.cache_ttl == 0:
-        cache = "off: every request reaches PostgreSQL"
+    big, small = result.sizes
+    cache = "off: every request reaches PostgreSQL" if result.cache_ttl == 0 else "on, as deployed"
     section.title = f"Feed read path: benchmark (answer cache {cache})"
     protobuf = f"protobuf {protobuf_version} ({api_implementation.Type()})"
     section.bullets["Machine"] += f", grpcio {grpc.__version__}, {protobuf}; load average (1/5/15 "

@@ -1,6 +1,5 @@
-"""The feed benchmark's parts: its requests; the feed and a bare echo server as child processes
-and the client that drives them (N coroutines calling back to back on one channel); the
-original read pattern; where the feed's own time goes (the real code in-process, no gRPC)."""
+"""The feed benchmark's parts: its requests, the feed and echo server children and the client
+that drives them, the original read pattern, the in-process breakdown."""
 
 from __future__ import annotations
 
@@ -52,12 +51,9 @@ SCENARIOS = (
 
 
 @dataclass(frozen=True)
-class Ask:
-    """One request as every side sees it (filtered: party size 2, the next three days)."""
-
+class Ask:  # one request as every side sees it (filtered: party size 2, the next three days)
     key: str
     title: str
-    target_ms: float
     message: feed_pb2.JustOpenedRequest | feed_pb2.StillOpenRequest
     query: FeedQuery
     just_opened: bool
@@ -66,17 +62,13 @@ class Ask:
 
 def asks(today: dt.date) -> list[Ask]:
     out = []
-    for key, title, jo, filtered, target in SCENARIOS:
+    for key, title, jo, filtered, _ in SCENARIOS:
         dates = [today + dt.timedelta(days=d) for d in ((1, 2, 3) if filtered else ())]
         sizes = [2] if filtered else []
         f = feed_pb2.FeedFilter(party_sizes=sizes, reservation_dates=[d.isoformat() for d in dates])
-        if jo:
-            m: Any = feed_pb2.JustOpenedRequest(filter=f)
-            query = from_just_opened(m)
-        else:
-            m = feed_pb2.StillOpenRequest(filter=f, limit=1000)
-            query = from_still_open(m)
-        out.append(Ask(key, title, target, m, query, jo, today))
+        kw: dict[str, Any] = {} if jo else {"limit": 1000}
+        m: Any = (feed_pb2.JustOpenedRequest if jo else feed_pb2.StillOpenRequest)(filter=f, **kw)
+        out.append(Ask(key, title, m, (from_just_opened if jo else from_still_open)(m), jo, today))
     return out
 
 
@@ -122,8 +114,7 @@ def original_request(engine: Engine, ask: Ask, bucket_ids: list[str]) -> list[fl
 def measure_original(
     engine: Engine, asks: list[Ask], bucket_ids: list[str], duration: float
 ) -> list[dict[str, float]]:
-    """Per request, medians of ms (whole, query, snapshot, python), the query's server time,
-    rows read and items."""
+    """Per request: medians of ms per part and of the query's server time; rows read, items."""
     out = []
     for ask in asks:
         original_request(engine, ask, bucket_ids)  # warm-up
@@ -158,8 +149,7 @@ async def _calls(n: int, fn: Callable[[], Any]) -> tuple[float, Any]:
 
 
 async def measure_breakdown(url: str, asks: list[Ask], n: int = 30) -> list[dict[str, float]]:
-    """Medians of `n` in-process calls of each part of the real code (the feed's settings and
-    custom plans, no gRPC)."""
+    """Medians of `n` in-process calls of each part of the real code (custom plans, no gRPC)."""
     settings = FeedSettings()
     custom = {"plan_cache_mode": "force_custom_plan"}  # as the feed runs
     engine = make_async_engine(settings, name="bench-feed", url=url, server_settings=custom)
@@ -293,9 +283,7 @@ def echo_call(channel: grpc.aio.Channel, method: str) -> Call:
     return lambda: stub(b"", timeout=CALL_TIMEOUT)
 
 
-class Load(NamedTuple):
-    """What `drive` measured, every call's latency as the client saw it."""
-
+class Load(NamedTuple):  # what `drive` measured, every call's latency as the client saw it
     p50: float  # ms
     p99: float
     rps: float

@@ -1,6 +1,5 @@
 """What every benchmark shares: timing, statement recording, child processes, targets, the
-Markdown it prints, its chart points and its entry point. The databases come from
-`tools.database`, as the tests'; how each benchmark measures is told in docs/performance.md."""
+Markdown it prints, its chart points and its entry point (databases: `tools.database`)."""
 
 from __future__ import annotations
 
@@ -41,8 +40,7 @@ def log(message: str) -> None:
 
 
 def busy_cpu_seconds() -> float:
-    """CPU time the whole machine has been busy since boot (/proc/stat, not idle or iowait):
-    what a load cost, the database server included, whatever else the cores were doing."""
+    """The machine's busy CPU seconds since boot (/proc/stat), the database server included."""
     fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
     return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
@@ -170,14 +168,8 @@ def run_to_end(code: str, *args: str, env: dict[str, str]) -> Child:
 # The review's six drop_events indexes. Migration 0003 dropped them (no query of ours reads
 # them); the original patterns read through them, so a benchmark creates them where an
 # original runs (see docs/architecture.md, Review findings).
-REVIEW_COLUMNS = "bucket_id|slot_id|event_type|opened_at|event_type, opened_at DESC|" + (
-    "bucket_id, event_type, opened_at DESC"
-)
-REVIEW_INDEXES = [  # ix_drop_events_<columns> ON drop_events (<columns>)
-    f"CREATE INDEX IF NOT EXISTS ix_drop_events_{c.replace(', ', '_').removesuffix(' DESC')}"
-    f" ON drop_events ({c})"
-    for c in REVIEW_COLUMNS.split("|")
-]
+REVIEW_COLUMNS = ["bucket_id", "slot_id", "event_type", "opened_at", "event_type, opened_at DESC"]
+REVIEW_COLUMNS += ["bucket_id, event_type, opened_at DESC"]
 
 
 def engine_for(url: str, name: str = "bench", **settings: Any) -> Engine:
@@ -190,8 +182,9 @@ def create_review_indexes(engine: Engine) -> float:
     """Create the review's indexes (for an original pattern); return the seconds it took."""
     with Timer() as timer, engine.begin() as conn:
         conn.execute(text("SET LOCAL maintenance_work_mem = '256MB'"))
-        for ddl in REVIEW_INDEXES:
-            conn.execute(text(ddl))
+        for c in REVIEW_COLUMNS:  # ix_drop_events_<columns> ON drop_events (<columns>)
+            name = f"ix_drop_events_{c.replace(', ', '_').removesuffix(' DESC')}"
+            conn.execute(text(f"CREATE INDEX IF NOT EXISTS {name} ON drop_events ({c})"))
     return timer.seconds
 
 
@@ -224,8 +217,7 @@ def seed(engine: Engine, plan: SeedPlan) -> tuple[SeedResult, str]:
 
 
 def checkpoint(server: PgServer) -> None:
-    """An untimed CHECKPOINT, so a measurement does not pay for earlier bulk writes' flushing
-    (skipped where the role may not run it)."""
+    """An untimed CHECKPOINT, so a measurement does not pay for earlier bulk writes' flushing."""
     with suppress(psycopg.errors.InsufficientPrivilege):
         server.execute("CHECKPOINT")
 
@@ -312,8 +304,7 @@ def main(
     show: Sequence[str] = ("shared_buffers", "work_mem", "synchronous_commit", "fsync", "jit"),
     check: Callable[[argparse.Namespace], str] = lambda _: "",
 ) -> int:
-    """Options are (flag, default, help, lowest, highest value); a list: comma-separated
-    integers. `render` fills the section and returns the chart points."""
+    """Options: (flag, default, help, lowest, highest); `render` returns the chart points."""
     p = argparse.ArgumentParser(prog=f"python -m bench.{name}", description=(doc or "").strip())
     p.add_argument("--markdown", action="store_true", help="(the default) print Markdown")
     p.add_argument("--json", help="also write the chart figures to this file")
@@ -328,14 +319,11 @@ def main(
     if error := check(args):
         p.error(error)
     command = f".venv/bin/python -m bench.{name} {' '.join(sys.argv[1:])}".strip()
-    previous = signal.signal(signal.SIGTERM, _stop)
-    try:
-        with pg_server("dropwatch-bench-") as server:
-            database = postgres(server, show)
-            result = measure(server, args)
-            result = asyncio.run(result) if inspect.iscoroutine(result) else result
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    signal.signal(signal.SIGTERM, _stop)  # the process ends after `main`: no need to restore
+    with pg_server("dropwatch-bench-") as server:
+        database = postgres(server, show)
+        result = measure(server, args)
+        result = asyncio.run(result) if inspect.iscoroutine(result) else result
     section = Section("", command, Machine=machine(), Database=database)
     points = render(result, section)
     print(section)

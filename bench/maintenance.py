@@ -1,6 +1,5 @@
-"""The daily maintenance run against the original job (both in child processes), and pruning one
-day at several table sizes (the day growing with the table or of a fixed size): ours drops its
-partition, the original deletes its rows (docs/performance.md, Daily maintenance run)."""
+"""The daily maintenance run against the original job, and pruning one day (growing with the
+table or of a fixed size) at several table sizes (docs/performance.md, Daily maintenance run)."""
 
 from __future__ import annotations
 
@@ -40,17 +39,13 @@ LEFT = (  # what a job left behind: both jobs must agree
     ("drop_events left", "SELECT count(*) FROM drop_events"),
     ("discovery_buckets left", "SELECT count(*) FROM discovery_buckets"),
 )
-
-
 PARTS = ("count", "drop", "checks", "commit", "rest")
 TARGET_RATIO = 1.5  # a day's prune at the largest size against the smallest
 
 
-def prune_part(sql: str) -> str:
-    if sql.startswith("SELECT count(*) FROM drop_events_p"):
-        return "count"
-    # checks: partition list, LOCK, advisory lock, the venue_metrics sum
-    return "drop" if sql.startswith("DROP TABLE") else "checks"
+def prune_part(sql: str) -> str:  # checks: partition list, locks, the venue_metrics sum
+    heads = (("SELECT count(*) FROM drop_events_p", "count"), ("DROP TABLE", "drop"))
+    return next((part for head, part in heads if sql.startswith(head)), "checks")
 
 
 def seed_plan(events: int, now: dt.datetime) -> SeedPlan:
@@ -62,19 +57,18 @@ def fixed_day_plans(size: int, day_events: int, days: int, now: dt.datetime) -> 
     first (those days empty), the plan to fill them from one at a time."""
     base = seed_plan(size, now)
     fixed = set(base.days[:days])
-    if any(day >= base.today for day in fixed):
+    if max(fixed) >= base.today:
         raise SystemExit(f"{days} fixed-size days do not fit in the past days")
     others = [b for b in base.buckets if b.day not in fixed]
     # events of a bucket = 2 * pairs - open drops (an open drop has no CLOSED)
     pairs = (size - day_events + sum(b.open_drops for b in others)) / (2 * len(others))
     rest = max(max(b.open_drops for b in others), math.ceil(pairs))
     day_pairs = math.ceil(day_events / (2 * len({b.anchor for b in base.buckets})))
-    final, n0 = [], 0  # pair numbers (event ids) stay unique across later fills
-    for b in base.buckets:
-        final.append(replace(b, n0=n0, pairs=day_pairs if b.day in fixed else rest))
-        n0 += final[-1].pairs
-    first = tuple(replace(b, pairs=0) if b.day in fixed else b for b in final)
-    return [replace(base, buckets=first), replace(base, buckets=tuple(final))]
+    step = max(rest, day_pairs)  # pair numbers (event ids) stay unique across later fills
+    rests = [replace(b, n0=i * step, pairs=rest) for i, b in enumerate(base.buckets)]
+    first = tuple(replace(b, pairs=0) if b.day in fixed else b for b in rests)
+    final = tuple(replace(b, pairs=day_pairs) if b.day in fixed else b for b in rests)
+    return [replace(base, buckets=first), replace(base, buckets=final)]
 
 
 class Pruned:
@@ -95,10 +89,8 @@ class Pruned:
         self.past = [d for d in plans[0].days if d < plans[0].today]
         for day in sorted(set(self.past) - self.fixed):
             self.aggregate(day)
-        self.ms: dict[str, list[float]] = {"ours": [], "delete": []}  # then ours, part by part
-        self.ms |= {p: [] for p in PARTS}
-        self.day_events: list[float] = []
-        self.day_mb: list[float] = []  # the pruned partition on disk
+        # ms per method, ours part by part; the pruned day's events and MB on disk
+        self.ms: dict[str, list[float]] = {p: [] for p in ("ours", "delete", *PARTS, "day", "mb")}
         self.recorder, self.commits = StatementRecorder(self.engine), [0.0]
         event.listen(self.engine, "commit", lambda conn: self.commits.append(time.perf_counter()))
 
@@ -130,10 +122,9 @@ class Pruned:
             spent, _ = harness.split(window, prune_part)
             spent["commit"] = (timer.stopped - self.commits[-1]) * 1000
             spent["rest"] = timer.ms - sum(spent.values())
-            for name, ms in [*spent.items(), ("ours", timer.ms)]:
-                self.ms[name].append(ms)
-            self.day_events.append(step.rows)
-            self.day_mb.append(on_disk)
+            spent |= {"ours": timer.ms, "day": step.rows, "mb": on_disk}
+            for name, value in spent.items():
+                self.ms[name].append(value)
 
     def delete(self, day: dt.date, keep: bool) -> None:
         """The original row DELETE; the earlier days are gone, so it removes `day` alone."""
@@ -162,12 +153,10 @@ def measure_prunes(
             offset = 0 if method == "ours" else 1 + repeats
             for db in dbs if method == "delete" else ():
                 db.index_seconds = harness.create_review_indexes(db.engine)
-            if not day_events:
-                harness.checkpoint(server)
             for i in range(1 + repeats):
                 for db in dbs if day_events else ():
                     db.refill(db.past[offset + i])
-                if day_events:
+                if day_events or i == 0:
                     harness.checkpoint(server)
                 for db in dbs if i % 2 == 0 else dbs[::-1]:
                     getattr(db, method)(db.past[offset + i], i > 0)
@@ -178,7 +167,7 @@ def prune_targets(rows: list[Pruned]) -> list[Target]:
     if len(rows) < 2:
         return []
     small, big = rows[0], rows[-1]
-    days = [int(median(r.day_events)) for r in (small, big)]
+    days = [int(r.median("day")) for r in (small, big)]
     if big.fixed_day:
         name = f"fixed-size day ({days[1]:,} events): prune of that day with {big.events:,}"
         name += " events in the table"
@@ -202,12 +191,12 @@ def render_prunes(rows: list[Pruned], section: Section) -> list[Point]:
     title, first = fixed or "day grows with the table", "events in the table" if fixed else "events"
     main, parts = [], []
     for r in rows:
-        ours, delete, day = r.ms["ours"], r.ms["delete"], int(median(r.day_events))
+        ours, delete, day = r.ms["ours"], r.ms["delete"], int(r.median("day"))
         main.append([f"{r.events:,}", f"{r.load_seconds:.1f}", f"{day:,}", f"{median(ours):.1f}"])
         main[-1] += [f"{min(ours):.1f} / {max(ours):.1f}", f"{median(delete):.1f}"]
         main[-1] += [f"{min(delete):.1f} / {max(delete):.1f}"]
         main[-1] += [f"{median(delete) / median(ours):.1f}x"]
-        parts.append([f"{r.events:,}", f"{median(r.day_mb):.1f}"])
+        parts.append([f"{r.events:,}", f"{r.median('mb'):.1f}"])
         parts[-1] += [f"{r.median(p):.1f}" for p in (*PARTS, "ours")]
     head = [first, "load s", "events in the day", "ours ms (median)", "ours min / max ms"]
     head += ["row DELETE ms (median)", "DELETE min / max ms", "DELETE / ours"]

@@ -15,14 +15,8 @@ from sqlalchemy.orm import Session
 
 from shared.db.buckets import bucket_id_for, market_today
 from shared.db.engine import make_engine
-from shared.db.models import (
-    EVENT_CLOSED,
-    EVENT_NEW_DROP,
-    DropEvent,
-    MarketMetrics,
-    VenueMetrics,
-    VenueRollingMetrics,
-)
+from shared.db.models import EVENT_CLOSED, EVENT_NEW_DROP, DropEvent, MarketMetrics, VenueMetrics
+from shared.db.models import VenueRollingMetrics as Rolling
 
 VENUE_COUNTS = ("new_drop_count", "closed_count", "prime_drop_count", "off_peak_drop_count")
 MARKET_COUNTS = ("total_drops", "total_closes")
@@ -93,9 +87,8 @@ def original_job(now_iso: str) -> None:
         session.flush()
         # Rolling figures from the venue rows of the window.
         since = today - dt.timedelta(days=settings.rolling_days)
-        window = select(VenueMetrics).where(
-            VenueMetrics.window_date >= since, VenueMetrics.window_date < today
-        )
+        date = VenueMetrics.window_date
+        window = select(VenueMetrics).where(date >= since, date < today)
         rolling = ("total_drops", "days_with_drops", "last7_drops", "prev7_drops")
         per_venue: dict[int, dict[str, int]] = defaultdict(lambda: dict.fromkeys(rolling, 0))
         for metrics in session.scalars(window):
@@ -111,7 +104,7 @@ def original_job(now_iso: str) -> None:
             more.update(rarity_score=1.0 / (1 + total / days))
             more.update(trend=last7 / prev7 if prev7 > 0 else None)
             more.update(availability_rate=r["days_with_drops"] / days)
-            session.add(VenueRollingMetrics(venue_id=venue_id, as_of_date=today, **r, **more))
+            session.add(Rolling(venue_id=venue_id, as_of_date=today, **r, **more))
         session.commit()
         done("write")
         cut = {"cutoff": cutoff}

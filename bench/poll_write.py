@@ -197,8 +197,7 @@ Result = tuple[str, int, list[Row]]  # what was loaded, drop_events, a row per k
 
 
 async def run(server: PgServer, args: argparse.Namespace) -> Result:
-    """Phase 1: ours at every k on the real schema; phase 2, after the review's indexes: ours
-    again and the original, per k."""
+    """Phase 1: ours on the real schema; phase 2, after the review's indexes: both, per k."""
     with server.migrated("dw_bench_poll") as name:
         url = server.url_for(name)
         loader = engine_for(url, "bench-load")

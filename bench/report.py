@@ -1,8 +1,5 @@
 """`dropwatch bench`: each benchmark as its own process per table size; the largest run's section
-replaces the text between its markers (the prose around stays), its points docs/img/data/NAME.json.
-The charts: every latency metric (ms, s) in one figure, every memory metric (MB) in another, one
-panel per metric, ours beside the original pattern's, both axes logarithmic (a flat line: the
-cost does not grow with the table)."""
+replaces the text between its markers, its points docs/img/data/NAME.json; the log-log charts."""
 
 from __future__ import annotations
 
@@ -24,20 +21,15 @@ Runs = tuple[tuple[str, ...], ...]
 # daily maintenance run at three sizes (the original's memory grows with the table), the last
 # run adding the prune scaling (100k, 1M, 5M)
 QUICK_FEED = " --events 200000 --small 50000 --duration 2"
+QUICK_POLL = ["--events 20000 --repeats 3", "--events 100000 --repeats 3"]
+DAILY = ["--events 100000 --prune-sizes=", "--events 300000 --prune-sizes=", ""]
+QUICK_DAILY = ["--events 50000 --prune-sizes=", "--events 200000 --prune-sizes 50000,200000"]
 BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "seed": ("seed", [""], ["--sizes 20000,100000"]),
-    "poll_write": (
-        "poll_write",
-        ["--events 100000", "--events 1000000"],
-        ["--events 20000 --repeats 3", "--events 100000 --repeats 3"],
-    ),
+    "poll_write": ("poll_write", ["--events 100000", "--events 1000000"], QUICK_POLL),
     "feed": ("feed", [""], [QUICK_FEED]),
     "feed_uncached": ("feed", ["--cache-ttl 0"], ["--cache-ttl 0" + QUICK_FEED]),
-    "maintenance": (
-        "maintenance",
-        ["--events 100000 --prune-sizes=", "--events 300000 --prune-sizes=", ""],
-        ["--events 50000 --prune-sizes=", "--events 200000 --prune-sizes 50000,200000"],
-    ),
+    "maintenance": ("maintenance", DAILY, QUICK_DAILY),
 }
 HEADER = (
     "# Performance\n\nFigures of the benchmarks in `bench/`; `dropwatch bench` rewrites them.\n"
@@ -97,9 +89,8 @@ def _run(module: str, args: Sequence[str], repo: Path) -> tuple[str, list[dict[s
         points = Path(tmp) / "points.json"
         command = [sys.executable, "-m", f"bench.{module}", "--markdown", *args]
         print(f"== {' '.join(command[1:])}", file=sys.stderr, flush=True)
-        result = subprocess.run(
-            [*command, "--json", str(points)], cwd=repo, stdout=subprocess.PIPE, text=True
-        )
+        argv = [*command, "--json", str(points)]
+        result = subprocess.run(argv, cwd=repo, stdout=subprocess.PIPE, text=True)
         if result.returncode != 0:
             raise DropwatchError(f"bench.{module} failed with exit code {result.returncode}")
         found = json.loads(points.read_text())["points"] if points.exists() else []
@@ -131,10 +122,8 @@ def draw(points: dict[str, list[dict[str, Any]]], out_dir: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     written = []
-    for name, units, title in (
-        ("latency.png", ("ms", "s"), "Latency against table size"),
-        ("memory.png", ("MB",), "Memory against table size"),
-    ):
+    for name, units in (("latency.png", ("ms", "s")), ("memory.png", ("MB",))):
+        title = CHARTS[name].split(" (")[0]
         panels = _panels(points, units)
         path = out_dir / name
         if panels:

@@ -1,5 +1,4 @@
-"""The feed's read path (gRPC JustOpened / StillOpen) against the original read pattern and a
-bare gRPC echo server (docs/performance.md, Feed read path)."""
+"""The feed's gRPC reads against the original and a bare echo server (docs/performance.md)."""
 
 from __future__ import annotations
 
@@ -44,8 +43,7 @@ def setup(engine: Engine, events: int) -> tuple[Size, list[str], dt.date]:
     """The seed's data, its last hour moved to the real now; the live buckets, today."""
     plan = make_plan(Settings(), events, venues=2000, shape=Shape(recent=2700))
     seeded, data = harness.seed(engine, plan)
-    vacuum = harness.vacuum(engine)
-    now = dt.datetime.now(dt.UTC)
+    vacuum, now = harness.vacuum(engine), dt.datetime.now(dt.UTC)
     moved = {"delta": now - plan.now, "edge": plan.now - dt.timedelta(hours=1), "today": plan.today}
     with engine.begin() as conn:
         for sql in (
@@ -164,8 +162,7 @@ def render(result: Result, section: Section) -> list[Point]:
         section.bullets[f"Data ({size.events:,})"] = size.data
     head = ["request", "items", "bytes"]
     head += [f"c={c} {m}" for c in CONCURRENCIES for m in ("p50 ms", "p99 ms", "req/s")]
-    rows = [(title, big.load, key) for key, title, *_ in SCENARIOS]
-    body = []
+    rows, body = [(title, big.load, key) for key, title, *_ in SCENARIOS], []
     for title, loads, key in [*rows, *((title, result.echo, m) for m, title in ECHO.items())]:
         body.append([title, str(loads[(key, 1)].items), f"{loads[(key, 1)].size:,}"])
         for r in (loads[(key, c)] for c in CONCURRENCIES):

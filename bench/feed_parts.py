@@ -1,5 +1,4 @@
-"""The feed benchmark's parts: its requests, the feed and echo server children and the client
-that drives them, the original read pattern, the in-process breakdown."""
+"""The feed benchmark's parts: requests, server children, client, original pattern, breakdown."""
 
 from __future__ import annotations
 
@@ -141,8 +140,7 @@ async def _calls(n: int, fn: Callable[[], Any]) -> tuple[float, Any]:
     """The median ms of `n` calls of `fn` (awaited if it returns an awaitable), its last result."""
     times, result = [], None
     for _ in range(n):
-        started = time.perf_counter()
-        result = fn()
+        started, result = time.perf_counter(), fn()
         result = await result if inspect.isawaitable(result) else result
         times.append((time.perf_counter() - started) * 1000)
     return median(times), result

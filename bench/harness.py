@@ -1,5 +1,4 @@
-"""What every benchmark shares: timing, statement recording, child processes, targets, the
-Markdown it prints, its chart points and its entry point (databases: `tools.database`)."""
+"""What every benchmark shares: timing, recording, child processes, targets, Markdown, main."""
 
 from __future__ import annotations
 
@@ -89,8 +88,7 @@ def split(window: Window, kind: Callable[[str], str]) -> tuple[dict[str, float],
 
 
 class StatementRecorder:
-    """Times the statements a sync engine sends inside `window()` blocks (pool pre-pings and
-    COMMIT are not cursor executions: they are in the caller's wall time only)."""
+    """Times a sync engine's statements inside `window()` blocks (COMMIT: the caller's time)."""
 
     def __init__(self, engine: Engine) -> None:
         self._current: Window | None = None
@@ -329,6 +327,5 @@ def main(
     print(section)
     if args.json:
         found = [p._asdict() for p in points if math.isfinite(p.ours + (p.original or 0.0))]
-        data = {"benchmark": name, "points": found}
-        Path(args.json).write_text(json.dumps(data, indent=1))
+        Path(args.json).write_text(json.dumps({"benchmark": name, "points": found}, indent=1))
     return 0

@@ -1,5 +1,4 @@
-"""The daily maintenance run against the original job, and pruning one day (growing with the
-table or of a fixed size) at several table sizes (docs/performance.md, Daily maintenance run)."""
+"""The daily maintenance run against the original job; pruning one day at several table sizes."""
 
 from __future__ import annotations
 
@@ -53,8 +52,7 @@ def seed_plan(events: int, now: dt.datetime) -> SeedPlan:
 
 
 def fixed_day_plans(size: int, day_events: int, days: int, now: dt.datetime) -> list[SeedPlan]:
-    """About `size` events, the `days` oldest past days `day_events` each: the plan to load
-    first (those days empty), the plan to fill them from one at a time."""
+    """The plan to load first (the `days` oldest days empty) and the one to fill them from."""
     base = seed_plan(size, now)
     fixed = set(base.days[:days])
     if max(fixed) >= base.today:
@@ -72,8 +70,7 @@ def fixed_day_plans(size: int, day_events: int, days: int, now: dt.datetime) -> 
 
 
 class Pruned:
-    """One database per size: loaded, its past days aggregated, pruned one day at a time; it
-    keeps the figures of its prunes (ms per method, ours part by part)."""
+    """One database per size, its past days aggregated, pruned one day at a time."""
 
     def __init__(self, url: str, size: int, now: dt.datetime, day_events: int, days: int) -> None:
         self.settings, self.engine = MaintenanceSettings(), engine_for(url, "bench-prune")
@@ -141,8 +138,7 @@ class Pruned:
 def measure_prunes(
     server: PgServer, sizes: Sequence[int], now: dt.datetime, repeats: int, day_events: int = 0
 ) -> list[Pruned]:
-    """The sizes pruned in turns, so they share the machine's conditions; ours, then the row
-    DELETE after the review's indexes; each method's first day a warm-up."""
+    """The sizes in turns (sharing the machine's conditions); each method's first day a warm-up."""
     with ExitStack() as stack:
         dbs = []
         for size in sizes:
@@ -255,8 +251,7 @@ class Run:
 def measure_run(server: PgServer, events: int, now: dt.datetime) -> Run:
     """Both jobs in child processes, each on its own copy of one loaded database."""
     with server.migrated("dw_bench_maint") as template:
-        engine = engine_for(server.url_for(template), "bench-load")
-        plan = seed_plan(events, now)
+        engine, plan = engine_for(server.url_for(template), "bench-load"), seed_plan(events, now)
         seeded, data = harness.seed(engine, plan)
         vacuum = harness.vacuum(engine, "VACUUM")  # as autovacuum would have by now
         sql = "SELECT count(*) FROM drop_events WHERE bucket_date < :t"
@@ -293,8 +288,7 @@ def measure(server: PgServer, args: argparse.Namespace) -> Result:
         now -= dt.timedelta(days=1)
     run = measure_run(server, args.events, now)
     days = [0, args.day_events] if args.day_events else [0]  # events of a pruned day; 0: grows
-    sizes, repeats = args.prune_sizes, args.repeats
-    return run, [measure_prunes(server, sizes, now, repeats, d) for d in days]
+    return run, [measure_prunes(server, args.prune_sizes, now, args.repeats, d) for d in days]
 
 
 def targets(r: Run) -> list[Target]:
@@ -316,8 +310,7 @@ def render(result: Result, section: Section) -> list[Point]:
     section.title = "Daily maintenance run (`bench/maintenance.py`)"
     section.bullets["Data"] = r.data
     section.targets(targets(r) + [t for rows in prunes for t in prune_targets(rows)])
-    steps = r.ours.output["steps"]
-    body = []
+    steps, body = r.ours.output["steps"], []
     for name, s in steps.items():
         detail = ", ".join(f"{k}={v}" for k, v in s.items() if k not in ("rows", "seconds"))
         body.append([name, f"{s['rows']:,}", f"{s['seconds']:.3f}", detail or "-"])

@@ -107,10 +107,9 @@ def original_job(now_iso: str) -> None:
             session.add(Rolling(venue_id=venue_id, as_of_date=today, **r, **more))
         session.commit()
         done("write")
-        cut = {"cutoff": cutoff}
-        sql = "DELETE FROM discovery_buckets WHERE bucket_id < :cutoff"
-        buckets = session.execute(text(sql), cut)
-        deleted = session.execute(text("DELETE FROM drop_events WHERE bucket_id < :cutoff"), cut)
+        cut, sql = {"cutoff": cutoff}, "DELETE FROM {} WHERE bucket_id < :cutoff"
+        tables = ("discovery_buckets", "drop_events")
+        buckets, deleted = (session.execute(text(sql.format(t)), cut) for t in tables)
         session.commit()
         done("prune")
     engine.dispose()

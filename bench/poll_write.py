@@ -44,8 +44,7 @@ COPIED = "venue_id opened_at slot_date slot_time seating_type party_sizes time_s
 
 
 def setup(events: int) -> tuple[SeedPlan, BucketSeed, BucketSeed]:
-    """The seed's plan; today+3 19:00 (ours) and today+4 19:00 (the original's) get their
-    history but no open state, so a first poll of each opens its `OPEN` slots."""
+    """The seed's plan; today+3 and today+4 19:00 (ours, the original's) without open state."""
     full = make_plan(Settings(), events, now=dt.datetime.now(dt.UTC))
     ids = [bucket_id_for(full.today + dt.timedelta(days=d), "19:00") for d in (3, 4)]
     if not set(ids) <= {b.bucket_id for b in full.buckets} or full.space < NEW_BASE + OPEN:
@@ -78,8 +77,7 @@ Method = tuple[Poll, StatementRecorder]
 async def polls(
     method: Method, bucket: BucketSeed, plan: SeedPlan, k: int, args: argparse.Namespace
 ) -> list[Sample]:
-    """Warm-ups, then timed polls with k new and k closed slots; after each, an untimed poll
-    back to the base open state."""
+    """Timed polls with k new and k closed slots, each followed by an untimed one back."""
     poll, recorder = method
     base = fetch_of(plan, bucket, range(OPEN))
     moved = fetch_of(plan, bucket, [*range(k, OPEN), *range(NEW_BASE, NEW_BASE + k)])

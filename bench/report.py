@@ -64,8 +64,7 @@ def run_benchmarks(
     if unknown := sorted(set(names) - set(BENCHMARKS)):
         known = ", ".join(BENCHMARKS)
         raise DropwatchError(f"unknown benchmark(s) {', '.join(unknown)}; known: {known}")
-    images = report.parent / "img"
-    sections = _read_sections(report)
+    images, sections = report.parent / "img", _read_sections(report)
     for name in names or BENCHMARKS:
         module, runs, quick_runs = BENCHMARKS[name]
         points: list[dict[str, Any]] = []
@@ -124,8 +123,7 @@ def draw(points: dict[str, list[dict[str, Any]]], out_dir: Path) -> list[Path]:
     written = []
     for name, units in (("latency.png", ("ms", "s")), ("memory.png", ("MB",))):
         title = CHARTS[name].split(" (")[0]
-        panels = _panels(points, units)
-        path = out_dir / name
+        panels, path = _panels(points, units), out_dir / name
         if panels:
             out_dir.mkdir(parents=True, exist_ok=True)
             _figure(panels, title, path)
@@ -139,8 +137,7 @@ Panel = dict[str, Any]
 
 
 def _panels(points: dict[str, list[dict[str, Any]]], units: tuple[str, ...]) -> list[Panel]:
-    """One panel per (benchmark, metric) with points in these units, sizes ascending; an
-    original's value a log axis cannot show is None (not drawn)."""
+    """One panel per (benchmark, metric) in these units; an original's value <= 0 is None."""
     grouped: dict[tuple[str, str, str], dict[int, dict[str, Any]]] = defaultdict(dict)
     for benchmark, items in points.items():
         for p in items:  # a later run at the same size replaces an earlier one

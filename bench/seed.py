@@ -1,5 +1,4 @@
-"""`dropwatch seed` against loading the same rows into the indexed table, and against the floor:
-the same rows copied with nothing to generate (docs/performance.md, Seeding)."""
+"""`dropwatch seed` against INSERTs into the indexed table and the floor (docs/performance.md)."""
 
 from __future__ import annotations
 

@@ -41,6 +41,8 @@ GRANT SELECT, INSERT, UPDATE, DELETE
 GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO dropwatch_poller;
 -- Which days are final (their partition dropped for good, never to be recreated).
 GRANT SELECT ON day_figures TO dropwatch_poller;
+-- The last successful maintenance run, which the poller exports for the alert.
+GRANT SELECT ON maintenance_runs TO dropwatch_poller;
 GRANT SELECT ON alembic_version TO dropwatch_poller, dropwatch_feed;
 
 -- The feed: reads only, and its sessions start read-only.

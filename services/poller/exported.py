@@ -80,13 +80,15 @@ class DatabaseSeries:
         }
         async with self.ctx.engine.connect() as conn:
             buckets = (await conn.execute(_LIVE_BUCKETS, window)).all()
-            success = (await conn.execute(_MAINTENANCE_SUCCESS)).scalar_one()
         gauge = self.ctx.metrics.last_healthy_poll
         live = {row.bucket_id: row.healthy_at for row in buckets}
         for bucket_id, healthy_at in live.items():
             gauge.labels(bucket_id).set(healthy_at.timestamp())
         self.ctx.metrics.forget_buckets(set(live))
         self.buckets = len(live)
+        # Read apart from the buckets: a failure here must not cost the stale-bucket series.
+        async with self.ctx.engine.connect() as conn:
+            success = (await conn.execute(_MAINTENANCE_SUCCESS)).scalar_one()
         if success is not None:
             self.maintenance.value = success.timestamp()
 

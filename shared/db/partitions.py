@@ -47,6 +47,7 @@ def ensure_partitions(conn: Connection, days: Iterable[dt.date]) -> list[str]:
             continue
         name = partition_name(day)
         conn.execute(sql.create_partition(PARENT, name, day))
+        conn.execute(sql.give_to_parent_owner(PARENT, name))
         created.append(name)
     return created
 

@@ -40,6 +40,17 @@ def create_partition(parent: str, name: str, day: dt.date) -> TextClause:
     )
 
 
+def give_to_parent_owner(parent: str, name: str) -> TextClause:
+    """A partition belongs to its creator; a role that creates one on the owner's behalf (the
+    maintenance role, deploy/sql/roles.sql) hands it to the parent's owner, so later
+    migrations, which recurse into every partition as the owner, can still alter it."""
+    return text(
+        "DO $$ BEGIN EXECUTE format('ALTER TABLE %I OWNER TO %I', "
+        f"'{name}', (SELECT pg_get_userbyid(relowner) FROM pg_class "
+        f"WHERE oid = '{parent}'::regclass)); END $$"
+    )
+
+
 def drop_table(name: str) -> TextClause:
     return text(f"DROP TABLE {name}")
 

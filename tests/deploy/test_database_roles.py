@@ -16,6 +16,7 @@ from sqlalchemy import Engine, text
 from services.feed.server import start_feed
 from services.feed.settings import FeedSettings
 from services.poller.app import build_context
+from services.poller.exported import DatabaseSeries
 from services.poller.scheduler import Scheduler
 from shared.db.partitions import ensure_partitions
 from shared.db.urls import libpq_url
@@ -61,6 +62,9 @@ async def test_the_poller_polls_and_can_do_nothing_else(
     ctx = build_context(poller_settings(url, sim.base_url), url)
     try:
         outcomes = await Scheduler(ctx, clock=lambda: NOW).poll_once(BUCKET)
+        series = DatabaseSeries(ctx)
+        await series.refresh()  # the alerts' series are readable under the role
+        assert series.maintenance.value is not None
     finally:
         await ctx.provider.aclose()
         await ctx.engine.dispose()
@@ -116,4 +120,12 @@ def test_maintenance_runs_under_its_role(roles: dict[str, str]) -> None:
     done = run_job(roles["maintenance"], "services.maintenance", "run")
     assert done.returncode == 0, done.stderr[-2000:]
     assert _runs(roles["maintenance"]) == before + 1
+    # The partitions it created belong to the schema owner, so later migrations can alter them.
+    with psycopg.connect(roles["maintenance"]) as conn:
+        owners = conn.execute(
+            b"SELECT DISTINCT pg_get_userbyid(c.relowner) FROM pg_inherits i"
+            b" JOIN pg_class c ON c.oid = i.inhrelid"
+            b" WHERE i.inhparent = 'drop_events'::regclass"
+        ).fetchall()
+    assert owners and "dropwatch_maintenance" not in {o[0] for o in owners}
     assert _refused(roles["maintenance"], "CREATE ROLE evil") == "InsufficientPrivilege"

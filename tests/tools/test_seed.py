@@ -123,12 +123,13 @@ def test_more_days_load_later_with_the_same_ids(engine: Engine, db_url: str) -> 
 
 
 def test_maintenance_runs_on_seeded_history(engine: Engine, db_url: str) -> None:
-    # Seeded as of the real clock: maintenance dates its run by the database clock and refuses
-    # a `--now` ahead of it, so a fixed future NOW would not be a run it accepts.
+    # The run's clock is the seed's NOW (maintenance refuses a `--now` ahead of the database
+    # clock, so the test replaces that clock rather than dating the run ahead).
     settings = Settings(database_url=SecretStr(db_url))
-    now = dt.datetime.now(dt.UTC)
-    result = seed(engine, settings, events=10_000, past_days=3, venues=100, now=now)
-    summary = maintenance_run(MaintenanceSettings(database_url=SecretStr(db_url)), engine, None)
+    result = seed(engine, settings, events=10_000, past_days=3, venues=100, now=NOW)
+    summary = maintenance_run(
+        MaintenanceSettings(database_url=SecretStr(db_url)), engine, None, clock=lambda: NOW
+    )
     assert summary.steps["prune_events"].detail["partitions"] == 3
     with engine.connect() as conn:
         aggregated = conn.execute(

@@ -64,7 +64,9 @@ def run_once(now: dt.datetime | None = None) -> int:
 
 def _record_failure(engine: Engine, began: dt.datetime, exc: Exception) -> None:
     """Best effort: a database that broke the run may refuse the record too."""
-    report: dict[str, Any] = {"ok": False, "error": str(exc) or type(exc).__name__}
+    # The first line only: a driver error's later lines carry its SQL and bound parameters.
+    first = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+    report: dict[str, Any] = {"ok": False, "error": first}
     try:
         with unavailable_as_error(), engine.begin() as conn:
             store.record_run(conn, began, "failed", report)

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.feed.interceptors import Behaviour, UnaryInterceptor
 
@@ -89,3 +89,14 @@ class MetricsInterceptor(UnaryInterceptor):
                 metrics.latency.labels(*labels).observe(time.perf_counter() - started)
 
         return observed
+
+
+def horizon_lag_gauge(registry: CollectorRegistry) -> Gauge:
+    """Transactions the feed's boundary cannot see yet (docs/architecture.md, "Commit order"):
+    above a few for long, one writing transaction holds every new drop back."""
+    return Gauge(
+        "dropwatch_feed_commit_horizon_lag_transactions",
+        "Transactions started but not visible to the feed at its current boundary: above a"
+        " few, a long writing transaction holds the feed's view back (commit order).",
+        registry=registry,
+    )

@@ -17,7 +17,7 @@ from urllib.parse import quote
 import grpc
 import psycopg
 from google.protobuf.timestamp_pb2 import Timestamp
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -25,6 +25,7 @@ from services.feed import store
 from services.feed.boundary import Boundaries
 from services.feed.cache import AnswerCache
 from services.feed.errors import InvalidArgumentError
+from services.feed.metrics import horizon_lag_gauge
 from services.feed.paging import Boundary, Cursor, PageTokens
 from services.feed.request import FeedQuery, Undecodable, from_just_opened, from_still_open
 from services.feed.settings import FeedSettings
@@ -70,11 +71,8 @@ class FeedServicer:
         # First pages asked in the same moment share one boundary, so JustOpened and StillOpen
         # split the same data at the same edge, cached or not (`boundary.py`).
         self.boundaries = Boundaries(settings.cache_ttl_seconds or BOUNDARY_SECONDS_WITHOUT_CACHE)
-        self.horizon_lag = Gauge(
-            "dropwatch_feed_commit_horizon_lag_transactions",
-            "Transactions started but not visible to the feed at its current boundary: above a"
-            " few, a long writing transaction holds the feed's view back (commit order).",
-            registry=registry if registry is not None else CollectorRegistry(),
+        self.horizon_lag = horizon_lag_gauge(
+            registry if registry is not None else CollectorRegistry()
         )
 
     async def JustOpened(

@@ -16,7 +16,7 @@ from sqlalchemy import create_engine
 
 import services.maintenance.push as push_module
 from services.feed.cache import AnswerCache
-from services.feed.metrics import GrpcServerMetrics
+from services.feed.metrics import GrpcServerMetrics, horizon_lag_gauge
 from services.maintenance.run import RunSummary, StepResult
 from services.poller.exported import MaintenanceSuccess
 from services.poller.metrics import PollerMetrics
@@ -37,6 +37,7 @@ def feed_metrics() -> str:
     registry = CollectorRegistry()
     grpc_metrics = GrpcServerMetrics(registry)
     cache = AnswerCache(2.0, registry)
+    horizon_lag_gauge(registry).set(0)
     _track_pool(PoolMetrics(registry), "feed")
     for method, code, seconds in (
         ("JustOpened", "OK", 0.004),

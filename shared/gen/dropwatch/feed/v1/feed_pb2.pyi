@@ -469,6 +469,405 @@ class FeedItem(_message.Message):
 Global___FeedItem: _TypeAlias = FeedItem  # noqa: Y015
 
 @_typing.final
+class WatchDropsRequest(_message.Message):
+    """WatchDropsRequest opens a stream of changes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILTER_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    SEND_INITIAL_STATE_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_SECONDS_FIELD_NUMBER: _builtins.int
+    cursor: _builtins.str
+    """Resume after this cursor (from a previous message's `cursor`, a
+    stream end's trailing metadata, or ListChanges' `next_cursor`).
+    Default: empty = start at the current moment. A cursor that was not
+    issued by the server, or was issued for another filter, is
+    INVALID_ARGUMENT; one older than the retained history is OUT_OF_RANGE.
+    """
+    send_initial_state: _builtins.bool
+    """First send every matching drop that is open now (as `opened` messages
+    with `initial` true), then `initial_state_end`, then live changes,
+    with no gap and no duplicate between the two. Default false. Cannot
+    be combined with `cursor` (INVALID_ARGUMENT).
+    """
+    heartbeat_seconds: _builtins.int
+    """Longest time without a message before the server sends `progress`.
+    Default: 0 = 15 s. Range 1-300; outside it is INVALID_ARGUMENT.
+    """
+    @_builtins.property
+    def filter(self) -> Global___FeedFilter:
+        """Which drops to stream. Default: unset = every drop. A change matches
+        when its slot matches the filter (`all_slots_per_venue` has no effect
+        on a stream: every matching slot is sent).
+        """
+
+    def __init__(
+        self,
+        *,
+        filter: Global___FeedFilter | None = ...,
+        cursor: _builtins.str = ...,
+        send_initial_state: _builtins.bool = ...,
+        heartbeat_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "filter", b"filter", "heartbeat_seconds", b"heartbeat_seconds", "send_initial_state", b"send_initial_state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchDropsRequest: _TypeAlias = WatchDropsRequest  # noqa: Y015
+
+@_typing.final
+class WatchDropsResponse(_message.Message):
+    """WatchDropsResponse is one message of a WatchDrops stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPENED_FIELD_NUMBER: _builtins.int
+    CLOSED_FIELD_NUMBER: _builtins.int
+    SIZES_CHANGED_FIELD_NUMBER: _builtins.int
+    INITIAL_STATE_END_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    INITIAL_FIELD_NUMBER: _builtins.int
+    cursor: _builtins.str
+    """The cursor to resume after this message. Set on every message except
+    the `opened` messages of the initial state (resume from the
+    `initial_state_end` message's cursor, or start again).
+    """
+    initial: _builtins.bool
+    """True for the `opened` messages of the initial state. Default false."""
+    @_builtins.property
+    def opened(self) -> Global___FeedItem:
+        """A drop opened (a NEW_DROP event), or, with `initial` true, a drop
+        that was open when the stream started.
+        """
+
+    @_builtins.property
+    def closed(self) -> Global___DropClosed:
+        """A drop closed: its slot is no longer bookable."""
+
+    @_builtins.property
+    def sizes_changed(self) -> Global___PartySizesChanged:
+        """The party sizes of an open drop changed."""
+
+    @_builtins.property
+    def initial_state_end(self) -> Global___InitialStateEnd:
+        """The initial state (requested with `send_initial_state`) is complete;
+        live changes follow.
+        """
+
+    @_builtins.property
+    def progress(self) -> Global___Progress:
+        """A heartbeat: nothing matched since the last message, and the resume
+        point moved on to `cursor`.
+        """
+
+    def __init__(
+        self,
+        *,
+        opened: Global___FeedItem | None = ...,
+        closed: Global___DropClosed | None = ...,
+        sizes_changed: Global___PartySizesChanged | None = ...,
+        initial_state_end: Global___InitialStateEnd | None = ...,
+        progress: Global___Progress | None = ...,
+        cursor: _builtins.str = ...,
+        initial: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["closed", b"closed", "initial_state_end", b"initial_state_end", "message", b"message", "opened", b"opened", "progress", b"progress", "sizes_changed", b"sizes_changed"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["closed", b"closed", "cursor", b"cursor", "initial", b"initial", "initial_state_end", b"initial_state_end", "message", b"message", "opened", b"opened", "progress", b"progress", "sizes_changed", b"sizes_changed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["opened", "closed", "sizes_changed", "initial_state_end", "progress"]  # noqa: Y015
+    _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
+
+Global___WatchDropsResponse: _TypeAlias = WatchDropsResponse  # noqa: Y015
+
+@_typing.final
+class ListChangesRequest(_message.Message):
+    """ListChangesRequest asks for the changes after a cursor."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILTER_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    cursor: _builtins.str
+    """List the changes after this cursor (a previous `next_cursor`, or any
+    WatchDrops cursor of the same filter). Default: empty = start at the
+    current moment: no changes, and a `next_cursor` to list from next
+    time. A cursor that was not issued by the server, or was issued for
+    another filter, is INVALID_ARGUMENT; one older than the retained
+    history is OUT_OF_RANGE.
+    """
+    limit: _builtins.int
+    """Maximum number of changes in this page. Default: 0 = 500. Server
+    maximum: 2000; a larger value is capped to 2000 and reported in
+    `applied_limit` and `limit_capped`. A negative value is
+    INVALID_ARGUMENT.
+    """
+    @_builtins.property
+    def filter(self) -> Global___FeedFilter:
+        """Which drops to list. Default: unset = every drop
+        (`all_slots_per_venue` has no effect: every matching slot is listed).
+        """
+
+    def __init__(
+        self,
+        *,
+        filter: Global___FeedFilter | None = ...,
+        cursor: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "filter", b"filter", "limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListChangesRequest: _TypeAlias = ListChangesRequest  # noqa: Y015
+
+@_typing.final
+class ListChangesResponse(_message.Message):
+    """ListChangesResponse is one page of changes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGES_FIELD_NUMBER: _builtins.int
+    NEXT_CURSOR_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    APPLIED_LIMIT_FIELD_NUMBER: _builtins.int
+    LIMIT_CAPPED_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    next_cursor: _builtins.str
+    """The cursor to pass next time: after the last change of this page, or
+    the current moment when the page is empty or `truncated` is false.
+    Always set.
+    """
+    truncated: _builtins.bool
+    """True if more changes follow `next_cursor` already. Default false."""
+    applied_limit: _builtins.int
+    """The limit the server actually used: the requested limit, the default
+    (500) if the request's limit was 0, or the maximum (2000) if it was
+    capped. Always > 0.
+    """
+    limit_capped: _builtins.bool
+    """True if the requested limit exceeded the server maximum (2000) and was
+    capped to it. Default false.
+    """
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Change]:
+        """The changes after the request's cursor, in cursor order (the order in
+        which they were committed). Default: empty = nothing new.
+        """
+
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp:
+        """The time the data is as of, in UTC. Always set."""
+
+    def __init__(
+        self,
+        *,
+        changes: _abc.Iterable[Global___Change] | None = ...,
+        next_cursor: _builtins.str = ...,
+        truncated: _builtins.bool = ...,
+        applied_limit: _builtins.int = ...,
+        limit_capped: _builtins.bool = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_limit", b"applied_limit", "as_of", b"as_of", "changes", b"changes", "limit_capped", b"limit_capped", "next_cursor", b"next_cursor", "truncated", b"truncated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListChangesResponse: _TypeAlias = ListChangesResponse  # noqa: Y015
+
+@_typing.final
+class Change(_message.Message):
+    """Change is one committed change of a drop."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPENED_FIELD_NUMBER: _builtins.int
+    CLOSED_FIELD_NUMBER: _builtins.int
+    SIZES_CHANGED_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    cursor: _builtins.str
+    """The cursor to resume after this change. Always set."""
+    @_builtins.property
+    def opened(self) -> Global___FeedItem:
+        """A drop opened (a NEW_DROP event)."""
+
+    @_builtins.property
+    def closed(self) -> Global___DropClosed:
+        """A drop closed."""
+
+    @_builtins.property
+    def sizes_changed(self) -> Global___PartySizesChanged:
+        """The party sizes of an open drop changed."""
+
+    def __init__(
+        self,
+        *,
+        opened: Global___FeedItem | None = ...,
+        closed: Global___DropClosed | None = ...,
+        sizes_changed: Global___PartySizesChanged | None = ...,
+        cursor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "closed", b"closed", "opened", b"opened", "sizes_changed", b"sizes_changed"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "closed", b"closed", "cursor", b"cursor", "opened", b"opened", "sizes_changed", b"sizes_changed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_change: _TypeAlias = _typing.Literal["opened", "closed", "sizes_changed"]  # noqa: Y015
+    _WhichOneofArgType_change: _TypeAlias = _typing.Literal["change", b"change"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_change) -> _WhichOneofReturnType_change | None: ...
+
+Global___Change: _TypeAlias = Change  # noqa: Y015
+
+@_typing.final
+class DropClosed(_message.Message):
+    """DropClosed reports that a drop's slot is no longer bookable."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGE_ID_FIELD_NUMBER: _builtins.int
+    DROP_FIELD_NUMBER: _builtins.int
+    CLOSED_AT_FIELD_NUMBER: _builtins.int
+    OPEN_SECONDS_FIELD_NUMBER: _builtins.int
+    change_id: _builtins.int
+    """Id of the CLOSED event, unique and > 0 (never equal to an opening's
+    `event_id`). Always set.
+    """
+    open_seconds: _builtins.float
+    """How long the drop was open, in seconds (closed_at - opened_at),
+    >= 0. Always set.
+    """
+    @_builtins.property
+    def drop(self) -> Global___FeedItem:
+        """The drop that closed: the slot as its opening reported it; its
+        `event_id` is the NEW_DROP event's id. Always set.
+        """
+
+    @_builtins.property
+    def closed_at(self) -> _timestamp_pb2.Timestamp:
+        """When the slot was first seen gone (UTC). Always set."""
+
+    def __init__(
+        self,
+        *,
+        change_id: _builtins.int = ...,
+        drop: Global___FeedItem | None = ...,
+        closed_at: _timestamp_pb2.Timestamp | None = ...,
+        open_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["closed_at", b"closed_at", "drop", b"drop"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_id", b"change_id", "closed_at", b"closed_at", "drop", b"drop", "open_seconds", b"open_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DropClosed: _TypeAlias = DropClosed  # noqa: Y015
+
+@_typing.final
+class PartySizesChanged(_message.Message):
+    """PartySizesChanged reports that an open drop can be booked for other
+    party sizes than before.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGE_ID_FIELD_NUMBER: _builtins.int
+    DROP_FIELD_NUMBER: _builtins.int
+    ADDED_FIELD_NUMBER: _builtins.int
+    REMOVED_FIELD_NUMBER: _builtins.int
+    CHANGED_AT_FIELD_NUMBER: _builtins.int
+    change_id: _builtins.int
+    """Id of the SIZE_OPEN or SIZE_CLOSE event, unique and > 0. Always set."""
+    @_builtins.property
+    def drop(self) -> Global___FeedItem:
+        """The drop, with its `party_sizes` as they are after the change; its
+        `event_id` is the NEW_DROP event's id. Always set.
+        """
+
+    @_builtins.property
+    def added(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Party sizes that became bookable. Default: empty = none."""
+
+    @_builtins.property
+    def removed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Party sizes that are no longer bookable. Default: empty = none."""
+
+    @_builtins.property
+    def changed_at(self) -> _timestamp_pb2.Timestamp:
+        """When the change was seen (UTC). Always set."""
+
+    def __init__(
+        self,
+        *,
+        change_id: _builtins.int = ...,
+        drop: Global___FeedItem | None = ...,
+        added: _abc.Iterable[_builtins.int] | None = ...,
+        removed: _abc.Iterable[_builtins.int] | None = ...,
+        changed_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at", "drop", b"drop"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["added", b"added", "change_id", b"change_id", "changed_at", b"changed_at", "drop", b"drop", "removed", b"removed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PartySizesChanged: _TypeAlias = PartySizesChanged  # noqa: Y015
+
+@_typing.final
+class InitialStateEnd(_message.Message):
+    """InitialStateEnd marks the end of a stream's initial state."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    items: _builtins.int
+    """How many `opened` messages the initial state held, >= 0."""
+    def __init__(
+        self,
+        *,
+        items: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InitialStateEnd: _TypeAlias = InitialStateEnd  # noqa: Y015
+
+@_typing.final
+class Progress(_message.Message):
+    """Progress is a heartbeat carrying the current resume point."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AS_OF_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp:
+        """The time the stream's data is as of (UTC). Always set."""
+
+    def __init__(
+        self,
+        *,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Progress: _TypeAlias = Progress  # noqa: Y015
+
+@_typing.final
 class Venue(_message.Message):
     """Venue is a restaurant as the reservation provider describes it."""
 

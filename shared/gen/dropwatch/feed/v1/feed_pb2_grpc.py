@@ -56,6 +56,16 @@ class FeedServiceStub:
                 request_serializer=dropwatch_dot_feed_dot_v1_dot_feed__pb2.StillOpenRequest.SerializeToString,
                 response_deserializer=dropwatch_dot_feed_dot_v1_dot_feed__pb2.StillOpenResponse.FromString,
                 _registered_method=True)
+        self.WatchDrops = channel.unary_stream(
+                '/dropwatch.feed.v1.FeedService/WatchDrops',
+                request_serializer=dropwatch_dot_feed_dot_v1_dot_feed__pb2.WatchDropsRequest.SerializeToString,
+                response_deserializer=dropwatch_dot_feed_dot_v1_dot_feed__pb2.WatchDropsResponse.FromString,
+                _registered_method=True)
+        self.ListChanges = channel.unary_unary(
+                '/dropwatch.feed.v1.FeedService/ListChanges',
+                request_serializer=dropwatch_dot_feed_dot_v1_dot_feed__pb2.ListChangesRequest.SerializeToString,
+                response_deserializer=dropwatch_dot_feed_dot_v1_dot_feed__pb2.ListChangesResponse.FromString,
+                _registered_method=True)
 
 
 class FeedServiceServicer:
@@ -111,6 +121,54 @@ class FeedServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchDrops(self, request, context):
+        """WatchDrops streams changes as they are committed: drops opening,
+        drops closing, and party-size changes of open drops, in cursor order
+        (see "Cursors" below), filtered server-side by `filter`. It never
+        ends on its own while healthy, except after the server's maximum
+        stream age (see the stream ends below), and it sends `progress` at least
+        every `heartbeat_seconds`, even while nothing matches, so the
+        consumer's resume point keeps moving.
+
+        Cursors: every live message carries `cursor`; resuming with the last
+        cursor received misses nothing (at-least-once: changes after it may
+        be sent again, with the same ids). The cursor follows the order in
+        which polls commit their changes, not the order of event ids, so a
+        poll that commits late is never skipped.
+
+        Stream ends (the trailing status carries the resume cursor in its
+        message as "cursor=<cursor>" and in the trailing metadata key
+        "dropwatch-cursor"):
+        - OUT_OF_RANGE: the request's cursor is older than the retained
+        history (past days are pruned); the message names the oldest
+        resumable point. Re-list with StillOpen or send_initial_state.
+        - RESOURCE_EXHAUSTED: the replica is at its stream limit (at start),
+        or this consumer fell behind its bounded buffer; resume with the
+        cursor (after a backoff).
+        - UNAVAILABLE: the replica is shutting down or the database is
+        unreachable; resume with the cursor, on any replica.
+        - ABORTED: the stream reached the server's maximum stream age;
+        resume with the cursor at once (this spreads streams over
+        replicas).
+        - INVALID_ARGUMENT: a request field is malformed or out of range;
+        the message names the field (e.g. "cursor", "heartbeat_seconds").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListChanges(self, request, context):
+        """ListChanges returns the changes after `cursor` as one page, in cursor
+        order: the same changes WatchDrops streams, for consumers that run
+        on a schedule. Pass `next_cursor` as the next call's `cursor`.
+
+        Status codes: as JustOpened, plus OUT_OF_RANGE for a cursor older than
+        the retained history (the message names the oldest resumable point).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FeedServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -123,6 +181,16 @@ def add_FeedServiceServicer_to_server(servicer, server):
                     servicer.StillOpen,
                     request_deserializer=dropwatch_dot_feed_dot_v1_dot_feed__pb2.StillOpenRequest.FromString,
                     response_serializer=dropwatch_dot_feed_dot_v1_dot_feed__pb2.StillOpenResponse.SerializeToString,
+            ),
+            'WatchDrops': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchDrops,
+                    request_deserializer=dropwatch_dot_feed_dot_v1_dot_feed__pb2.WatchDropsRequest.FromString,
+                    response_serializer=dropwatch_dot_feed_dot_v1_dot_feed__pb2.WatchDropsResponse.SerializeToString,
+            ),
+            'ListChanges': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListChanges,
+                    request_deserializer=dropwatch_dot_feed_dot_v1_dot_feed__pb2.ListChangesRequest.FromString,
+                    response_serializer=dropwatch_dot_feed_dot_v1_dot_feed__pb2.ListChangesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -189,6 +257,60 @@ class FeedService:
             '/dropwatch.feed.v1.FeedService/StillOpen',
             dropwatch_dot_feed_dot_v1_dot_feed__pb2.StillOpenRequest.SerializeToString,
             dropwatch_dot_feed_dot_v1_dot_feed__pb2.StillOpenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchDrops(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/dropwatch.feed.v1.FeedService/WatchDrops',
+            dropwatch_dot_feed_dot_v1_dot_feed__pb2.WatchDropsRequest.SerializeToString,
+            dropwatch_dot_feed_dot_v1_dot_feed__pb2.WatchDropsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dropwatch.feed.v1.FeedService/ListChanges',
+            dropwatch_dot_feed_dot_v1_dot_feed__pb2.ListChangesRequest.SerializeToString,
+            dropwatch_dot_feed_dot_v1_dot_feed__pb2.ListChangesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -77,6 +77,46 @@ class FeedServiceStub:
       - RESOURCE_EXHAUSTED: the server is at its concurrency bound; retry
         with backoff.
     """
+    WatchDrops: _grpc.UnaryStreamMultiCallable[_feed_pb2.WatchDropsRequest, _feed_pb2.WatchDropsResponse]
+    """WatchDrops streams changes as they are committed: drops opening,
+    drops closing, and party-size changes of open drops, in cursor order
+    (see "Cursors" below), filtered server-side by `filter`. It never
+    ends on its own while healthy, except after the server's maximum
+    stream age (see the stream ends below), and it sends `progress` at least
+    every `heartbeat_seconds`, even while nothing matches, so the
+    consumer's resume point keeps moving.
+
+    Cursors: every live message carries `cursor`; resuming with the last
+    cursor received misses nothing (at-least-once: changes after it may
+    be sent again, with the same ids). The cursor follows the order in
+    which polls commit their changes, not the order of event ids, so a
+    poll that commits late is never skipped.
+
+    Stream ends (the trailing status carries the resume cursor in its
+    message as "cursor=<cursor>" and in the trailing metadata key
+    "dropwatch-cursor"):
+      - OUT_OF_RANGE: the request's cursor is older than the retained
+        history (past days are pruned); the message names the oldest
+        resumable point. Re-list with StillOpen or send_initial_state.
+      - RESOURCE_EXHAUSTED: the replica is at its stream limit (at start),
+        or this consumer fell behind its bounded buffer; resume with the
+        cursor (after a backoff).
+      - UNAVAILABLE: the replica is shutting down or the database is
+        unreachable; resume with the cursor, on any replica.
+      - ABORTED: the stream reached the server's maximum stream age;
+        resume with the cursor at once (this spreads streams over
+        replicas).
+      - INVALID_ARGUMENT: a request field is malformed or out of range;
+        the message names the field (e.g. "cursor", "heartbeat_seconds").
+    """
+    ListChanges: _grpc.UnaryUnaryMultiCallable[_feed_pb2.ListChangesRequest, _feed_pb2.ListChangesResponse]
+    """ListChanges returns the changes after `cursor` as one page, in cursor
+    order: the same changes WatchDrops streams, for consumers that run
+    on a schedule. Pass `next_cursor` as the next call's `cursor`.
+
+    Status codes: as JustOpened, plus OUT_OF_RANGE for a cursor older than
+    the retained history (the message names the oldest resumable point).
+    """
 
 @_typing.type_check_only
 class FeedServiceAsyncStub(FeedServiceStub):
@@ -124,6 +164,46 @@ class FeedServiceAsyncStub(FeedServiceStub):
       - UNAVAILABLE: the database is unreachable; retry with backoff.
       - RESOURCE_EXHAUSTED: the server is at its concurrency bound; retry
         with backoff.
+    """
+    WatchDrops: _aio.UnaryStreamMultiCallable[_feed_pb2.WatchDropsRequest, _feed_pb2.WatchDropsResponse]  # type: ignore[assignment]
+    """WatchDrops streams changes as they are committed: drops opening,
+    drops closing, and party-size changes of open drops, in cursor order
+    (see "Cursors" below), filtered server-side by `filter`. It never
+    ends on its own while healthy, except after the server's maximum
+    stream age (see the stream ends below), and it sends `progress` at least
+    every `heartbeat_seconds`, even while nothing matches, so the
+    consumer's resume point keeps moving.
+
+    Cursors: every live message carries `cursor`; resuming with the last
+    cursor received misses nothing (at-least-once: changes after it may
+    be sent again, with the same ids). The cursor follows the order in
+    which polls commit their changes, not the order of event ids, so a
+    poll that commits late is never skipped.
+
+    Stream ends (the trailing status carries the resume cursor in its
+    message as "cursor=<cursor>" and in the trailing metadata key
+    "dropwatch-cursor"):
+      - OUT_OF_RANGE: the request's cursor is older than the retained
+        history (past days are pruned); the message names the oldest
+        resumable point. Re-list with StillOpen or send_initial_state.
+      - RESOURCE_EXHAUSTED: the replica is at its stream limit (at start),
+        or this consumer fell behind its bounded buffer; resume with the
+        cursor (after a backoff).
+      - UNAVAILABLE: the replica is shutting down or the database is
+        unreachable; resume with the cursor, on any replica.
+      - ABORTED: the stream reached the server's maximum stream age;
+        resume with the cursor at once (this spreads streams over
+        replicas).
+      - INVALID_ARGUMENT: a request field is malformed or out of range;
+        the message names the field (e.g. "cursor", "heartbeat_seconds").
+    """
+    ListChanges: _aio.UnaryUnaryMultiCallable[_feed_pb2.ListChangesRequest, _feed_pb2.ListChangesResponse]  # type: ignore[assignment]
+    """ListChanges returns the changes after `cursor` as one page, in cursor
+    order: the same changes WatchDrops streams, for consumers that run
+    on a schedule. Pass `next_cursor` as the next call's `cursor`.
+
+    Status codes: as JustOpened, plus OUT_OF_RANGE for a cursor older than
+    the retained history (the message names the oldest resumable point).
     """
 
 class FeedServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -181,6 +261,58 @@ class FeedServiceServicer(metaclass=_abc_1.ABCMeta):
           - UNAVAILABLE: the database is unreachable; retry with backoff.
           - RESOURCE_EXHAUSTED: the server is at its concurrency bound; retry
             with backoff.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchDrops(
+        self,
+        request: _feed_pb2.WatchDropsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_feed_pb2.WatchDropsResponse], _abc.AsyncIterator[_feed_pb2.WatchDropsResponse]]:
+        """WatchDrops streams changes as they are committed: drops opening,
+        drops closing, and party-size changes of open drops, in cursor order
+        (see "Cursors" below), filtered server-side by `filter`. It never
+        ends on its own while healthy, except after the server's maximum
+        stream age (see the stream ends below), and it sends `progress` at least
+        every `heartbeat_seconds`, even while nothing matches, so the
+        consumer's resume point keeps moving.
+
+        Cursors: every live message carries `cursor`; resuming with the last
+        cursor received misses nothing (at-least-once: changes after it may
+        be sent again, with the same ids). The cursor follows the order in
+        which polls commit their changes, not the order of event ids, so a
+        poll that commits late is never skipped.
+
+        Stream ends (the trailing status carries the resume cursor in its
+        message as "cursor=<cursor>" and in the trailing metadata key
+        "dropwatch-cursor"):
+          - OUT_OF_RANGE: the request's cursor is older than the retained
+            history (past days are pruned); the message names the oldest
+            resumable point. Re-list with StillOpen or send_initial_state.
+          - RESOURCE_EXHAUSTED: the replica is at its stream limit (at start),
+            or this consumer fell behind its bounded buffer; resume with the
+            cursor (after a backoff).
+          - UNAVAILABLE: the replica is shutting down or the database is
+            unreachable; resume with the cursor, on any replica.
+          - ABORTED: the stream reached the server's maximum stream age;
+            resume with the cursor at once (this spreads streams over
+            replicas).
+          - INVALID_ARGUMENT: a request field is malformed or out of range;
+            the message names the field (e.g. "cursor", "heartbeat_seconds").
+        """
+
+    @_abc_1.abstractmethod
+    def ListChanges(
+        self,
+        request: _feed_pb2.ListChangesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_feed_pb2.ListChangesResponse, _abc.Awaitable[_feed_pb2.ListChangesResponse]]:
+        """ListChanges returns the changes after `cursor` as one page, in cursor
+        order: the same changes WatchDrops streams, for consumers that run
+        on a schedule. Pass `next_cursor` as the next call's `cursor`.
+
+        Status codes: as JustOpened, plus OUT_OF_RANGE for a cursor older than
+        the retained history (the message names the oldest resumable point).
         """
 
 def add_FeedServiceServicer_to_server(servicer: FeedServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

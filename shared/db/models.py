@@ -327,3 +327,40 @@ class VenueRollingMetrics(Base):
         PrimaryKeyConstraint("venue_id", "as_of_date"),
         Index("ix_venue_rolling_metrics_as_of_date", "as_of_date"),
     )
+
+
+class RequestBudgetRow(Base):
+    """The provider's request budget of one market, as a token bucket every poller replica
+    claims small grants from (services/poller/budget.py); `last_grant` returns a claim's
+    grant, `granted_total` counts every token ever granted."""
+
+    __tablename__ = "request_budget"
+
+    market: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tokens: Mapped[float] = mapped_column(Double)
+    refilled_at: Mapped[dt.datetime] = mapped_column(TZ)
+    last_grant: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    granted_total: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+
+
+class ReleaseWindow(Base):
+    """A learned release: the venue opens a burst of tables `lead_days` ahead at a market-local
+    minute, seen on `days_seen` days; replaced per market by the maintenance job."""
+
+    __tablename__ = "release_windows"
+
+    market: Mapped[str] = mapped_column(String(32))
+    venue_id: Mapped[int] = mapped_column(BigInteger)
+    lead_days: Mapped[int] = mapped_column(SmallInteger)
+    release_minute: Mapped[int] = mapped_column(SmallInteger)  # market-local minute of day
+    time_slots: Mapped[list[str]] = mapped_column(ARRAY(String(5)))  # anchors of its buckets
+    days_seen: Mapped[int] = mapped_column(Integer)
+    first_seen: Mapped[dt.date] = mapped_column(Date)
+    last_seen: Mapped[dt.date] = mapped_column(Date)
+    slots_per_release: Mapped[float] = mapped_column(Double)
+    refreshed_at: Mapped[dt.datetime] = mapped_column(TZ, server_default=func.now())
+
+    __table_args__ = (
+        PrimaryKeyConstraint("market", "venue_id", "lead_days", "release_minute"),
+        CheckConstraint("release_minute BETWEEN 0 AND 1439 AND lead_days >= 0", name="moment"),
+    )

@@ -1,0 +1,210 @@
+"""The market's request budget holds across replicas (services/poller/budget.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+from sqlalchemy import Engine, event, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.poller import sql
+from services.poller.budget import SharedBudget, make_budget
+from shared.db.engine import make_async_engine
+from shared.settings import Settings
+from tests.conftest import free_port
+from tests.poller.helpers import poller_settings
+
+
+@contextlib.asynccontextmanager
+async def replicas(db_url: str, count: int) -> AsyncIterator[list[AsyncEngine]]:
+    """One engine (own pool, own connections) per simulated replica."""
+    engines = [
+        make_async_engine(Settings(database_url=SecretStr(db_url)), name=f"r{i}", url=db_url)
+        for i in range(count)
+    ]
+    try:
+        yield engines
+    finally:
+        for eng in engines:
+            await eng.dispose()
+
+
+async def hammer(budget: SharedBudget, seconds: float, workers: int, stamps: list[float]) -> None:
+    """`workers` callers asking for requests back to back for `seconds`."""
+    end = time.monotonic() + seconds
+
+    async def worker() -> None:
+        while time.monotonic() < end:
+            if await budget.acquire(min(end, time.monotonic() + 0.5)):
+                stamps.append(time.monotonic())
+
+    await asyncio.gather(*(worker() for _ in range(workers)))
+
+
+@pytest.mark.parametrize("count", [2, 3])
+async def test_replicas_together_stay_within_the_market_budget(db_url: str, count: int) -> None:
+    rate, seconds = 20.0, 3.0
+    stamps: list[float] = []
+    async with replicas(db_url, count) as engines:
+        budgets = [SharedBudget(eng, "nyc", rate) for eng in engines]
+        started = time.monotonic()
+        await asyncio.gather(*(hammer(b, seconds, 4, stamps) for b in budgets))
+        elapsed = time.monotonic() - started
+    granted = sum(b.counters.granted for b in budgets)
+    assert granted == len(stamps)
+    assert granted <= rate * elapsed + budgets[0].burst
+    # Not starved either: most of the budget is used, and every replica gets a share.
+    assert granted >= 0.7 * rate * seconds
+    assert all(b.counters.granted >= 0.1 * rate * seconds for b in budgets)
+    # No sliding second holds more than one second's worth plus the burst.
+    stamps.sort()
+    for i, t in enumerate(stamps):
+        in_second = sum(1 for s in stamps[i:] if s < t + 1.0)
+        assert in_second <= rate + budgets[0].burst
+
+
+async def test_a_replica_alone_gets_the_whole_budget(db_url: str) -> None:
+    """One replica against the same row: the rate is the market's, not divided by a guess."""
+    stamps: list[float] = []
+    async with replicas(db_url, 1) as (eng,):
+        budget = SharedBudget(eng, "nyc", 20.0)
+        await hammer(budget, 2.0, 4, stamps)
+    assert 0.75 * 20 * 2 <= len(stamps) <= 20 * 2 + budget.burst + 1
+
+
+async def test_a_grant_is_one_statement_for_several_requests(db_url: str) -> None:
+    statements: list[str] = []
+    async with replicas(db_url, 1) as (eng,):
+
+        @event.listens_for(eng.sync_engine, "before_cursor_execute")
+        def _count(_c: Any, _cur: Any, statement: str, *_args: Any) -> None:
+            statements.append(statement)
+
+        budget = SharedBudget(eng, "nyc", 40.0)  # grants of 10 tokens
+        assert budget.grant == 10
+        deadline = time.monotonic() + 5
+        results = [await budget.acquire(deadline) for _ in range(40)]
+    assert all(results)
+    claims = [s for s in statements if "request_budget" in s]
+    assert len(claims) == budget.counters.claims
+    # 40 requests: the full bucket (40 tokens) in grants of 10, four statements, no other.
+    assert len(claims) == 4
+    assert len(statements) == len(claims)
+
+
+async def test_different_markets_have_their_own_budget(db_url: str, engine: Engine) -> None:
+    async with replicas(db_url, 1) as (eng,):
+        nyc, sf = SharedBudget(eng, "nyc", 4.0), SharedBudget(eng, "sf", 4.0)
+        deadline = time.monotonic() + 0.05
+        assert [await nyc.acquire(deadline) for _ in range(4)] == [True] * 4
+        assert [await sf.acquire(deadline) for _ in range(4)] == [True] * 4
+        assert not await nyc.acquire(time.monotonic() + 0.05)  # nyc empty: sf untouched
+    with engine.connect() as conn:
+        rows = dict(conn.execute(text("SELECT market, granted_total FROM request_budget")).all())
+    assert rows == {"nyc": 4, "sf": 4}
+
+
+async def test_the_database_clock_decides_not_the_replicas(db_url: str, engine: Engine) -> None:
+    """No replica's time enters the claim; a database clock that stepped back (the row dated
+    an hour ahead) refills nothing until it catches up, and a long idle row refills only to
+    the burst."""
+    params = {"market", "rate", "burst", "want"}
+    assert set(sql.CLAIM_BUDGET.compile().params) == params
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO request_budget (market, tokens, refilled_at) VALUES"
+                " ('ahead', 0, now() + interval '1 hour'),"
+                " ('idle', 0, now() - interval '1 day')"
+            )
+        )
+    async with replicas(db_url, 1) as (eng,):
+        ahead, idle = SharedBudget(eng, "ahead", 50.0), SharedBudget(eng, "idle", 5.0)
+        started = time.monotonic()
+        assert not await ahead.acquire(time.monotonic() + 0.3)
+        assert time.monotonic() - started < 1.0
+        got = [await idle.acquire(time.monotonic() + 0.05) for _ in range(10)]
+    assert got.count(True) == 5  # one burst's worth, not a day's
+    with engine.connect() as conn:
+        refilled_ahead = conn.execute(
+            text(
+                "SELECT refilled_at > now() + interval '50 minutes' FROM request_budget"
+                " WHERE market = 'ahead'"
+            )
+        ).scalar_one()
+    assert refilled_ahead  # never moved back to the stepped-back clock
+
+
+async def test_unused_tokens_expire_instead_of_bursting_later(db_url: str) -> None:
+    async with replicas(db_url, 1) as (eng,):
+        budget = SharedBudget(eng, "nyc", 40.0, hold_seconds=0.2)
+        assert await budget.acquire(time.monotonic() + 1)  # claims 10, spends 1
+        await asyncio.sleep(0.3)
+        assert await budget.acquire(time.monotonic() + 1)
+    assert budget.counters.expired_tokens == 9
+    assert budget.counters.claims == 2
+
+
+@contextlib.contextmanager
+def silent_server() -> Iterator[int]:
+    """A port that accepts connections and never answers (a hung database)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        sock.settimeout(0.1)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError, OSError):
+                held.append(sock.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield int(sock.getsockname()[1])
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        sock.close()
+
+
+@pytest.mark.parametrize("kind", ["refused", "hung"])
+async def test_database_down_refuses_quickly_and_sends_nothing(kind: str) -> None:
+    with contextlib.ExitStack() as stack:
+        port = free_port() if kind == "refused" else stack.enter_context(silent_server())
+        url = f"postgresql://dropwatch@127.0.0.1:{port}/dropwatch"
+        eng = make_async_engine(Settings(database_url=SecretStr(url)), name="down", url=url)
+        try:
+            budget = SharedBudget(eng, "nyc", 5.0, claim_timeout_seconds=1.0)
+            started = time.monotonic()
+            assert not await budget.acquire(time.monotonic() + 30)
+            assert time.monotonic() - started < 2.0
+            # Then refused at once for a while, without a connection attempt per request.
+            started = time.monotonic()
+            assert not await budget.acquire(time.monotonic() + 30)
+            assert time.monotonic() - started < 0.05
+        finally:
+            await eng.dispose()
+    assert budget.counters.failures == 1
+    assert budget.counters.refused == 2
+    assert budget.counters.granted == 0
+
+
+async def test_factory_uses_the_market_and_its_rate(db_url: str) -> None:
+    settings = poller_settings(db_url, "http://127.0.0.1:1")
+    async with replicas(db_url, 1) as (eng,):
+        budget = make_budget(settings, eng)
+        assert budget.rate == settings.requests_per_second
+        assert await budget.acquire(time.monotonic() + 1)

@@ -19,6 +19,7 @@ import datetime as dt
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Date,
     DateTime,
@@ -225,8 +226,9 @@ class DropEvent(Base):
             "event_type IN ('NEW_DROP', 'CLOSED', 'SIZE_OPEN', 'SIZE_CLOSE')", name="event_type"
         ),
         CheckConstraint("time_bucket IN ('prime', 'off_peak')", name="time_bucket"),
-        # No other index: no query reads drop_events by anything else (open_slots serves the
-        # feed and the poller; retention drops partitions). See docs/architecture.md.
+        # Otherwise open_slots serves the feed and the poller, and retention drops partitions;
+        # the change cursor reads in commit order (migration 0011). See docs/architecture.md.
+        Index("ix_drop_events_xact_id_id", "xact_id", "id"),
         {"postgresql_partition_by": "RANGE (bucket_date)"},
     )
 
@@ -364,3 +366,18 @@ class ReleaseWindow(Base):
         PrimaryKeyConstraint("market", "venue_id", "lead_days", "release_minute"),
         CheckConstraint("release_minute BETWEEN 0 AND 1439 AND lead_days >= 0", name="moment"),
     )
+
+
+class ChangeFloor(Base):
+    """The highest xact_id removed by retention (one row, migration 0011): a change cursor at
+    or below it may have lost events, so it is OUT_OF_RANGE (docs/architecture.md, "Change
+    cursor and ListChanges")."""
+
+    __tablename__ = "change_floor"
+
+    singleton: Mapped[bool] = mapped_column(Boolean, primary_key=True, server_default=text("true"))
+    pruned_through: Mapped[int] = mapped_column(XID8())
+    pruned_day: Mapped[dt.date] = mapped_column(Date)
+    pruned_at: Mapped[dt.datetime] = mapped_column(TZ)
+
+    __table_args__ = (CheckConstraint("singleton", name="singleton"),)

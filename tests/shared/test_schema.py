@@ -55,7 +55,8 @@ def test_drop_events_keeps_only_the_indexes_its_writes_need(engine: Engine) -> N
                 text("SELECT indexname FROM pg_indexes WHERE tablename = 'drop_events'")
             ).scalars()
         )
-    assert names == {"pk_drop_events", "uq_drop_events_dedupe_key"}
+    # + the change cursor's commit-order read (0011)
+    assert names == {"pk_drop_events", "uq_drop_events_dedupe_key", "ix_drop_events_xact_id_id"}
 
 
 def test_downgrade_to_0002_restores_the_review_indexes(empty_db_url: str) -> None:

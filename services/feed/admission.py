@@ -14,11 +14,14 @@ from typing import Any
 
 import grpc
 
-from services.feed.interceptors import Behaviour, UnaryInterceptor
+from services.feed.interceptors import Behaviour, CallInterceptor
 
 
-class FeedLimit(UnaryInterceptor):
-    """At most `limit` unary calls of `service` at once; the next ones are refused."""
+class FeedLimit(CallInterceptor):
+    """At most `limit` unary calls of `service` at once; the next ones are refused. Streams
+    are bounded by their own limit (`DROPWATCH_WATCH_MAX_STREAMS`, services/feed/watch)."""
+
+    streams = False
 
     def __init__(self, service: str, limit: int) -> None:
         self.prefix = f"/{service}/"

@@ -25,7 +25,7 @@ from typing import Any
 
 import grpc
 
-from services.feed.interceptors import Behaviour, UnaryInterceptor
+from services.feed.interceptors import Behaviour, CallInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def verify(keys: Sequence[bytes], token: str, now: float) -> str:
     return client
 
 
-class FeedAuth(UnaryInterceptor):
+class FeedAuth(CallInterceptor):
     """Refuses FeedService calls without a valid token (UNAUTHENTICATED)."""
 
     def __init__(self, service: str, keys: Sequence[bytes]) -> None:

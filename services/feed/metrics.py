@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from services.feed.interceptors import Behaviour, UnaryInterceptor
+from services.feed.interceptors import Behaviour, CallInterceptor
 
 LATENCY_BUCKETS = (
     0.0005,
@@ -48,27 +48,32 @@ class GrpcServerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.types: dict[str, str] = {}  # method path -> grpc_type, from `prepare`
 
-    def prepare(self, service: str, methods: Iterable[str]) -> None:
+    def prepare(self, service: str, methods: Iterable[str], streams: Collection[str] = ()) -> None:
         """Create every method's series (and every status code's) at zero: `increase()` and
-        `rate()` ignore a series' first sample, so a replica's first errors would be unseen."""
+        `rate()` ignore a series' first sample, so a replica's first errors would be unseen.
+        `streams` are the server-streaming methods (grpc_type "server_stream")."""
         for method in methods:
-            labels = ("unary", service, method)
+            kind = "server_stream" if method in streams else "unary"
+            self.types[f"/{service}/{method}"] = kind
+            labels = (kind, service, method)
             self.started.labels(*labels)
             self.latency.labels(*labels)
             for code in grpc.StatusCode:
                 self.handled.labels(*labels, code.name)
 
 
-class MetricsInterceptor(UnaryInterceptor):
-    """Counts and times every unary-unary RPC, with its final status code."""
+class MetricsInterceptor(CallInterceptor):
+    """Counts and times every RPC (a stream: from its start to its end), with its final status
+    code."""
 
     def __init__(self, metrics: GrpcServerMetrics) -> None:
         self.metrics = metrics
 
     def wrap(self, behaviour: Behaviour, details: grpc.HandlerCallDetails) -> Behaviour:
         service, _, method = details.method.lstrip("/").rpartition("/")
-        labels = ("unary", service, method)
+        labels = (self.metrics.types.get(details.method, "unary"), service, method)
         metrics = self.metrics
 
         async def observed(request: Any, context: Any) -> Any:

@@ -47,6 +47,32 @@ class FeedSettings(Settings):
     )
     feed_reflection: bool = Field(default=True, description="gRPC server reflection.")
 
+    # WatchDrops (services/feed/watch): limits of the streams of one replica.
+    watch_max_streams: int = Field(
+        default=1_000, ge=1, le=100_000, description="Open WatchDrops streams per replica."
+    )
+    watch_buffer_messages: int = Field(
+        default=1_000,
+        ge=1,
+        le=100_000,
+        description="Messages a stream may have waiting; a consumer further behind is ended.",
+    )
+    watch_max_age_seconds: float = Field(
+        default=1_800, ge=1, le=86_400, description="A stream is ended (ABORTED) after this."
+    )
+    watch_default_heartbeat_seconds: int = Field(
+        default=15, ge=1, le=300, description="`progress` interval when a request sets none."
+    )
+    watch_check_seconds: float = Field(
+        default=1.0, ge=0.05, le=60, description="Read changes at least this often (no NOTIFY)."
+    )
+    watch_unavailable_seconds: float = Field(
+        default=10.0,
+        ge=0.1,
+        le=600,
+        description="Streams end UNAVAILABLE once the database is unreachable this long.",
+    )
+
     @field_validator(
         "page_token_secret",
         "page_token_previous_secret",

@@ -44,7 +44,8 @@ def market_zone() -> ZoneInfo:
         raise DropwatchError(f"DROPWATCH_MARKET_TIMEZONE: unknown time zone {name!r}") from None
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the feed is, who calls it and the filter: what every `dropwatch feed` command takes."""
     parser.add_argument(
         "--addr",
         default=os.environ.get("DROPWATCH_FEED_ADDR", DEFAULT_ADDR),
@@ -56,11 +57,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time-to", default="", help="HH:MM, slot start at or before")
     parser.add_argument("--time-slot", action="append", default=[], help="anchor HH:MM")
     parser.add_argument("--venue", type=int, action="append", default=[], help="venue id")
-    parser.add_argument("--all-slots", action="store_true", help="no de-duplication by venue")
-    parser.add_argument("--limit", type=int, default=0, help="0 = server default")
-    parser.add_argument("--page-token", default="")
-    parser.add_argument("--json", action="store_true", help="print the response as JSON")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds")
     parser.add_argument(
         "--token",
         default=os.environ.get("DROPWATCH_FEED_TOKEN", ""),
@@ -68,17 +64,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def call(kind: str, args: argparse.Namespace, max_age: int = 0, min_age: int | None = None) -> int:
-    filt = feed_pb2.FeedFilter(
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_filter_arguments(parser)
+    parser.add_argument("--all-slots", action="store_true", help="no de-duplication by venue")
+    parser.add_argument("--limit", type=int, default=0, help="0 = server default")
+    parser.add_argument("--page-token", default="")
+    parser.add_argument("--json", action="store_true", help="print the response as JSON")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds")
+
+
+def feed_filter(args: argparse.Namespace) -> feed_pb2.FeedFilter:
+    return feed_pb2.FeedFilter(
         reservation_dates=args.date,
         party_sizes=args.party_size,
         time_from=args.time_from,
         time_to=args.time_to,
         time_slots=args.time_slot,
         venue_ids=args.venue,
-        all_slots_per_venue=args.all_slots,
+        all_slots_per_venue=getattr(args, "all_slots", False),
     )
-    metadata = (("authorization", f"Bearer {args.token}"),) if args.token else None
+
+
+def call_metadata(args: argparse.Namespace) -> tuple[tuple[str, str], ...] | None:
+    return (("authorization", f"Bearer {args.token}"),) if args.token else None
+
+
+def rpc_error(addr: str, exc: grpc.RpcError) -> DropwatchError:
+    """One line naming the feed, the status code and the server's words."""
+    code = exc.code().name if hasattr(exc, "code") else "ERROR"
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    return DropwatchError(f"feed at {addr}: {code}: {details}")
+
+
+def call(kind: str, args: argparse.Namespace, max_age: int = 0, min_age: int | None = None) -> int:
+    filt, metadata = feed_filter(args), call_metadata(args)
     try:
         with grpc.insecure_channel(args.addr) as channel:
             stub = feed_pb2_grpc.FeedServiceStub(channel)
@@ -102,9 +121,7 @@ def call(kind: str, args: argparse.Namespace, max_age: int = 0, min_age: int | N
                     request.min_age_seconds = min_age
                 response = stub.StillOpen(request, timeout=args.timeout, metadata=metadata)
     except grpc.RpcError as exc:
-        code = exc.code().name if hasattr(exc, "code") else "ERROR"
-        details = exc.details() if hasattr(exc, "details") else str(exc)
-        raise DropwatchError(f"feed at {args.addr}: {code}: {details}") from None
+        raise rpc_error(args.addr, exc) from None
     if args.json:
         print(json.dumps(MessageToDict(response, preserving_proto_field_name=True), indent=2))
     else:

@@ -106,6 +106,12 @@ def _cmd_feed(args: argparse.Namespace) -> int:
     return client.call(args.kind, args, max_age=args.max_age, min_age=args.min_age)
 
 
+def _cmd_watch(args: argparse.Namespace) -> int:
+    from cli import watch
+
+    return watch.watch(args) if args.kind == "watch" else watch.changes(args)
+
+
 def _cmd_poll(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -239,8 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=_cmd_maintenance)
 
     from cli import feed as client
+    from cli import watch
 
-    p = sub.add_parser("feed", help="call the feed: just-opened or still-open")
+    p = sub.add_parser("feed", help="call the feed: just-opened, still-open, watch, changes")
     feed_sub = p.add_subparsers(dest="kind", required=True, metavar="LIST")
     q = feed_sub.add_parser("just-opened", help="drops opened in the last minutes")
     client.add_arguments(q)
@@ -258,6 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds (default 600, so a new stack lists nothing for ten minutes; 0 = all)",
     )
     q.set_defaults(func=_cmd_feed, max_age=0)
+    q = feed_sub.add_parser("watch", help="print drops as they open and close, until Ctrl-C")
+    watch.add_watch_arguments(q)
+    q.set_defaults(func=_cmd_watch)
+    q = feed_sub.add_parser("changes", help="the changes after a cursor, as one page")
+    watch.add_changes_arguments(q)
+    q.set_defaults(func=_cmd_watch)
     return parser
 
 

@@ -5,7 +5,7 @@
 -- cluster-wide, so it needs CREATEROLE once; set each role's password separately:
 --   ALTER ROLE dropwatch_poller PASSWORD '...';   (likewise feed and maintenance)
 --
---   dropwatch_poller       talks to the internet: reads and writes its five tables only; no
+--   dropwatch_poller       talks to the internet: reads and writes its six tables only; no
 --                          DDL, no TRUNCATE, nothing of maintenance's tables.
 --   dropwatch_feed         reads what it serves; every transaction read-only by default.
 --   dropwatch_maintenance  creates and drops day partitions of drop_events, which PostgreSQL
@@ -43,6 +43,10 @@ GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO dropwatch_poller;
 GRANT SELECT ON day_figures TO dropwatch_poller;
 -- The last successful maintenance run, which the poller exports for the alert.
 GRANT SELECT ON maintenance_runs TO dropwatch_poller;
+-- The market's request budget, claimed by every replica (one upsert per grant), and the
+-- release windows maintenance learned, which the scheduler reads but never writes.
+GRANT SELECT, INSERT, UPDATE ON request_budget TO dropwatch_poller;
+GRANT SELECT ON release_windows TO dropwatch_poller;
 GRANT SELECT ON alembic_version TO dropwatch_poller, dropwatch_feed;
 
 -- The feed: reads only, and its sessions start read-only.

@@ -1,5 +1,5 @@
 """The daily run: aggregate past events -> prune past buckets -> prune past events ->
-rolling figures -> ensure the live buckets -> baseline the new day.
+rolling figures -> ensure the live buckets -> baseline the new day -> learn release windows.
 
 "Past" is everything before today `cutoff_time` (15:00) in the market's zone. Events are kept
 and dropped by whole reservation days (one partition each). Under the partition's SHARE lock a
@@ -38,7 +38,15 @@ from shared.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-STEPS = ("aggregate", "prune_buckets", "prune_events", "rolling", "ensure_buckets", "baseline")
+STEPS = (
+    "aggregate",
+    "prune_buckets",
+    "prune_events",
+    "rolling",
+    "ensure_buckets",
+    "baseline",
+    "release_windows",
+)
 
 # Called with a step's name after the step commits, and with "<step> <day>" inside a day's
 # transaction just before it commits: tests raise there to crash the run at any point.
@@ -155,6 +163,7 @@ def run(
             "rolling": lambda: _rolling(settings, engine, dates.today),
             "ensure_buckets": lambda: _ensure_buckets(settings, engine, dates.live_today),
             "baseline": lambda: _baseline(engine, dates.live_today),
+            "release_windows": lambda: _release_windows(settings, engine, dates.today),
         }
         for name in STEPS:
             started = time.perf_counter()
@@ -268,3 +277,16 @@ def _baseline(engine: Engine, live_today: dt.date) -> StepResult:
     """New buckets start without a baseline; the poller builds it from healthy polls only."""
     with engine.connect() as conn:
         return StepResult(rows=store.buckets_awaiting_baseline(conn, live_today))
+
+
+def _release_windows(settings: MaintenanceSettings, engine: Engine, today: dt.date) -> StepResult:
+    """Relearn the market's release windows from the events still retained (up to `today`)."""
+    with engine.begin() as conn:
+        learned = store.learn_release_windows(
+            conn,
+            market=settings.market,
+            zone=settings.market_timezone,
+            today=today,
+            params=settings.window_params,
+        )
+    return StepResult(rows=learned.windows, detail={"removed": learned.removed})

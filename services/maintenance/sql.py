@@ -158,3 +158,93 @@ RECORD_RUN = text(
 PRUNE_RUNS = text(
     "DELETE FROM maintenance_runs WHERE finished_at < now() - make_interval(days => :days)"
 )
+
+
+# --- helper D (#14): release windows -----------------------------------------------------------
+# Learn the market's release windows from the retained NEW_DROP events, in one statement.
+# In market-local time: a release is a burst of >= :min_burst drops of one venue with one lead
+# (slot date minus the local date it opened), each within :burst_minutes of the previous one;
+# its minute is the burst's first. Bursts of a venue and lead whose minutes are each within
+# :drift_minutes of the previous one are one window, kept if seen on >= :min_days days; its
+# minute is their median. Rows no longer learned are deleted, the rest upserted (the delete and
+# the upsert touch different keys, so their order inside the statement does not matter).
+LEARN_RELEASE_WINDOWS = text(
+    """
+WITH seen AS (
+    SELECT venue_id, time_slot, local_at, CAST(local_at AS date) AS day,
+        slot_date - CAST(local_at AS date) AS lead
+    FROM (
+        SELECT venue_id, time_slot, slot_date, opened_at AT TIME ZONE :zone AS local_at
+        FROM drop_events
+        WHERE market = :market AND event_type = 'NEW_DROP'
+            AND bucket_date > CAST(:today AS date) - CAST(:history_days AS integer)
+            AND opened_at >= CAST(CAST(:today AS date) - CAST(:history_days AS integer) + 1
+                AS timestamp) AT TIME ZONE :zone
+            AND opened_at < CAST(CAST(:today AS date) + 1 AS timestamp) AT TIME ZONE :zone
+    ) e
+    WHERE slot_date >= CAST(local_at AS date)
+),
+starts AS (
+    SELECT seen.*, CASE WHEN local_at - lag(local_at) OVER w
+        <= make_interval(mins => CAST(:burst_minutes AS integer)) THEN 0 ELSE 1 END AS starts
+    FROM seen WINDOW w AS (PARTITION BY venue_id, lead, day ORDER BY local_at)
+),
+islands AS (
+    SELECT starts.*, sum(starts) OVER (PARTITION BY venue_id, lead, day ORDER BY local_at
+        ROWS UNBOUNDED PRECEDING) AS burst
+    FROM starts
+),
+bursts AS (
+    SELECT venue_id, lead, day, burst, count(*) AS slots,
+        CAST(extract(hour FROM min(local_at)) * 60 + extract(minute FROM min(local_at))
+            AS integer) AS minute
+    FROM islands
+    GROUP BY venue_id, lead, day, burst
+    HAVING count(*) >= :min_burst
+),
+chained AS (
+    SELECT bursts.*, sum(step) OVER (PARTITION BY venue_id, lead ORDER BY minute, day
+        ROWS UNBOUNDED PRECEDING) AS moment
+    FROM (
+        SELECT bursts.*, CASE WHEN minute - lag(minute) OVER (PARTITION BY venue_id, lead
+            ORDER BY minute, day) <= :drift_minutes THEN 0 ELSE 1 END AS step
+        FROM bursts
+    ) bursts
+),
+anchors AS (
+    SELECT c.venue_id, c.lead, c.moment, array_agg(DISTINCT i.time_slot ORDER BY i.time_slot)
+        AS time_slots
+    FROM chained c JOIN islands i USING (venue_id, lead, day, burst)
+    GROUP BY c.venue_id, c.lead, c.moment
+),
+learned AS (
+    SELECT c.venue_id, c.lead, a.time_slots,
+        percentile_disc(0.5) WITHIN GROUP (ORDER BY c.minute) AS minute,
+        count(DISTINCT c.day) AS days, min(c.day) AS first_day, max(c.day) AS last_day,
+        percentile_cont(0.5) WITHIN GROUP (ORDER BY c.slots) AS slots
+    FROM chained c JOIN anchors a USING (venue_id, lead, moment)
+    GROUP BY c.venue_id, c.lead, c.moment, a.time_slots
+    HAVING count(DISTINCT c.day) >= :min_days
+),
+gone AS (
+    DELETE FROM release_windows r
+    WHERE r.market = :market AND NOT EXISTS (
+        SELECT 1 FROM learned l WHERE l.venue_id = r.venue_id AND l.lead = r.lead_days
+            AND l.minute = r.release_minute)
+    RETURNING 1
+),
+kept AS (
+    INSERT INTO release_windows AS r (market, venue_id, lead_days, release_minute, time_slots,
+        days_seen, first_seen, last_seen, slots_per_release, refreshed_at)
+    SELECT :market, venue_id, lead, minute, time_slots, days, first_day, last_day, slots, now()
+    FROM learned
+    ON CONFLICT (market, venue_id, lead_days, release_minute) DO UPDATE SET
+        time_slots = excluded.time_slots, days_seen = excluded.days_seen,
+        first_seen = excluded.first_seen, last_seen = excluded.last_seen,
+        slots_per_release = excluded.slots_per_release, refreshed_at = excluded.refreshed_at
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM kept) AS windows, (SELECT count(*) FROM gone) AS removed
+"""
+)
+# --- end of helper D's section ------------------------------------------------------------------

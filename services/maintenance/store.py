@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from sqlalchemy import Connection
@@ -108,3 +108,32 @@ def record_run(
         sql.RECORD_RUN,
         {"started_at": started_at, "outcome": outcome, "summary": json.dumps(summary)},
     )
+
+
+@dataclass(frozen=True)
+class WindowParams:
+    """What counts as a release window (the DROPWATCH_WINDOW_* settings)."""
+
+    min_burst: int = 3  # NEW_DROPs of one venue and lead that make a release on a day
+    burst_minutes: int = 5  # the most between two drops of one release
+    min_days: int = 3  # days a release moment must recur on
+    drift_minutes: int = 10  # release minutes this close on other days are the same moment
+    history_days: int = 28  # local days of opened_at looked at, up to today
+
+
+@dataclass(frozen=True)
+class WindowsLearned:
+    windows: int  # the market's windows now
+    removed: int  # windows no longer seen, deleted
+
+
+def learn_release_windows(
+    conn: Connection, *, market: str, zone: str, today: dt.date, params: WindowParams
+) -> WindowsLearned:
+    """Replace the market's release windows with what the retained events show up to `today`
+    (market-local), in the caller's transaction."""
+    row = conn.execute(
+        sql.LEARN_RELEASE_WINDOWS,
+        {"market": market, "zone": zone, "today": today, **asdict(params)},
+    ).one()
+    return WindowsLearned(int(row.windows), int(row.removed))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -129,3 +130,27 @@ def test_maintenance_runs_under_its_role(roles: dict[str, str]) -> None:
         ).fetchall()
     assert owners and "dropwatch_maintenance" not in {o[0] for o in owners}
     assert _refused(roles["maintenance"], "CREATE ROLE evil") == "InsufficientPrivilege"
+
+
+async def test_the_poller_claims_the_budget_and_reads_windows_it_cannot_write(
+    roles: dict[str, str],
+) -> None:
+    """Migration 0010's tables under the poller's role (the budget and the release windows)."""
+    from services.poller.budget import SharedBudget
+    from services.poller.windows import load_release_windows
+    from shared.db.engine import make_async_engine
+    from shared.settings import Settings
+
+    url = roles["poller"]
+    engine = make_async_engine(Settings(database_url=SecretStr(url)), name="role", url=url)
+    try:
+        budget = SharedBudget(engine, "nyc", 5.0)
+        assert await budget.acquire(time.monotonic() + 5)  # the first claim inserts the row
+        assert await budget.acquire(time.monotonic() + 5)
+        assert budget.counters.failures == 0
+        async with engine.connect() as conn:
+            assert await load_release_windows(conn, "nyc") == []
+    finally:
+        await engine.dispose()
+    assert _refused(url, "DELETE FROM release_windows") == "InsufficientPrivilege"
+    assert _refused(url, "DELETE FROM request_budget") == "InsufficientPrivilege"

@@ -75,6 +75,7 @@ def test_run_aggregates_past_days_then_drops_them(db_url: str, engine: Engine) -
         "rolling",
         "ensure_buckets",
         "baseline",
+        "release_windows",
     ]
     assert actual_venue_metrics(engine) == expected_venue_metrics(events, set(PAST))
     assert actual_market_metrics(engine) == expected_market_metrics(events, set(PAST))

@@ -67,6 +67,7 @@ class PollContext:
             anchor=dt.time.fromisoformat(leased.time_slot),
             party_sizes=self.settings.party_sizes,
             window=dt.timedelta(hours=self.settings.search_window_hours),
+            anchors=self.settings.anchor_times,
         )
 
 
@@ -79,9 +80,9 @@ async def poll_bucket(ctx: PollContext, leased: LeasedBucket) -> PollOutcome:
 
 
 async def _poll(ctx: PollContext, leased: LeasedBucket, deadline: float) -> PollOutcome:
-    settings = ctx.settings
+    settings, spec = ctx.settings, ctx.spec_for(leased)
     try:
-        fetch = await ctx.provider.fetch_bucket(ctx.spec_for(leased), deadline)
+        fetch = await ctx.provider.fetch_bucket(spec, deadline)
     except FetchError as exc:
         log.warning("bucket %s: fetch failed (%s): %s", leased.bucket_id, exc.reason, exc)
         await _record_unhealthy(ctx, leased, exc.reason, leased.held)
@@ -123,6 +124,7 @@ async def _poll(ctx: PollContext, leased: LeasedBucket, deadline: float) -> Poll
                 now=now,
                 next_poll_at=now + dt.timedelta(seconds=settings.cooldown_seconds),
                 judgement=verdict,
+                share=spec.share,
             )
     except LeaseLostError as exc:
         ctx.metrics.lease_conflicts.inc()

@@ -7,27 +7,32 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Protocol
 
 from services.poller.slots import BucketFetch
+from shared.shares import Share, bucket_share
 
 
 @dataclass(frozen=True)
 class BucketSpec:
-    """What to fetch for one discovery bucket."""
+    """What to fetch for one discovery bucket; `anchors` are the market's (none: only ours)."""
 
     bucket_id: str
     day: dt.date
     anchor: dt.time
     party_sizes: tuple[int, ...]
     window: dt.timedelta
+    anchors: tuple[dt.time, ...] = ()
+
+    @cached_property
+    def share(self) -> Share:
+        """The times of day this bucket keeps (shared/shares.py): a slot has one bucket."""
+        return bucket_share(self.anchor, self.anchors, self.window)
 
     def contains(self, start: dt.datetime) -> bool:
-        """Is a local start time inside this bucket (same day, anchor +/- window)?"""
-        if start.date() != self.day:
-            return False
-        centre = dt.datetime.combine(self.day, self.anchor)
-        return centre - self.window <= start <= centre + self.window
+        """Is a local start time this bucket's (same day, within its share)?"""
+        return start.date() == self.day and self.share.contains(start.time())
 
 
 class Provider(Protocol):

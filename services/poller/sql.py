@@ -99,6 +99,14 @@ UPSERT_VENUES = text(
 # SIZE_CLOSE events carrying the sizes added / removed. Only kinds with their own baseline
 # (:ready) report news: a fresh slot none of them reports goes into the baseline, and sizes
 # of other kinds change silently.
+# A baseline slot leaves the baseline when it is gone (`unlisted`): it opened before we looked,
+# but its next opening is news, a NEW_DROP like any other. "Gone" is judged per kind as above,
+# so a held kind's slot is not gone and stays in the baseline. `baseline_slots` therefore lists
+# the open slots that were baseline; `drops` need not consult it, since a fresh slot is never
+# open and so never listed (rows of slots that closed before this rule are no longer read).
+# The bucket keeps only its share of the day (:share_start <= minute < :share_end, see
+# shared/shares.py): the fetch holds nothing else, and an open slot stored outside it (from
+# before each slot had one bucket) leaves `open_slots` and the baseline with no event.
 # `gone` and `resized` join open_slots on the diff's own (bucket_id, slot_id), not on :bucket:
 # a bucket whose open state is newer than the last ANALYZE is estimated at one row, and a
 # constant bucket filter then lets the planner scan the whole bucket against the diff (quadratic,
@@ -116,6 +124,9 @@ WRITE_POLL = text(
     ),
     diff AS (
         SELECT o.bucket_id, o.slot_id, o.party_sizes AS old_sizes,
+            o.slot_date = :bucket_date
+                AND o.slot_time - time '00:00' >= make_interval(mins => :share_start)
+                AND o.slot_time - time '00:00' < make_interval(mins => :share_end) AS ours,
             ARRAY(SELECT DISTINCT x FROM unnest(
                     coalesce(c.sizes, '{}'::smallint[])
                     || ARRAY(SELECT y FROM unnest(o.party_sizes) y
@@ -139,8 +150,13 @@ WRITE_POLL = text(
     gone AS (
         DELETE FROM open_slots o USING lost l
         WHERE o.bucket_id = l.bucket_id AND o.slot_id = l.slot_id
-          AND cardinality(l.new_sizes) = 0
-        RETURNING o.*, l.gone_at
+          AND (cardinality(l.new_sizes) = 0 OR NOT l.ours)
+        RETURNING o.*, l.gone_at, l.ours
+    ),
+    unlisted AS (
+        DELETE FROM baseline_slots bs USING gone g
+        WHERE bs.bucket_id = g.bucket_id AND bs.slot_id = g.slot_id
+        RETURNING 1
     ),
     closed AS (
         INSERT INTO drop_events (bucket_date, bucket_id, market, provider, slot_id, venue_id,
@@ -152,7 +168,7 @@ WRITE_POLL = text(
             g.slot_date, g.slot_time, g.seating_type, g.party_sizes, g.time_slot,
             :time_bucket, 'CLOSED:' || g.drop_event_id, g.drop_event_id
         FROM gone g
-        WHERE g.drop_event_id IS NOT NULL
+        WHERE g.drop_event_id IS NOT NULL AND g.ours
         ON CONFLICT (bucket_date, dedupe_key) DO NOTHING
         RETURNING id
     ),
@@ -167,7 +183,7 @@ WRITE_POLL = text(
                 FROM unnest(l.new_sizes) AS x ORDER BY x)
         FROM lost l
         WHERE o.bucket_id = l.bucket_id AND o.slot_id = l.slot_id
-          AND cardinality(l.new_sizes) > 0 AND l.new_sizes <> l.old_sizes
+          AND l.ours AND cardinality(l.new_sizes) > 0 AND l.new_sizes <> l.old_sizes
         RETURNING o.*, l.added, l.removed, l.gone_at
     ),
     sized AS (
@@ -208,10 +224,6 @@ WRITE_POLL = text(
             'NEW_DROP:' || :bucket || ':' || f.slot_id || ':' || :new_version
         FROM fresh f
         WHERE f.sizes && CAST(:ready AS smallint[])
-          AND NOT EXISTS (
-            SELECT 1 FROM baseline_slots bs
-            WHERE bs.bucket_id = :bucket AND bs.slot_id = f.slot_id
-          )
         ON CONFLICT (bucket_date, dedupe_key) DO NOTHING
         RETURNING id, slot_id, opened_at
     ),

@@ -19,6 +19,7 @@ from services.poller import sql
 from services.poller.judge import Judgement, suspect_polls
 from services.poller.slots import BucketFetch
 from shared.db.contracts import FEED_CHANNEL
+from shared.shares import MINUTES_PER_DAY, Share
 
 BASELINE_POLLS = 3
 
@@ -183,6 +184,7 @@ async def write_healthy_poll(
     now: dt.datetime,
     next_poll_at: dt.datetime,
     judgement: Judgement | None = None,
+    share: Share | None = None,
 ) -> WriteResult:
     """Apply a fetch the judge let through: events, open state and snapshot version in one
     statement. Held kinds' sizes are taken out of the fetch: the statement keeps their
@@ -192,7 +194,12 @@ async def write_healthy_poll(
     `BASELINE_POLLS` times, a slot only it reports goes into the baseline and a size it adds
     is no event (it was not observable before, e.g. blocked while the bucket baselined). An
     empty answer does not count.
+
+    `share` is the bucket's share of the day (shared/shares.py; None: the whole day). The
+    fetch holds only slots within it; open slots stored outside it (from before a slot had one
+    bucket) leave the snapshot silently, so they are neither diffed nor closed.
     """
+    share = share or Share(0, MINUTES_PER_DAY)
     judgement = judgement or Judgement(outcome, {k: "healthy" for k in fetch.kind_counts})
     held = set(judgement.held_sizes)
     slots = [
@@ -235,6 +242,8 @@ async def write_healthy_poll(
                 "market": market,
                 "provider": provider,
                 "now": now,
+                "share_start": share.start,
+                "share_end": share.end,
                 "ready": ready,
                 "kind_baseline": json.dumps({str(k): n for k, n in kind_baseline.items()}),
                 "new_version": leased.snapshot_version + 1,

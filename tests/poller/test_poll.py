@@ -66,15 +66,16 @@ async def test_baseline_then_drop_close_reopen(
     assert len({d["dedupe_key"] for d in drops}) == 2
 
 
-async def test_baseline_slots_are_never_drops(
+async def test_a_baseline_slot_is_no_drop_until_it_reopens(
     ctx: PollContext, engine: Engine, sim: Simulator
 ) -> None:
     await baseline(ctx, engine, sim, "1@19:00", "2@19:30")
-    script(sim, "1@19:00")  # a baseline slot goes away ...
-    await poll(ctx, engine)
-    script(sim, "1@19:00", "2@19:30")  # ... and comes back
+    script(sim, "1@19:00")  # a baseline slot goes away: it never opened as a drop, no CLOSED
     await poll(ctx, engine)
     assert events(engine, BUCKET) == []
+    script(sim, "1@19:00", "2@19:30")  # ... and comes back: a cancellation, a drop
+    await poll(ctx, engine)
+    assert kinds(engine) == [("NEW_DROP", "19:30")]
 
 
 async def test_flapping_slot_pairs_every_drop_with_its_close(

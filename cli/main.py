@@ -244,6 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.set_defaults(func=_cmd_maintenance)
 
+    from cli import windows
+
+    windows.add_arguments(sub)
+
     from cli import feed as client
     from cli import watch
 

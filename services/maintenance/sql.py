@@ -247,4 +247,14 @@ kept AS (
 SELECT (SELECT count(*) FROM kept) AS windows, (SELECT count(*) FROM gone) AS removed
 """
 )
+# The market's windows as `dropwatch windows` shows them: with the venue's name.
+SHOW_RELEASE_WINDOWS = text(
+    """
+SELECT w.venue_id, v.name AS venue, w.lead_days, w.release_minute, w.time_slots, w.days_seen,
+    w.first_seen, w.last_seen, w.slots_per_release, w.refreshed_at
+FROM release_windows w LEFT JOIN venues v ON v.venue_id = w.venue_id
+WHERE w.market = :market
+ORDER BY w.release_minute, w.lead_days, v.name, w.venue_id
+"""
+)
 # --- end of helper D's section ------------------------------------------------------------------

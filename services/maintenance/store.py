@@ -137,3 +137,9 @@ def learn_release_windows(
         {"market": market, "zone": zone, "today": today, **asdict(params)},
     ).one()
     return WindowsLearned(int(row.windows), int(row.removed))
+
+
+def release_windows(conn: Connection, market: str) -> list[dict[str, Any]]:
+    """The market's learned windows with venue names, by local time (for display)."""
+    rows = conn.execute(sql.SHOW_RELEASE_WINDOWS, {"market": market})
+    return [dict(row._mapping) for row in rows]

@@ -20,6 +20,7 @@ from typing import Any
 
 from tools.simulator import faults as fk
 from tools.simulator.catalog import ScriptedSlot, ScriptedVenue
+from tools.simulator.dropworld import DEFAULT_ZONE, DropWorld
 from tools.simulator.faults import Fault, FaultPlan
 from tools.simulator.model import AvailabilityModel, VenueAvailability, scripted_search
 from tools.simulator.search import (
@@ -33,6 +34,10 @@ from tools.simulator.transport import Handler, HTTPServer, Response, error_respo
 from tools.simulator.world import World
 
 __all__ = ["Response", "ScriptedSlot", "ScriptedVenue", "Simulator"]
+
+HASH_MODEL = "hash"  # model.py: stateless open/closed periods (the tests' default)
+DROPS_MODEL = "drops"  # dropworld.py: releases, cancellations, ground truth (`make run`)
+MODELS = (HASH_MODEL, DROPS_MODEL)
 
 log = logging.getLogger("dropwatch.simulator")
 
@@ -56,7 +61,12 @@ MALFORMED_BODY = '{"search": {"hits": [{"id": {"resy": 1}, "name": "Trunc'
 
 
 class Simulator:
-    """A Resy venue-search stand-in: the model, scripted days, faults and an HTTP server."""
+    """A Resy venue-search stand-in: the model, scripted days, faults and an HTTP server.
+
+    With `model="drops"` searches are answered by a DropWorld (`self.drops`) at the virtual
+    instant `start_at + (clock() - clock at construction) * speed` (`virtual_now()`);
+    `start_at` defaults to the clock at construction, so at speed 1 virtual time is the clock.
+    """
 
     def __init__(
         self,
@@ -66,11 +76,23 @@ class Simulator:
         speed: float = 1.0,
         clock: Callable[[], datetime] | None = None,
         world: World | None = None,
+        model: str = HASH_MODEL,
+        start_at: datetime | None = None,
+        market_zone: str = DEFAULT_ZONE,
     ) -> None:
+        if model not in MODELS:
+            raise ValueError(f"model must be one of {', '.join(MODELS)}")
         self.model = AvailabilityModel(venues, seed, speed)
         self.faults = FaultPlan()
         self._api_key = api_key
         self._clock = clock or (lambda: datetime.now(UTC))
+        self._wall0 = self._clock()
+        self._start_at = start_at or self._wall0
+        self.drops = (
+            DropWorld(seed, market_zone=market_zone, venues=self.model.venues)
+            if model == DROPS_MODEL
+            else None
+        )
         # A seeded database's world (see world.py) replaces the model's venues when it has
         # venues of its own; what it carries of the model's venues is the model's to decide.
         carried = world.without({v.venue_id for v in self.model.venues}) if world else None
@@ -148,6 +170,13 @@ class Simulator:
         return f"http://{host!s}:{port}"
 
     # -- scripting and introspection -------------------------------------------------------
+
+    def virtual_now(self) -> datetime:
+        """The instant the drops model is asked about (the clock itself for the hash model)."""
+        now = self._clock()
+        if self.drops is None:
+            return now
+        return self._start_at + (now - self._wall0) * self.model.speed
 
     def script_day(self, day: date, venues: list[ScriptedVenue]) -> None:
         """From now on, searches for `day` return exactly these venues and slots."""
@@ -239,6 +268,9 @@ class Simulator:
             scripted = self._scripted.get(query.day)
         now = self._clock()
         if scripted is None:
+            if self.world is None and self.drops is not None:
+                at = self.virtual_now()
+                return self.drops.search_venues(query.day, query.party_size, query.window, at)
             if self.world is None:
                 return self.model.search(query.day, query.party_size, query.window, now)
             t = self.model.sim_seconds(now)

@@ -1,0 +1,348 @@
+"""The realistic model as one object: search it at any instant, ask it what really dropped.
+
+`DropWorld` answers `search(day, party_size, time_filter, at)` for any datetime, in virtual
+time and without threads, from the intervals drops.py generates, and `true_drops(t0, t1)` is
+the ground truth a detector is scored on: every open interval that started in [t0, t1). The
+HTTP simulator (server.py) serves the same answers, so a poller sees exactly this world.
+
+Speed: per (slot day, party size, observation day) the intervals become one sorted event list
+with a cursor; a search moves the cursor to `at` (bisect) and returns the open set, cached
+until an event or the template period changes. Searches that move forward cost only the
+events they pass; going back in time replays that day's events once.
+"""
+
+from __future__ import annotations
+
+import threading
+from bisect import bisect_right
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from shared.slots import slot_id_for
+from tools.simulator.catalog import Venue, generate_venues
+from tools.simulator.drops import (
+    Cell,
+    Interval,
+    cancellation_intervals,
+    local_midnight,
+    release_intervals,
+    venue_cells,
+)
+from tools.simulator.model import (
+    TEMPLATE_PERIOD_S,
+    Slot,
+    TimeWindow,
+    VenueAvailability,
+    template_id,
+)
+from tools.simulator.releases import ReleaseSchedule, schedule_for
+
+DEFAULT_ZONE = "America/New_York"
+DEFAULT_ANCHORS = ("15:00", "19:00")
+DEFAULT_PARTY_SIZES = (2, 4)
+# How many generated slot days, (slot day, observation day) pairs and timelines are kept.
+MEMO_RELEASES = 64
+MEMO_CANCELLATIONS = 256
+MEMO_TIMELINES = 512
+
+
+def _posix(at: datetime) -> float:
+    """Naive datetimes are taken as UTC, like the rest of the simulator."""
+    return (at if at.tzinfo is not None else at.replace(tzinfo=UTC)).timestamp()
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    """One true drop: the cell opened at `start` and stayed open until `end` (POSIX seconds).
+
+    `slot_start` is the slot's market-local start (naive), from which the poller's slot id
+    follows (`slot_id()`); a cell that closes and opens again is the same slot, a second Drop.
+    """
+
+    venue_id: int
+    day: date
+    minute: int
+    seating_type: str
+    party_sizes: tuple[int, ...]
+    start: float
+    end: float
+    kind: str  # "release" or "cancellation"
+
+    @property
+    def time(self) -> str:
+        return f"{self.minute // 60:02d}:{self.minute % 60:02d}"
+
+    @property
+    def slot_start(self) -> datetime:
+        return datetime.combine(self.day, datetime.min.time()) + timedelta(minutes=self.minute)
+
+    @property
+    def started_at(self) -> datetime:
+        return datetime.fromtimestamp(self.start, UTC)
+
+    @property
+    def ended_at(self) -> datetime:
+        return datetime.fromtimestamp(self.end, UTC)
+
+    @property
+    def lifetime(self) -> float:
+        return self.end - self.start
+
+    def slot_id(self, provider: str = "resy") -> str:
+        return slot_id_for(provider, self.venue_id, self.slot_start, self.seating_type)
+
+
+class _Timeline:
+    """The open intervals of one (slot day, party size, observation day), as a cursor."""
+
+    def __init__(self, intervals: list[Interval]) -> None:
+        self.intervals = intervals
+        events = sorted(
+            [(iv.start, i) for i, iv in enumerate(intervals)]
+            + [(iv.end, ~i) for i, iv in enumerate(intervals)]
+        )
+        self.times = [t for t, _ in events]
+        self.ops = [op for _, op in events]
+        self.pos = 0
+        self.open: set[int] = set()
+        self.version = 0
+        self.answers: dict[tuple[int, int], tuple[int, int, tuple[Slot, ...]]] = {}
+        # Sort rank of each interval (by venue, time, seating) and its Slot this template period.
+        ranked = sorted(range(len(intervals)), key=lambda i: intervals[i][2:5])
+        self.order = [0] * len(intervals)
+        for rank, i in enumerate(ranked):
+            self.order[i] = rank
+        self.period = -1
+        self.made: dict[int, Slot] = {}
+
+    def move(self, t: float) -> None:
+        if self.pos and self.times[self.pos - 1] > t:
+            self.pos, self.open = 0, set()
+            self.version += 1
+        target = bisect_right(self.times, t, lo=self.pos)
+        if target == self.pos:
+            return
+        for op in self.ops[self.pos : target]:
+            if op >= 0:
+                self.open.add(op)
+            else:
+                self.open.discard(~op)
+        self.pos = target
+        self.version += 1
+
+
+class DropWorld:
+    """A seeded market whose tables drop like the real thing (see drops.py, releases.py).
+
+    `start_day`, `window_days`, `anchors` and `party_sizes` describe what a poller watches:
+    `true_drops` by default lists only the drops it could see (slot day within `window_days`
+    of the drop's local date, slot time within an anchor's +/- 2 h, a watched party size).
+    """
+
+    def __init__(
+        self,
+        seed: int = 7,
+        venue_count: int = 300,
+        market_zone: str = DEFAULT_ZONE,
+        start_day: date | None = None,
+        window_days: int = 14,
+        anchors: Iterable[str] = DEFAULT_ANCHORS,
+        party_sizes: Iterable[int] = DEFAULT_PARTY_SIZES,
+        venues: tuple[Venue, ...] | None = None,
+    ) -> None:
+        self.seed = seed
+        self.zone = ZoneInfo(market_zone)
+        self.venues = venues if venues is not None else generate_venues(venue_count, seed)
+        self.start_day = start_day
+        self.window_days = window_days
+        self.anchors = tuple(anchors)
+        self.party_sizes = tuple(party_sizes)
+        self.schedules = tuple(schedule_for(seed, v) for v in self.venues)
+        self._cells: tuple[tuple[Cell, ...], ...] = tuple(venue_cells(v) for v in self.venues)
+        self._lock = threading.RLock()
+        self._releases: dict[date, list[list[Interval]]] = {}
+        self._cancellations: dict[tuple[date, date], list[Interval]] = {}
+        self._timelines: dict[tuple[date, int, date], _Timeline] = {}
+
+    # -- the truth a learner should find -------------------------------------------------
+
+    def release_schedule(self) -> list[ReleaseSchedule]:
+        """Every venue's release rule: venue_id, tier, lead_days, nominal local_time, jitter."""
+        return list(self.schedules)
+
+    # -- searching -----------------------------------------------------------------------
+
+    def search(
+        self, day: date, party_size: int, time_filter: str | None, at: datetime
+    ) -> tuple[Slot, ...]:
+        """The slots open at `at` for `day` within time_filter +/- 2 h, by (venue, time,
+        seating): exactly what the HTTP simulator serves at that instant."""
+        return self.search_window(day, party_size, TimeWindow.around(time_filter), at)
+
+    def search_window(
+        self, day: date, party_size: int, window: TimeWindow, at: datetime
+    ) -> tuple[Slot, ...]:
+        t = _posix(at)
+        observed = datetime.fromtimestamp(t, self.zone).date()
+        if day < observed:
+            return ()
+        with self._lock:
+            timeline = self._timeline(day, party_size, observed)
+            timeline.move(t)
+            key = (window.first_minute, window.last_minute)
+            period = int(t // TEMPLATE_PERIOD_S)
+            cached = timeline.answers.get(key)
+            if cached is not None and cached[0] == timeline.version and cached[1] == period:
+                return cached[2]
+            slots = self._slots(timeline, day, party_size, window, t)
+            timeline.answers[key] = (timeline.version, period, slots)
+            return slots
+
+    def search_venues(
+        self, day: date, party_size: int, window: TimeWindow, at: datetime
+    ) -> tuple[VenueAvailability, ...]:
+        """The same answer grouped by venue, ordered by venue id (what server.py renders)."""
+        by_id = {v.venue_id: v for v in self.venues}
+        grouped: dict[int, list[Slot]] = {}
+        for slot in self.search_window(day, party_size, window, at):
+            grouped.setdefault(slot.venue_id, []).append(slot)
+        return tuple(VenueAvailability(by_id[v], tuple(s)) for v, s in grouped.items())
+
+    def _slots(
+        self, timeline: _Timeline, day: date, party_size: int, window: TimeWindow, t: float
+    ) -> tuple[Slot, ...]:
+        first, last = window.first_minute, window.last_minute
+        ivs, order = timeline.intervals, timeline.order
+        picked = [i for i in timeline.open if first <= ivs[i].minute <= last]
+        picked.sort(key=order.__getitem__)
+        period = int(t // TEMPLATE_PERIOD_S)
+        if timeline.period != period:
+            timeline.period, timeline.made = period, {}
+        made = timeline.made
+        found = []
+        for i in picked:
+            slot = made.get(i)
+            if slot is None:
+                iv = ivs[i]
+                venue = self.venues[iv.venue]
+                seating = venue.seating_types[iv.seat]
+                tpl = template_id(venue.key, t)
+                config = venue.config_id(seating)
+                slot = made[i] = Slot(
+                    venue.venue_id, day, iv.minute, seating, party_size, config, tpl
+                )
+            found.append(slot)
+        return tuple(found)
+
+    # -- ground truth --------------------------------------------------------------------
+
+    def true_drops(
+        self,
+        t0: datetime,
+        t1: datetime,
+        *,
+        party_sizes: Iterable[int] | None = None,
+        anchors: Iterable[str] | None = None,
+        window_days: int | None = None,
+    ) -> list[Drop]:
+        """Every open interval that started in [t0, t1), sorted by start.
+
+        Only drops a watcher could see: a party size among `party_sizes` (default the
+        world's), slot time within some anchor +/- 2 h (default the world's anchors; pass
+        `anchors=()` for every time), slot day within `window_days` of the start's local date.
+        """
+        a, b = _posix(t0), _posix(t1)
+        sizes = tuple(self.party_sizes if party_sizes is None else party_sizes)
+        mask = sum(1 << p for p in sizes)
+        chosen = self.anchors if anchors is None else tuple(anchors)
+        windows = [TimeWindow.around(x) for x in chosen]
+        span = self.window_days if window_days is None else window_days
+        found: list[Drop] = []
+        observed = datetime.fromtimestamp(a, self.zone).date()
+        last = datetime.fromtimestamp(b, self.zone).date()
+        with self._lock:
+            while observed <= last:
+                for offset in range(span):
+                    day = observed + timedelta(days=offset)
+                    for iv in self._started_on(day, observed):
+                        if not (a <= iv.start < b and iv.parties & mask):
+                            continue
+                        if windows and not any(w.contains(iv.minute) for w in windows):
+                            continue
+                        found.append(self._drop(day, iv))
+                observed += timedelta(days=1)
+        found.sort(key=lambda d: (d.start, d.venue_id, d.minute, d.seating_type))
+        return found
+
+    def _started_on(self, day: date, observed: date) -> list[Interval]:
+        lo = local_midnight(observed, self.zone)
+        hi = local_midnight(observed + timedelta(days=1), self.zone)
+        started = [iv for ivs in self._released(day) for iv in ivs if lo <= iv.start < hi]
+        return started + self._cancelled(day, observed)
+
+    def _drop(self, day: date, iv: Interval) -> Drop:
+        venue = self.venues[iv.venue]
+        sizes = tuple(p for p in range(1, 64) if iv.parties >> p & 1)
+        return Drop(
+            venue.venue_id,
+            day,
+            iv.minute,
+            venue.seating_types[iv.seat],
+            sizes,
+            iv.start,
+            iv.end,
+            iv.kind,
+        )
+
+    # -- generation, memoised (the memo never changes an answer) --------------------------
+
+    def _released(self, day: date) -> list[list[Interval]]:
+        found = self._releases.get(day)
+        if found is None:
+            seed, zone = self.seed, self.zone
+            found = [
+                release_intervals(seed, i, v, self.schedules[i], self._cells[i], day, zone)
+                for i, v in enumerate(self.venues)
+            ]
+            _remember(self._releases, day, found, MEMO_RELEASES)
+        return found
+
+    def _cancelled(self, day: date, observed: date) -> list[Interval]:
+        found = self._cancellations.get((day, observed))
+        if found is None:
+            found = []
+            for i, ivs in enumerate(self._released(day)):
+                by_cell = {(iv.minute, iv.seat): iv for iv in ivs}
+                venue, schedule, cells = self.venues[i], self.schedules[i], self._cells[i]
+                found += cancellation_intervals(
+                    self.seed, i, venue, schedule, cells, by_cell, day, observed, self.zone
+                )
+            _remember(self._cancellations, (day, observed), found, MEMO_CANCELLATIONS)
+        return found
+
+    def _timeline(self, day: date, party_size: int, observed: date) -> _Timeline:
+        key = (day, party_size, observed)
+        timeline = self._timelines.get(key)
+        if timeline is None:
+            bit = 1 << party_size
+            lo = local_midnight(observed, self.zone)
+            hi = local_midnight(observed + timedelta(days=1), self.zone)
+            intervals = [
+                iv
+                for ivs in self._released(day)
+                for iv in ivs
+                if iv.parties & bit and iv.end > lo and iv.start < hi
+            ]
+            intervals += [iv for iv in self._cancelled(day, observed) if iv.parties & bit]
+            timeline = _Timeline(intervals)
+            _remember(self._timelines, key, timeline, MEMO_TIMELINES)
+        return timeline
+
+
+def _remember(memo: dict[Any, Any], key: Any, value: Any, limit: int) -> None:
+    if len(memo) >= limit:
+        del memo[next(iter(memo))]
+    memo[key] = value

@@ -14,7 +14,8 @@ disjoint open intervals [start, end) in POSIX seconds. Two processes make them:
 
 Every number comes from a random.Random seeded by a stable key of (seed, venue, day...), so a
 world is a pure function of its seed, whatever order it is asked in. Cancellations of one
-observation day end by its local midnight, so a day never depends on the day before.
+observation day end a second before its local midnight, so a day never depends on the day
+before. Times are POSIX seconds rounded to the millisecond (a datetime holds them exactly).
 """
 
 from __future__ import annotations
@@ -157,10 +158,10 @@ def release_intervals(
     found = []
     for cell in cells:
         closes = slot_ts(noon, cell.minute)
-        start = released + RELEASE_SPREAD_S * rng.random()
+        start = round(released + RELEASE_SPREAD_S * rng.random(), 3)
         lo, hi, keep = prime_life if cell.prime else off_life
         life = closes - start if rng.random() < keep else _log_uniform(rng, lo, hi)
-        end = min(start + life, closes)
+        end = round(min(start + life, closes), 3)
         if end - start >= MIN_GAP_S:
             found.append(Interval(start, end, index, cell.minute, cell.seat, cell.parties, RELEASE))
     return found
@@ -213,6 +214,8 @@ def cancellation_intervals(
             continue  # not released yet, still open from its release, or too late
         if t < last_end.get(key, -math.inf) + MIN_GAP_S:
             continue  # still open from an earlier cancellation
-        end = min(t + life, closes, day_end)
+        t, end = round(t, 3), round(min(t + life, closes, day_end - MIN_GAP_S), 3)
+        if end - t < MIN_GAP_S:
+            continue
         last_end[key] = end
         found.append(Interval(t, end, index, cell.minute, cell.seat, cell.parties, CANCELLATION))

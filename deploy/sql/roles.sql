@@ -53,3 +53,9 @@ GRANT SELECT ON alembic_version TO dropwatch_poller, dropwatch_feed;
 GRANT SELECT ON open_slots, venues, discovery_buckets TO dropwatch_feed;
 ALTER ROLE dropwatch_feed SET default_transaction_read_only = on;
 ALTER ROLE dropwatch_feed CONNECTION LIMIT 120;
+
+-- The change cursor (#15): ListChanges and WatchDrops read the events in commit order (a day
+-- partition through its parent, whose grants apply) and the retention floor the maintenance
+-- job records when it drops a day (it acts as the owner; the grant says so explicitly).
+GRANT SELECT ON drop_events, change_floor TO dropwatch_feed;
+GRANT SELECT, INSERT, UPDATE ON change_floor TO dropwatch_maintenance;

@@ -245,6 +245,7 @@ def _prune_events(
                     skipped[f"day {day}"] = why
                 continue
             if state.final_at is not None:  # empty, recreated before final days were kept
+                store.record_change_floor(conn, day)
                 drop_partition(conn, day)
                 dropped += 1
                 continue

@@ -258,3 +258,24 @@ ORDER BY w.release_minute, w.lead_days, v.name, w.venue_id
 """
 )
 # --- end of helper D's section ------------------------------------------------------------------
+
+
+# ---- Change cursor retention (#15, helper F1) ----
+# Before a day's partition is dropped, in the same transaction: the highest xact_id it holds
+# becomes the change floor, so a change cursor at or below it is OUT_OF_RANGE (events after it
+# may be gone) instead of silently missing them (docs/architecture.md, "Change cursor and
+# ListChanges"). One row; the floor only rises (an older day dropped late cannot lower it).
+# `max` walks ix_drop_events_xact_id_id backwards: one index probe.
+_RECORD_CHANGE_FLOOR = """
+INSERT INTO change_floor AS f (singleton, pruned_through, pruned_day, pruned_at)
+SELECT true, max(xact_id), :day, now() FROM {partition}
+HAVING max(xact_id) IS NOT NULL
+ON CONFLICT (singleton) DO UPDATE SET
+    pruned_through = excluded.pruned_through, pruned_day = excluded.pruned_day,
+    pruned_at = excluded.pruned_at
+WHERE f.pruned_through < excluded.pruned_through
+"""
+
+
+def record_change_floor(day: dt.date) -> TextClause:
+    return text(_RECORD_CHANGE_FLOOR.format(partition=partition_name(day)))

@@ -69,7 +69,13 @@ def finalize_day(conn: Connection, day: dt.date, events: int) -> None:
     """Drop the day's partition and mark its figures final, in the caller's transaction."""
     if conn.execute(sql.FINALIZE_DAY, {"day": day, "events": events}).rowcount != 1:
         raise FiguresGuardError(f"{day}: figures do not count its {events} events")
+    record_change_floor(conn, day)
     drop_partition(conn, day)
+
+
+def record_change_floor(conn: Connection, day: dt.date) -> None:
+    """Before the day's partition is dropped: change cursors up to its events expire (#15)."""
+    conn.execute(sql.record_change_floor(day), {"day": day})
 
 
 def event_count(conn: Connection, day: dt.date) -> int:

@@ -7,11 +7,14 @@ import datetime as dt
 import itertools
 
 import psycopg
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.feed import store
 from services.feed.changes import Change
 from services.feed.cursor import Cursor, CursorCodec, filter_key
+from services.poller import store as poller_store
+from services.poller.slots import BucketFetch, Slot, VenueInfo
+from tests.seeding import OWNER, Seeder, SeedSlot
 
 DAY = dt.date(2026, 12, 1)
 KEYS = itertools.count()
@@ -80,3 +83,45 @@ async def drain(engine: AsyncEngine, cursor: Cursor, limit: int) -> tuple[list[C
         cursor = CODEC.decode(CODEC.encode(page.next), cursor.filter_key)
         if not page.truncated:
             return received, cursor
+
+
+async def held_poll(
+    seeder: Seeder, conn: AsyncConnection, slots: list[SeedSlot], at: dt.datetime
+) -> None:
+    """A poll opening `slots` (one bucket) written as `Seeder` writes it, in `conn`'s open
+    transaction: the caller decides when it commits."""
+    bucket = seeder.bucket_of(slots[0])
+    current = seeder.state.setdefault(bucket, {})
+    for slot in slots:
+        current[slot.slot_id] = slot
+    fetch = BucketFetch()
+    for slot in current.values():
+        start = dt.datetime.combine(slot.day, dt.time.fromisoformat(slot.start))
+        fetch.venues[slot.venue_id] = VenueInfo(
+            slot.venue_id,
+            f"Venue {slot.venue_id}",
+            "West Village",
+            3,
+            f"venue-{slot.venue_id}",
+            "ny",
+        )
+        for size in slot.party_sizes:
+            fetch.add(Slot(slot.slot_id, slot.venue_id, start, slot.seating), size)
+    async with seeder.engine.begin() as lease_conn:
+        leased = await poller_store.lease_one(
+            lease_conn, owner=OWNER, bucket_id=bucket, lease_seconds=60
+        )
+    assert leased is not None
+    await poller_store.check_lease(conn, leased, OWNER)
+    await poller_store.upsert_venues(conn, fetch, "resy")
+    await poller_store.write_healthy_poll(
+        conn,
+        leased,
+        fetch,
+        market="nyc",
+        provider="resy",
+        prime=bucket.endswith("19:00"),
+        outcome="healthy",
+        now=at,
+        next_poll_at=at,
+    )

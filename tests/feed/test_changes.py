@@ -5,18 +5,25 @@ live changes after it have no gap and no duplicate, expired cursors are OUT_OF_R
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import random
 
 import psycopg
 import pytest
+from sqlalchemy import Engine, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.feed import store
-from services.feed.changes import CLOSED, OPENED, SIZES
+from services.feed.changes import CLOSED, OPENED, SIZES, OutOfRangeError, filter_query
+from services.feed.cursor import Cursor, filter_key
 from shared.db.engine import make_async_engine
-from tests.feed.changelog import drain, now_cursor, write
-from tests.feed.conftest import feed_settings
-from tests.seeding import Seeder
+from shared.gen.dropwatch.feed.v1 import feed_pb2
+from tests.feed.changelog import CODEC, drain, held_poll, now_cursor, write
+from tests.feed.conftest import NOW, TODAY, feed_settings
+from tests.maintenance.helpers import insert_events, run_at
+from tests.maintenance.test_run import NOW as MAINTENANCE_NOW
+from tests.maintenance.test_run import PAST, msettings, sample_events
+from tests.seeding import Seeder, SeedSlot
 
 
 @pytest.fixture
@@ -154,3 +161,85 @@ async def test_limit_truncates_and_the_next_page_continues(
     assert not rest.truncated and [x.change_id for x in rest.changes] == ids[5:]
     # Not truncated: the cursor moved on to the horizon, past the last change.
     assert rest.next.position_xact > rest.changes[-1].xact
+
+
+async def test_initial_state_then_live_changes_have_no_gap_and_no_duplicate(
+    seeder: Seeder, aengine: AsyncEngine
+) -> None:
+    """Z committed before the snapshot; T1 (X) in flight during it; T2 (Y) began after T1 and
+    committed before it (its xact id is between the snapshot's xmin and xmax, so only the
+    exclusion keeps it from coming twice); T3 (closing Y) after it. The state holds Z and Y;
+    the changes after its cursor are X's opening and Y's closing, nothing else."""
+    z = SeedSlot(11, TODAY, "19:00")
+    x = SeedSlot(12, TODAY, "15:00")
+    y = SeedSlot(13, TODAY + dt.timedelta(days=1), "19:00")
+    await seeder.open([z], NOW)
+    async with aengine.connect() as t1:
+        await t1.begin()
+        await held_poll(seeder, t1, [x], NOW)
+        await seeder.open([y], NOW)
+        async with aengine.connect() as reader:
+            state = await store.read_initial_state(reader, None, TODAY)
+            await reader.rollback()
+        assert {c.slot_id for c in state.drops} == {z.slot_id, y.slot_id}
+        assert state.cursor.skip_below is not None
+        assert all(c.kind == OPENED for c in state.drops)
+        await t1.commit()
+    await seeder.close([y], NOW + dt.timedelta(minutes=1))
+    token = CODEC.encode(state.cursor)
+    seen, _ = await drain(aengine, CODEC.decode(token, filter_key(None)), 2)
+    assert [(c.kind, c.slot_id) for c in seen] == [(OPENED, x.slot_id), (CLOSED, y.slot_id)]
+    # Without the exclusion Y's opening would come again: the exclusion is what holds.
+    bare = Cursor(state.cursor.position_xact, 0, filter_key=filter_key(None))
+    twice, _ = await drain(aengine, bare, 10)
+    assert (OPENED, y.slot_id) in [(c.kind, c.slot_id) for c in twice]
+
+
+async def test_initial_state_is_filtered_and_cut_at_today(
+    seeder: Seeder, aengine: AsyncEngine
+) -> None:
+    await seeder.open([SeedSlot(21, TODAY, "19:00", (2,)), SeedSlot(22, TODAY, "19:00", (6,))], NOW)
+    query = filter_query(feed_pb2.FeedFilter(party_sizes=[6]))
+    async with aengine.connect() as reader:
+        state = await store.read_initial_state(reader, query, TODAY)
+        await reader.rollback()
+    assert [c.venue_id for c in state.drops] == [22]
+    assert state.cursor.filter_key == filter_key(query)
+    async with aengine.connect() as reader:
+        later = await store.read_initial_state(reader, None, TODAY + dt.timedelta(days=1))
+        await reader.rollback()
+    assert later.drops == []
+
+
+async def test_a_cursor_older_than_a_pruned_day_is_out_of_range(
+    db_url: str, engine: Engine
+) -> None:
+    """The real maintenance run drops the past days and records the highest xact id it
+    removed; a cursor from before is OUT_OF_RANGE naming it, a current one reads on."""
+    aengine = make_async_engine(feed_settings(db_url), name="changes", url=db_url)
+    try:
+        old = await now_cursor(aengine)
+        events = sample_events()
+        insert_events(engine, events[: len(events) // 2])  # past days first...
+        insert_events(engine, events[len(events) // 2 :])  # ...then the live ones
+        seen, current = await drain(aengine, old, 500)
+        # (these CLOSED events name no drop: not changes of the feed)
+        assert len(seen) == sum(1 for e in events if e.event_type == "NEW_DROP")
+        summary = run_at(msettings(db_url), engine, MAINTENANCE_NOW)
+        assert summary.steps["prune_events"].detail["partitions"] == 3
+        with engine.connect() as conn:
+            floor = conn.execute(
+                text("SELECT CAST(pruned_through AS text), pruned_day FROM change_floor")
+            ).one()
+        past = [c for c in seen if c.slot_date in PAST]
+        assert int(floor[0]) == max(c.xact for c in past) and floor[1] == max(PAST)
+        with pytest.raises(OutOfRangeError) as err:
+            await drain(aengine, old, 500)
+        assert err.value.field == "cursor" and f"after transaction {floor[0]}" in str(err.value)
+        async with aengine.connect() as conn:
+            with pytest.raises(OutOfRangeError):
+                await store.check_retained(conn, old)
+            await store.check_retained(conn, current)
+        assert (await drain(aengine, current, 500))[0] == []
+    finally:
+        await aengine.dispose()

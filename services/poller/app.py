@@ -8,9 +8,11 @@ import logging
 import os
 import socket
 import uuid
+from typing import cast
 
 import grpc
 
+from services.poller.budget import make_budget
 from services.poller.exported import DatabaseSeries
 from services.poller.metrics import PollerMetrics
 from services.poller.poll import PollContext, PollOutcome
@@ -33,11 +35,14 @@ def replica_id() -> str:
 
 
 def build_context(settings: PollerSettings, database_url: str) -> PollContext:
+    """The budget is the market's, shared through PostgreSQL by every replica (budget.py)."""
     metrics = PollerMetrics()
     engine = make_async_engine(settings, name="poller", metrics=metrics.pool, url=database_url)
+    budget = make_budget(settings, engine)
+    metrics.track_budget(budget.counters, budget.rate)
     provider = ResyProvider(
         settings,
-        RequestBudget(settings.requests_per_second),
+        cast(RequestBudget, budget),  # resy.py accepts any budget.Budget; annotation pending
         observe=lambda status_class: metrics.upstream_requests.labels(status_class).inc(),
     )
     return PollContext(settings, engine, provider, metrics, replica_id())

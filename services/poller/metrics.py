@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from collections.abc import Iterator
+from typing import Protocol
 
-from services.poller import judge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from services.poller import judge, policy
 from services.poller.errors import FetchError
 from shared.db.pool_metrics import PoolMetrics
 
@@ -36,6 +41,33 @@ def _failure_reasons() -> list[str]:
 
 
 FETCH_OUTCOMES = tuple(dict.fromkeys([*HEALTHY_OUTCOMES, *HELD_OUTCOMES, *_failure_reasons()]))
+
+
+class BudgetFigures(Protocol):
+    """What `budget.BudgetCounters` carries (this replica's figures since start)."""
+
+    granted: int
+    refused: int
+
+
+class BudgetCollector(Collector):
+    """This replica's grants and refusals of the market's request budget, read at scrape time:
+    budget used = sum over replicas of rate(granted), against the configured budget gauge."""
+
+    def __init__(self, figures: BudgetFigures) -> None:
+        self._figures = figures
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "dropwatch_poller_budget_granted_requests",
+            "Requests the market's shared budget allowed this replica.",
+            value=self._figures.granted,
+        )
+        yield CounterMetricFamily(
+            "dropwatch_poller_budget_refused_requests",
+            "Requests refused a token (deadline, or the budget's database unavailable).",
+            value=self._figures.refused,
+        )
 
 
 class PollerMetrics:
@@ -96,7 +128,46 @@ class PollerMetrics:
             ["bucket_id"],
             registry=self.registry,
         )
+        # Scheduling (services/poller/policy.py). Budget used vs configured:
+        # sum(rate(dropwatch_poller_upstream_requests_total)) against the budget gauge.
+        self.scheduled_requests = Counter(
+            "dropwatch_poller_scheduled_requests",
+            "Requests of the polls this replica started (each poll's cost as last seen), by "
+            "bucket class: fresh, release, churning, quiet.",
+            ["class"],
+            registry=self.registry,
+        )
+        self.poll_interval = Gauge(
+            "dropwatch_poller_bucket_poll_interval_seconds",
+            "Each live bucket's current poll interval as the schedule plans it.",
+            ["bucket_id"],
+            registry=self.registry,
+        )
+        self.request_budget = Gauge(
+            "dropwatch_poller_request_budget_per_second",
+            "The market's configured request budget (all replicas together).",
+            registry=self.registry,
+        )
+        self.planned_requests = Gauge(
+            "dropwatch_poller_planned_requests_per_second",
+            "Requests per second the planned intervals add up to (at most the budget).",
+            registry=self.registry,
+        )
+        self.max_interval_kept = Gauge(
+            "dropwatch_poller_schedule_max_interval_kept",
+            "1 while the budget affords every bucket its maximum interval; 0 when it does not "
+            "and every interval is stretched alike.",
+            registry=self.registry,
+        )
+        self.expected_delay = Gauge(
+            "dropwatch_poller_expected_detection_delay_seconds",
+            "The schedule's expected detection delay: sum(rate * interval / 2) / sum(rate).",
+            registry=self.registry,
+        )
+        self.max_interval_kept.set(1)
         # Every labelled series exists at zero: increase() ignores a series' first sample.
+        for bucket_class in policy.CLASSES:
+            self.scheduled_requests.labels(bucket_class)
         for reason in FETCH_OUTCOMES:
             self.fetch_outcomes.labels(reason)
             self.poll_duration.labels(reason)
@@ -107,9 +178,13 @@ class PollerMetrics:
         for event_type in ("NEW_DROP", "CLOSED", "SIZE_CHANGE"):
             self.events_written.labels(event_type)
 
+    def track_budget(self, figures: BudgetFigures, rate: float) -> None:
+        self.registry.register(BudgetCollector(figures))
+        self.request_budget.set(rate)
+
     def forget_buckets(self, live: set[str]) -> None:
         """Drop the per-bucket series of buckets that are no longer live."""
-        for gauge in (self.last_healthy_poll, self.held_kinds):
+        for gauge in (self.last_healthy_poll, self.held_kinds, self.poll_interval):
             for labels in list(gauge._metrics):
                 if labels[0] not in live:
                     gauge.remove(*labels)

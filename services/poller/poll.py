@@ -71,21 +71,28 @@ class PollContext:
         )
 
 
-async def poll_bucket(ctx: PollContext, leased: LeasedBucket) -> PollOutcome:
+async def poll_bucket(
+    ctx: PollContext, leased: LeasedBucket, interval: float | None = None
+) -> PollOutcome:
+    """Poll once; the bucket's `next_poll_at` becomes the poll's time plus `interval` (the
+    adaptive schedule's plan for it) or, without one, `cooldown_seconds`."""
     started = time.monotonic()
-    outcome = await _poll(ctx, leased, started + ctx.settings.poll_deadline_seconds)
+    wait = dt.timedelta(seconds=interval if interval is not None else ctx.settings.cooldown_seconds)
+    outcome = await _poll(ctx, leased, started + ctx.settings.poll_deadline_seconds, wait)
     ctx.metrics.poll_duration.labels(outcome.outcome).observe(time.monotonic() - started)
     ctx.metrics.fetch_outcomes.labels(outcome.outcome).inc()
     return outcome
 
 
-async def _poll(ctx: PollContext, leased: LeasedBucket, deadline: float) -> PollOutcome:
+async def _poll(
+    ctx: PollContext, leased: LeasedBucket, deadline: float, wait: dt.timedelta
+) -> PollOutcome:
     settings, spec = ctx.settings, ctx.spec_for(leased)
     try:
         fetch = await ctx.provider.fetch_bucket(spec, deadline)
     except FetchError as exc:
         log.warning("bucket %s: fetch failed (%s): %s", leased.bucket_id, exc.reason, exc)
-        await _record_unhealthy(ctx, leased, exc.reason, leased.held)
+        await _record_unhealthy(ctx, leased, exc.reason, leased.held, wait)
         return PollOutcome(leased.bucket_id, exc.reason, applied=False)
 
     now = ctx.clock()
@@ -106,7 +113,7 @@ async def _poll(ctx: PollContext, leased: LeasedBucket, deadline: float) -> Poll
             fetch.kind_counts,
             leased.kind_counts,
         )
-        await _record_unhealthy(ctx, leased, verdict.outcome, verdict.held, now)
+        await _record_unhealthy(ctx, leased, verdict.outcome, verdict.held, wait, now)
         return PollOutcome(leased.bucket_id, verdict.outcome, applied=False)
 
     try:
@@ -122,7 +129,7 @@ async def _poll(ctx: PollContext, leased: LeasedBucket, deadline: float) -> Poll
                 prime=leased.time_slot in settings.prime_anchors,
                 outcome=verdict.outcome,
                 now=now,
-                next_poll_at=now + dt.timedelta(seconds=settings.cooldown_seconds),
+                next_poll_at=now + wait,
                 judgement=verdict,
                 share=spec.share,
             )
@@ -166,6 +173,7 @@ async def _record_unhealthy(
     leased: LeasedBucket,
     outcome: str,
     held: dict[str, Any],
+    wait: dt.timedelta,
     now: dt.datetime | None = None,
 ) -> None:
     now = now or ctx.clock()
@@ -177,5 +185,5 @@ async def _record_unhealthy(
             outcome=outcome,
             held=held,
             now=now,
-            next_poll_at=now + dt.timedelta(seconds=ctx.settings.cooldown_seconds),
+            next_poll_at=now + wait,
         )

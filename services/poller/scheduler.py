@@ -1,15 +1,16 @@
 """The tick loop: keep the live buckets, lease due ones, poll up to `concurrency` at once.
 
 Due-ness and leases live in PostgreSQL, so any number of replicas can run this loop against
-one database: a bucket is leased by one replica at a time (`FOR UPDATE SKIP LOCKED`), its next
-due time is set when its poll is recorded, and a killed replica's leases expire after
-`lease_seconds` (shorter than the poll deadline plus cooldown), so others pick them up.
+one database: a bucket is leased by one replica at a time (`FOR UPDATE SKIP LOCKED`) and a
+killed replica's leases expire after `lease_seconds`, so others pick them up. Which buckets
+are due comes from the schedule: `fixed` polls each bucket `cooldown_seconds` after its last
+poll (`next_poll_at`), every `tick_seconds`; `adaptive` (the default) asks the policy
+(`adaptive.py`, `policy.py`) each tick and sleeps until the next bucket falls due.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import time
@@ -18,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from sqlalchemy import exc as sa_exc
 
 from services.poller import store
+from services.poller.adaptive import AdaptivePlanner, LiveRange
 from services.poller.poll import PollContext, PollOutcome, poll_bucket
 from shared.db.buckets import (
     bucket_id_for,
@@ -33,6 +35,9 @@ from shared.errors import DatabaseUnavailableError
 log = logging.getLogger(__name__)
 
 ENSURE_EVERY_SECONDS = 60.0
+# Adaptive mode: the shortest sleep between ticks (a due bucket another replica took, or one
+# whose due time the clock has not quite reached).
+MIN_TICK_SECONDS = 0.05
 _INSUFFICIENT_PRIVILEGE = "42501"
 
 
@@ -53,6 +58,12 @@ class Scheduler:
         self._tasks: set[asyncio.Task[PollOutcome]] = set()
         self._ensured_at = -ENSURE_EVERY_SECONDS
         self._ensured_day: dt.date | None = None
+        self._finished = asyncio.Event()
+        self._planner = (
+            AdaptivePlanner(ctx, lambda: self.ctx.clock())
+            if ctx.settings.schedule == "adaptive"
+            else None
+        )
 
     # --- the live window ----------------------------------------------------------------
     def today(self) -> dt.date:
@@ -115,21 +126,44 @@ class Scheduler:
             )
 
     # --- leasing ------------------------------------------------------------------------
+    def live_range(self) -> LiveRange:
+        today = self.today()
+        return LiveRange(
+            first=today,
+            last=today + dt.timedelta(days=self.ctx.settings.window_days - 1),
+            cutoff=bucket_id_for(today, self.ctx.settings.cutoff_time),
+        )
+
     async def lease_due(self, limit: int) -> list[store.LeasedBucket]:
+        """Fixed schedule: up to `limit` buckets whose `next_poll_at` has passed."""
         if limit <= 0:
             return []
-        settings = self.ctx.settings
-        today = self.today()
+        live = self.live_range()
         async with self.ctx.engine.begin() as conn:
             return await store.lease_due(
                 conn,
                 owner=self.ctx.owner,
                 limit=limit,
-                lease_seconds=settings.lease_seconds,
-                first_day=today,
-                last_day=today + dt.timedelta(days=settings.window_days - 1),
-                cutoff_bucket_id=bucket_id_for(today, settings.cutoff_time),
+                lease_seconds=self.ctx.settings.lease_seconds,
+                first_day=live.first,
+                last_day=live.last,
+                cutoff_bucket_id=live.cutoff,
             )
+
+    async def start_planned(self, planner: AdaptivePlanner, free: int) -> float:
+        """Adaptive schedule: plan, lease and start up to `free` due buckets (two statements
+        besides the policy's periodic reads); return how long to sleep before the next tick."""
+        plan, chosen = await planner.tick(self.live_range(), free)
+        for c in chosen:
+            self.ctx.metrics.scheduled_requests.labels(c.bucket_class).inc(c.cost)
+            self._start(c.leased, c.interval)
+        tick = self.ctx.settings.tick_seconds
+        if len(chosen) < min(free, len(plan.due)):
+            return MIN_TICK_SECONDS  # taken or polled by another replica meanwhile: re-plan
+        if plan.wake_at is None or len(plan.due) > len(chosen):
+            return tick  # nothing else planned, or all slots busy: a finishing poll wakes us
+        wait = (plan.wake_at - plan.now).total_seconds()
+        return min(tick, max(MIN_TICK_SECONDS, wait))
 
     # --- one pass, for `dropwatch poll --once` --------------------------------------------
     async def poll_once(self, bucket_id: str | None = None) -> list[PollOutcome]:
@@ -157,30 +191,52 @@ class Scheduler:
         """Tick until `stop` is set, then let in-flight polls finish within the grace period."""
         settings = self.ctx.settings
         while not stop.is_set():
+            wait = settings.tick_seconds
+            self._finished.clear()
             try:
                 with unavailable_as_error():
                     await self.ensure_buckets()
                     free = settings.concurrency - len(self._tasks)
-                    for leased in await self.lease_due(free):
-                        self._start(leased)
+                    if self._planner is not None:
+                        wait = await self.start_planned(self._planner, free)
+                    else:
+                        for leased in await self.lease_due(free):
+                            self._start(leased)
                 await self._on_health(True)
             except DatabaseUnavailableError as exc:
                 log.error("database unavailable: %s", exc)
                 await self._on_health(False)
             self.ctx.metrics.in_flight.set(len(self._tasks))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=settings.tick_seconds)
+            await self._sleep(stop, wait)
         await self._drain(settings.shutdown_grace_seconds)
 
-    def _start(self, leased: store.LeasedBucket) -> None:
-        task = asyncio.create_task(self._guarded(leased), name=f"poll-{leased.bucket_id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    async def _sleep(self, stop: asyncio.Event, seconds: float) -> None:
+        """Until `stop`, the timeout, or (adaptive) a poll finishing: its next due time and
+        its concurrency slot are news for the plan."""
+        waits = [asyncio.ensure_future(stop.wait())]
+        if self._planner is not None:
+            waits.append(asyncio.ensure_future(self._finished.wait()))
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
 
-    async def _guarded(self, leased: store.LeasedBucket) -> PollOutcome:
+    def _start(self, leased: store.LeasedBucket, interval: float | None = None) -> None:
+        task = asyncio.create_task(self._guarded(leased, interval), name=f"poll-{leased.bucket_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[PollOutcome]) -> None:
+        self._tasks.discard(task)
+        self._finished.set()
+
+    async def _guarded(
+        self, leased: store.LeasedBucket, interval: float | None = None
+    ) -> PollOutcome:
         try:
             with unavailable_as_error():
-                return await poll_bucket(self.ctx, leased)
+                return await poll_bucket(self.ctx, leased, interval)
         except DatabaseUnavailableError as exc:
             log.error("bucket %s: database unavailable: %s", leased.bucket_id, exc)
             await self._on_health(False)

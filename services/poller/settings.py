@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -28,7 +29,9 @@ class PollerSettings(Settings):
     max_pages: int = Field(default=5, ge=1, le=50)
     search_window_hours: int = Field(default=2, ge=0, le=12, description="anchor +/- hours.")
     request_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
-    requests_per_second: float = Field(default=5.0, gt=0, le=1000, description="Per replica.")
+    requests_per_second: float = Field(
+        default=5.0, gt=0, le=1000, description="For the market: all replicas together."
+    )
     max_attempts: int = Field(default=4, ge=1, le=10, description="Tries per request.")
     backoff_base_seconds: float = Field(default=0.5, gt=0, le=30)
     # Bounds on what one answer may hold; any excess makes the whole fetch unhealthy.
@@ -48,6 +51,15 @@ class PollerSettings(Settings):
     poll_deadline_seconds: float = Field(default=20.0, gt=0, le=600)
     lease_seconds: float = Field(default=25.0, gt=0, le=3600)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=300)
+    # Change-rate-aware scheduling (services/poller/policy.py); `fixed` is the cooldown above.
+    schedule: Literal["adaptive", "fixed"] = "adaptive"
+    min_interval_seconds: float = Field(default=1.0, ge=0.1, le=600)
+    max_interval_seconds: float = Field(
+        default=60.0, ge=1, le=3600, description="Every bucket is polled at least this often."
+    )
+    change_rate_half_life_seconds: float = Field(default=600.0, ge=10, le=86400)
+    release_window_before_seconds: float = Field(default=30.0, ge=0, le=3600)
+    release_window_after_seconds: float = Field(default=120.0, ge=0, le=3600)
 
     # --- fetch plausibility (soft-block detection) -----------------------------------------
     soft_block_min_previous: int = Field(default=10, ge=1)
@@ -75,6 +87,8 @@ class PollerSettings(Settings):
     def _lease_outlives_poll(self) -> PollerSettings:
         if self.lease_seconds <= self.poll_deadline_seconds:
             raise ValueError("lease_seconds: must be longer than DROPWATCH_POLL_DEADLINE_SECONDS")
+        if self.min_interval_seconds > self.max_interval_seconds:
+            raise ValueError("min_interval_seconds: must not exceed DROPWATCH_MAX_INTERVAL_SECONDS")
         return self
 
 

@@ -320,3 +320,109 @@ RELEASE_WINDOWS = text(
     """
 )
 # --- end of helper D's section ----------------------------------------------------------------
+
+
+# --- helper C: change-rate-aware scheduling (services/poller/adaptive.py) ---------------------
+# A constant number of statements per tick: SCHEDULE_STATE reads the live buckets, LEASE_CHOSEN
+# leases the ones the policy chose; CHANGE_RATES (every few seconds) and HOUR_PROFILE (every
+# few minutes) are what the policy knows, computed here so every replica shares it.
+_LIVE = "bucket_date BETWEEN :first AND :last AND bucket_id >= :cutoff"
+
+# `watched_seconds` by the database clock, which wrote `created_at`. `fresh`: never polled,
+# or still baselining with slots to baseline (a bucket that answers empty never baselines; it
+# is not fresh forever).
+SCHEDULE_STATE = text(
+    f"""
+    SELECT bucket_id, bucket_date, time_slot, last_polled_at,
+           greatest(0, extract(epoch FROM now() - created_at)) AS watched_seconds,
+           last_polled_at IS NULL OR (baseline_polls < :baseline AND last_slot_count > 0)
+               AS fresh,
+           coalesce(lease_expires_at >= now(), false) AS leased
+    FROM discovery_buckets
+    WHERE {_LIVE}
+    ORDER BY bucket_id
+    """
+)
+
+# The chosen buckets nobody holds and nobody polled since SCHEDULE_STATE read them.
+LEASE_CHOSEN = text(
+    f"""
+    UPDATE discovery_buckets b
+    {_TAKE_LEASE}
+    FROM (
+        SELECT d.bucket_id FROM discovery_buckets d
+        JOIN unnest(CAST(:ids AS text[]), CAST(:polled AS timestamptz[])) AS c(bucket_id, polled)
+          ON c.bucket_id = d.bucket_id
+        WHERE (d.lease_expires_at IS NULL OR d.lease_expires_at < now())
+          AND d.last_polled_at IS NOT DISTINCT FROM c.polled
+        FOR UPDATE OF d SKIP LOCKED
+    ) chosen
+    WHERE b.bucket_id = chosen.bucket_id
+    RETURNING {LEASE_COLUMNS}
+    """
+)
+
+# Per live bucket: sum(exp(-age / tau)) over its NEW_DROP and CLOSED events younger than
+# :horizon (by the database clock, which wrote created_at), and the pages beyond the first
+# that its open state needs per party size (venues / per_page). `id > :floor` lets each day
+# partition's primary-key index skip events already too old at the previous refresh (ids
+# grow with time; the caller moves the floor to just below the oldest event still counted).
+CHANGE_RATES = text(
+    f"""
+    WITH live AS (
+        SELECT bucket_id FROM discovery_buckets WHERE {_LIVE}
+    ),
+    recent AS (
+        SELECT e.bucket_id, e.id, e.created_at,
+               e.created_at > now() - make_interval(secs => :horizon) AS counted
+        FROM drop_events e
+        WHERE e.bucket_date BETWEEN :first AND :last AND e.id > :floor
+          AND e.event_type IN ('NEW_DROP', 'CLOSED')
+    ),
+    events AS (
+        SELECT bucket_id,
+               sum(exp(-greatest(0, extract(epoch FROM now() - created_at)) / :tau))
+                   FILTER (WHERE counted) AS decayed,
+               min(id) FILTER (WHERE counted) AS first_counted,
+               max(id) AS last_id
+        FROM recent GROUP BY bucket_id
+    ),
+    kinds AS (
+        SELECT o.bucket_id, s.size, count(DISTINCT o.venue_id) AS venues
+        FROM open_slots o
+        JOIN live l ON l.bucket_id = o.bucket_id
+        CROSS JOIN LATERAL unnest(o.party_sizes) AS s(size)
+        GROUP BY o.bucket_id, s.size
+    ),
+    pages AS (
+        SELECT bucket_id,
+               sum(greatest(0, ceil(venues / CAST(:per_page AS float8)) - 1)) AS extra
+        FROM kinds GROUP BY bucket_id
+    )
+    SELECT coalesce(l.bucket_id, e.bucket_id), coalesce(e.decayed, 0), e.first_counted,
+           e.last_id, coalesce(p.extra, 0)
+    FROM live l
+    FULL JOIN events e ON e.bucket_id = l.bucket_id
+    LEFT JOIN pages p ON p.bucket_id = l.bucket_id
+    """
+)
+
+# NEW_DROP and CLOSED events of the market per market-local hour over the last :days days,
+# and on how many local days there were any (the profile's denominator).
+HOUR_PROFILE = text(
+    """
+    WITH ev AS (
+        SELECT e.created_at AT TIME ZONE :zone AS local_at
+        FROM drop_events e
+        WHERE e.bucket_date >= :since_day AND e.market = :market
+          AND e.event_type IN ('NEW_DROP', 'CLOSED')
+          AND e.created_at >= now() - make_interval(days => :days)
+    )
+    SELECT CAST(extract(hour FROM local_at) AS integer) AS hour, count(*),
+           (SELECT count(DISTINCT CAST(local_at AS date)) FROM ev)
+    FROM ev
+    GROUP BY 1
+    ORDER BY 1
+    """
+)
+# --- end of helper C's section ----------------------------------------------------------------

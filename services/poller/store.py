@@ -293,3 +293,121 @@ async def release_lease(conn: AsyncConnection, bucket_id: str, owner: str) -> No
         sql.RELEASE_LEASE,
         {"b": bucket_id, "owner": owner},
     )
+
+
+# --- helper C: change-rate-aware scheduling (services/poller/adaptive.py) ---------------------
+@dataclass(frozen=True)
+class ScheduleRow:
+    """A live bucket as the scheduling policy sees it (sql.SCHEDULE_STATE)."""
+
+    bucket_id: str
+    bucket_date: dt.date
+    time_slot: str
+    last_polled_at: dt.datetime | None
+    watched_seconds: float
+    fresh: bool
+    leased: bool
+
+
+@dataclass(frozen=True)
+class ChangeRates:
+    decayed: dict[str, float]  # bucket_id -> sum(exp(-age / tau)) of recent changes
+    extra_pages: dict[str, int]  # bucket_id -> requests per poll beyond one per party size
+    floor_id: int  # the next refresh reads events above this id only
+
+
+async def read_schedule_state(
+    conn: AsyncConnection, *, first_day: dt.date, last_day: dt.date, cutoff_bucket_id: str
+) -> list[ScheduleRow]:
+    """Every live bucket's last poll, lease and baseline state, in one statement."""
+    rows = await conn.execute(
+        sql.SCHEDULE_STATE,
+        {
+            "first": first_day,
+            "last": last_day,
+            "cutoff": cutoff_bucket_id,
+            "baseline": BASELINE_POLLS,
+        },
+    )
+    return [
+        ScheduleRow(b, day, anchor, polled, float(watched), fresh, leased)
+        for b, day, anchor, polled, watched, fresh, leased in rows.all()
+    ]
+
+
+async def lease_chosen(
+    conn: AsyncConnection,
+    *,
+    owner: str,
+    lease_seconds: float,
+    chosen: Sequence[tuple[str, dt.datetime | None]],
+) -> list[LeasedBucket]:
+    """Lease the chosen buckets, each only if nobody holds it and its last poll is still the
+    one the plan saw (another replica polled it meanwhile: skipped)."""
+    if not chosen:
+        return []
+    rows = await conn.execute(
+        sql.LEASE_CHOSEN,
+        {
+            "owner": owner,
+            "lease": lease_seconds,
+            "ids": [bucket_id for bucket_id, _ in chosen],
+            "polled": [polled for _, polled in chosen],
+        },
+    )
+    return [LeasedBucket.from_row(row) for row in rows.all()]
+
+
+async def read_change_rates(
+    conn: AsyncConnection,
+    *,
+    first_day: dt.date,
+    last_day: dt.date,
+    cutoff_bucket_id: str,
+    floor_id: int,
+    tau: float,
+    horizon_seconds: float,
+    per_page: int,
+) -> ChangeRates:
+    """Decayed change counts and extra pages of the live buckets, in one statement."""
+    rows = (
+        await conn.execute(
+            sql.CHANGE_RATES,
+            {
+                "first": first_day,
+                "last": last_day,
+                "cutoff": cutoff_bucket_id,
+                "floor": floor_id,
+                "tau": tau,
+                "horizon": horizon_seconds,
+                "per_page": per_page,
+            },
+        )
+    ).all()
+    decayed, extra, firsts, lasts = {}, {}, [], []
+    for bucket_id, weight, first_counted, last_id, pages in rows:
+        decayed[bucket_id] = float(weight)
+        extra[bucket_id] = int(pages)
+        if first_counted is not None:
+            firsts.append(int(first_counted))
+        if last_id is not None:
+            lasts.append(int(last_id))
+    floor = min(firsts) - 1 if firsts else max(lasts, default=floor_id)
+    return ChangeRates(decayed, extra, max(floor, floor_id))
+
+
+async def read_hour_profile(
+    conn: AsyncConnection, *, market: str, zone: str, days: int, since_day: dt.date
+) -> tuple[dict[int, int], int]:
+    """Changes per market-local hour over the last `days` days, and the days seen."""
+    rows = (
+        await conn.execute(
+            sql.HOUR_PROFILE,
+            {"market": market, "zone": zone, "days": days, "since_day": since_day},
+        )
+    ).all()
+    counts = {int(hour): int(n) for hour, n, _ in rows}
+    return counts, max((int(d) for _, _, d in rows), default=0)
+
+
+# --- end of helper C's section ----------------------------------------------------------------

@@ -1,0 +1,255 @@
+"""The adaptive schedule in the real loop: real poll code and PostgreSQL, the scripted provider
+(tests/poller/scripted.py) through the real ResyProvider, a clock on the scripted day.
+
+The churning bucket is the 19:00 bucket of the scripted day (its slots change all the time);
+the 15:00 bucket keeps the same slots and tomorrow's buckets are empty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import itertools
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any, cast
+
+import pytest
+from sqlalchemy import Engine, event, text
+
+from services.poller import store
+from services.poller.budget import SharedBudget
+from services.poller.metrics import PollerMetrics
+from services.poller.poll import PollContext
+from services.poller.provider import BucketSpec
+from services.poller.ratelimit import RequestBudget
+from services.poller.resy import ResyProvider
+from services.poller.scheduler import Scheduler
+from services.poller.settings import PollerSettings
+from services.poller.slots import BucketFetch
+from shared.db.engine import make_async_engine
+from tests.poller.helpers import TODAY, bucket_row, poller_settings
+from tests.poller.scripted import ScriptedResy, reset_buckets
+
+pytestmark = pytest.mark.db
+
+CHURNING = f"{TODAY.isoformat()}_19:00"
+STEADY = f"{TODAY.isoformat()}_15:00"
+START = dt.datetime.combine(TODAY, dt.time(12, 0), tzinfo=dt.UTC)
+
+
+class Moving:
+    """Real time, moved to the scripted day: polls are stamped by it, 'today' comes from it."""
+
+    def __init__(self) -> None:
+        self._t0 = time.monotonic()
+
+    def __call__(self) -> dt.datetime:
+        return START + dt.timedelta(seconds=time.monotonic() - self._t0)
+
+
+class Recording:
+    """The real provider, noting when each bucket was fetched."""
+
+    def __init__(self, inner: ResyProvider) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.polls: dict[str, list[float]] = {}
+
+    async def fetch_bucket(self, spec: BucketSpec, deadline: float) -> BucketFetch:
+        self.polls.setdefault(spec.bucket_id, []).append(time.monotonic())
+        return await self.inner.fetch_bucket(spec, deadline)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def adaptive(db_url: str, **extra: Any) -> PollerSettings:
+    values: dict[str, Any] = {
+        "schedule": "adaptive",
+        "min_interval_seconds": 0.25,
+        "max_interval_seconds": 3.0,
+        "change_rate_half_life_seconds": 10.0,
+        "requests_per_second": 6.0,
+        "tick_seconds": 0.5,
+        "max_attempts": 1,
+    }
+    values.update(extra)
+    return poller_settings(db_url, **values)
+
+
+@asynccontextmanager
+async def replica(
+    settings: PollerSettings, db_url: str, resy: ScriptedResy, owner: str, *, shared: bool
+) -> AsyncIterator[tuple[PollContext, Recording]]:
+    """A poll context over `resy`; `shared`: the market's budget in PostgreSQL (budget.py)."""
+    engine = make_async_engine(settings, name=f"poller-{owner}", url=db_url)
+    budget: object = (
+        SharedBudget(engine, settings.market, settings.requests_per_second)
+        if shared
+        else RequestBudget(1000.0)
+    )
+    inner = ResyProvider(settings, cast(RequestBudget, budget), transport=resy.transport())
+    recording = Recording(inner)
+    ctx = PollContext(settings, engine, recording, PollerMetrics(), owner, clock=Moving())
+    try:
+        yield ctx, recording
+    finally:
+        await recording.aclose()
+        await engine.dispose()
+
+
+async def churn(resy: ScriptedResy, stop: asyncio.Event, every: float = 0.3) -> None:
+    """A table at 19:xx opens or closes every `every` seconds; 15:00's slots never change."""
+    resy.slots = {(1, "14:00"): {2, 4}, (2, "14:30"): {2}, (3, "19:00"): {2, 4}}
+    n = 0
+    while not stop.is_set():
+        n += 1
+        key = (10 + n % 5, f"19:{(n * 7) % 60:02d}")
+        resy.slots[key] = {2, 4}
+        resy.slots.pop((10 + (n + 2) % 5, f"19:{((n - 3) * 7) % 60:02d}"), None)
+        await asyncio.sleep(every)
+
+
+async def run_for(seconds: float, *schedulers: Scheduler, resy: ScriptedResy) -> None:
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(s.run(stop)) for s in schedulers]
+    churner = asyncio.create_task(churn(resy, stop))
+    await asyncio.sleep(seconds)
+    stop.set()
+    await asyncio.gather(*tasks, churner)
+
+
+def gaps(times: list[float]) -> list[float]:
+    return [b - a for a, b in itertools.pairwise(times)]
+
+
+@pytest.mark.slow
+async def test_a_churning_bucket_is_polled_more_often_and_quiet_ones_within_the_max(
+    db_url: str, engine: Engine, resy: ScriptedResy
+) -> None:
+    reset_buckets(engine)
+    settings = adaptive(db_url)
+    async with replica(settings, db_url, resy, "solo", shared=False) as (ctx, rec):
+        scheduler = Scheduler(ctx, clock=ctx.clock)
+        await run_for(12.0, scheduler, resy=resy)
+        planner = scheduler._planner
+        assert planner is not None and planner.known.decayed.get(CHURNING, 0) > 1
+    later = {b: [t for t in ts if t - ts[0] > 4.0] for b, ts in rec.polls.items()}  # baselined
+    assert set(rec.polls) == {
+        CHURNING,
+        STEADY,
+        f"{(TODAY + dt.timedelta(days=1)).isoformat()}_15:00",
+        f"{(TODAY + dt.timedelta(days=1)).isoformat()}_19:00",
+    }
+    quiet_counts = [len(ts) for b, ts in later.items() if b != CHURNING]
+    assert len(later[CHURNING]) > 2 * max(quiet_counts), {b: len(t) for b, t in later.items()}
+    for bucket_id, times in rec.polls.items():  # nobody starves: within the max (+ a poll)
+        assert max(gaps(times)) <= settings.max_interval_seconds + 1.0, bucket_id
+    # Requests stayed within the planned budget (cost 2 per poll, plus the start's burst).
+    polls = sum(len(ts) for ts in rec.polls.values())
+    assert polls * 2 <= settings.requests_per_second * 12.0 + 8
+    # next_poll_at follows the plan: the churning bucket's is within its short interval.
+    row = bucket_row(engine, CHURNING)
+    assert row["next_poll_at"] - row["last_polled_at"] < dt.timedelta(seconds=1.5)
+    metrics = ctx.metrics
+    assert metrics.poll_interval.labels(CHURNING)._value.get() < 1.5
+    assert metrics.scheduled_requests.labels("churning")._value.get() > 0
+
+
+@pytest.mark.slow
+async def test_two_replicas_together_stay_within_the_markets_budget(
+    db_url: str, engine: Engine, resy: ScriptedResy
+) -> None:
+    reset_buckets(engine)
+    # The plan wants 0.25 s intervals for four buckets (32 requests/s); the market allows 4.
+    settings = adaptive(db_url, requests_per_second=4.0, max_interval_seconds=60.0)
+    async with (
+        replica(settings, db_url, resy, "one", shared=True) as (one, rec_one),
+        replica(settings, db_url, resy, "two", shared=True) as (two, rec_two),
+    ):
+        started = resy.requests
+        t0 = time.monotonic()
+        await run_for(
+            8.0, Scheduler(one, clock=one.clock), Scheduler(two, clock=two.clock), resy=resy
+        )
+        elapsed = time.monotonic() - t0
+        sent = resy.requests - started
+    assert rec_one.polls and rec_two.polls  # both replicas worked
+    burst = 4  # the shared token bucket's burst
+    assert sent <= settings.requests_per_second * elapsed + burst, (sent, elapsed)
+    assert sent >= settings.requests_per_second * elapsed * 0.5  # and the budget was used
+
+
+@pytest.mark.slow
+async def test_fixed_schedule_polls_every_bucket_once_per_cooldown(
+    db_url: str, engine: Engine, resy: ScriptedResy
+) -> None:
+    reset_buckets(engine)
+    settings = adaptive(db_url, schedule="fixed", cooldown_seconds=30.0, tick_seconds=0.2)
+    async with replica(settings, db_url, resy, "fixed", shared=False) as (ctx, rec):
+        # Fixed due-ness compares next_poll_at with the database clock: stamp polls in real
+        # time; 'today' stays the scripted day.
+        ctx.clock = lambda: dt.datetime.now(dt.UTC)
+        scheduler = Scheduler(ctx, clock=lambda: START)
+        assert scheduler._planner is None
+        await run_for(2.0, scheduler, resy=resy)
+    assert {len(ts) for ts in rec.polls.values()} == {1}
+    row = bucket_row(engine, CHURNING)
+    assert row["next_poll_at"] - row["last_polled_at"] == dt.timedelta(seconds=30)
+
+
+async def test_a_tick_costs_two_statements_whatever_the_number_of_buckets(
+    db_url: str, engine: Engine, resy: ScriptedResy
+) -> None:
+    resy.slots = {(1, "19:00"): {2, 4}}
+    for days in (2, 7):
+        reset_buckets(engine)
+        settings = adaptive(db_url, window_days=days, concurrency=64)
+        async with replica(settings, db_url, resy, f"count-{days}", shared=False) as (ctx, _rec):
+            scheduler = Scheduler(ctx, clock=ctx.clock)
+            await scheduler.ensure_buckets(force=True)
+            planner = scheduler._planner
+            assert planner is not None
+            await planner.refresh(scheduler.live_range(), 2 * days)  # the periodic reads
+            statements = count_statements(ctx)
+            await scheduler.start_planned(planner, 64)
+            assert statements() == 2  # read the live buckets, lease the chosen ones
+            started = len(scheduler._tasks)
+            assert started == 2 * days  # every bucket is new: all due at once
+            await asyncio.gather(*scheduler._tasks)
+
+
+def count_statements(ctx: PollContext) -> Callable[[], int]:
+    seen: list[str] = []
+
+    def before(*args: Any) -> None:
+        seen.append(args[2])
+
+    event.listen(ctx.engine.sync_engine, "before_cursor_execute", before)
+    return lambda: len(seen)
+
+
+async def test_a_bucket_polled_by_another_replica_since_the_plan_is_skipped(
+    db_url: str, engine: Engine, resy: ScriptedResy
+) -> None:
+    reset_buckets(engine)
+    settings = adaptive(db_url)
+    async with replica(settings, db_url, resy, "late", shared=False) as (ctx, _rec):
+        scheduler = Scheduler(ctx, clock=ctx.clock)
+        planner = scheduler._planner
+        assert planner is not None
+        live = scheduler.live_range()
+        async with ctx.engine.begin() as conn:
+            rows = await store.read_schedule_state(
+                conn, first_day=live.first, last_day=live.last, cutoff_bucket_id=live.cutoff
+            )
+        with engine.begin() as conn:  # another replica polls it between read and lease
+            conn.execute(
+                text("UPDATE discovery_buckets SET last_polled_at = now() WHERE bucket_id = :b"),
+                {"b": CHURNING},
+            )
+        async with ctx.engine.begin() as conn:
+            leased = await planner._lease(conn, [(r.bucket_id, r.last_polled_at) for r in rows])
+        assert {lb.bucket_id for lb in leased} == {r.bucket_id for r in rows} - {CHURNING}

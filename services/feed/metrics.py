@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Collection, Iterable
 from typing import Any
@@ -84,6 +85,9 @@ class MetricsInterceptor(CallInterceptor):
                 response = await behaviour(request, context)
                 code = context.code() or grpc.StatusCode.OK
                 return response
+            except asyncio.CancelledError:  # the client went away (a stream, usually)
+                code = context.code() or grpc.StatusCode.CANCELLED
+                raise
             except BaseException:
                 code = context.code() or grpc.StatusCode.UNKNOWN
                 if code is grpc.StatusCode.OK:
@@ -105,3 +109,59 @@ def horizon_lag_gauge(registry: CollectorRegistry) -> Gauge:
         " few, a long writing transaction holds the feed's view back (commit order).",
         registry=registry,
     )
+
+
+WATCH_LAG_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+WATCH_MESSAGES = ("opened", "closed", "sizes_changed", "initial", "initial_state_end", "progress")
+WATCH_ENDS = ("client", "slow", "max_age", "shutdown", "database", "limit", "refused", "error")
+
+
+class WatchMetrics:
+    """WatchDrops: open streams, messages, lag, why streams ended, and the hub's reads."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.streams = Gauge(
+            "dropwatch_feed_watch_streams", "Open WatchDrops streams.", registry=registry
+        )
+        self.messages = Counter(
+            "dropwatch_feed_watch_messages",
+            "WatchDrops messages sent, by type ('initial': opened messages of an initial state).",
+            ["type"],
+            registry=registry,
+        )
+        self.lag = Histogram(
+            "dropwatch_feed_watch_send_lag_seconds",
+            "From a change's time (when the poll saw it) to its send on a live stream.",
+            buckets=WATCH_LAG_BUCKETS,
+            registry=registry,
+        )
+        self.ended = Counter(
+            "dropwatch_feed_watch_streams_ended",
+            "WatchDrops streams ended, by reason (slow: fell behind its buffer; limit: refused"
+            " at the stream limit; refused: bad input, expired cursor or no caller token).",
+            ["reason"],
+            registry=registry,
+        )
+        self.reads = Counter(
+            "dropwatch_feed_watch_change_reads",
+            "Change reads of the replica's one reader (the hub), by what woke it: a NOTIFY or"
+            " the periodic check; catch-up reads of resuming streams are counted apart.",
+            ["trigger"],
+            registry=registry,
+        )
+        self.catch_up_reads = Counter(
+            "dropwatch_feed_watch_catch_up_reads",
+            "Change reads of streams catching up from an older cursor or an initial state.",
+            registry=registry,
+        )
+        self.commits = Counter(
+            "dropwatch_feed_watch_commits",
+            "Committed transactions with changes the hub has read (reads per commit: the ratio).",
+            registry=registry,
+        )
+        for kind in WATCH_MESSAGES:
+            self.messages.labels(kind)
+        for reason in WATCH_ENDS:
+            self.ended.labels(reason)
+        for trigger in ("notify", "check"):
+            self.reads.labels(trigger)

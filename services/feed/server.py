@@ -3,7 +3,8 @@
 FeedService's concurrency is bounded (`FeedLimit`, admission.py): excess calls get
 RESOURCE_EXHAUSTED at once instead of queueing without bound, and are counted; health and
 reflection are outside the limit, so a busy replica still answers its probes. SIGTERM marks
-health NOT_SERVING and drains in-flight calls within the grace period.
+health NOT_SERVING, ends every WatchDrops stream (UNAVAILABLE with its cursor, `watch/`) and
+drains in-flight calls within the grace period.
 """
 
 from __future__ import annotations
@@ -21,11 +22,15 @@ from prometheus_client import CollectorRegistry
 from services.feed.admission import FeedLimit
 from services.feed.auth import FeedAuth
 from services.feed.cache import AnswerCache
-from services.feed.metrics import GrpcServerMetrics, MetricsInterceptor
+from services.feed.listing import ChangeLister, decode
+from services.feed.cursor import CursorCodec
+from services.feed.metrics import GrpcServerMetrics, MetricsInterceptor, WatchMetrics
 from services.feed.paging import PageTokens
 from services.feed.request import decoder
 from services.feed.servicer import FeedServicer
 from services.feed.settings import FeedSettings
+from services.feed.watch.hub import Hub
+from services.feed.watch.stream import WatchService
 from shared.db.engine import make_async_engine
 from shared.db.pool_metrics import PoolMetrics
 from shared.gen.dropwatch.feed.v1 import feed_pb2
@@ -47,9 +52,11 @@ class FeedServer:
     registry: CollectorRegistry
     _listener: asyncio.Task[None]
     _stop_listener: asyncio.Event
+    watch: WatchService
 
     async def stop(self, grace: float) -> None:
         await self.health.shutdown()
+        await self.watch.hub.stop()  # every stream ends now, UNAVAILABLE with its cursor
         await self.server.stop(grace)
         self._stop_listener.set()
         self._listener.cancel()
@@ -58,7 +65,9 @@ class FeedServer:
         await self.servicer.engine.dispose()
 
 
-def _method_handlers(servicer: FeedServicer) -> dict[str, grpc.RpcMethodHandler]:  # type: ignore[type-arg]
+def _method_handlers(
+    servicer: FeedServicer, watch: WatchService
+) -> dict[str, grpc.RpcMethodHandler]:  # type: ignore[type-arg]
     """As the generated `add_FeedServiceServicer_to_server`, except that the methods return
     already-serialized answers (kept that way in the cache), which are sent as they are."""
     return {
@@ -70,6 +79,17 @@ def _method_handlers(servicer: FeedServicer) -> dict[str, grpc.RpcMethodHandler]
         "StillOpen": grpc.unary_unary_rpc_method_handler(
             servicer.StillOpen,
             request_deserializer=decoder(feed_pb2.StillOpenRequest),
+            response_serializer=_as_is,
+        ),
+        "ListChanges": grpc.unary_unary_rpc_method_handler(
+            ChangeLister(servicer).ListChanges,
+            request_deserializer=decode,
+            response_serializer=_as_is,
+        ),
+        # A coroutine that writes its messages (already serialized) and returns at the end.
+        "WatchDrops": grpc.unary_stream_rpc_method_handler(
+            watch.WatchDrops,
+            request_deserializer=decoder(feed_pb2.WatchDropsRequest),
             response_serializer=_as_is,
         ),
     }
@@ -110,9 +130,13 @@ async def start_feed(
     )
     servicer = FeedServicer(settings, engine, tokens, cache, registry=registry)
 
-    handlers = _method_handlers(servicer)
+    hub = Hub(engine, database_url, settings, WatchMetrics(registry))
+    codec = CursorCodec(secret, previous.get_secret_value().encode() if previous else None)
+    watch = WatchService(settings, engine, hub, codec, hub.metrics)
+    handlers = _method_handlers(servicer, watch)
     grpc_metrics = GrpcServerMetrics(registry)
-    grpc_metrics.prepare(SERVICE_NAME, handlers)
+    streams = [name for name, handler in handlers.items() if handler.unary_stream is not None]
+    grpc_metrics.prepare(SERVICE_NAME, handlers, streams)
     interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(grpc_metrics)]  # type: ignore[type-arg]
     auth_keys = [
         key.get_secret_value().encode()
@@ -150,7 +174,10 @@ async def start_feed(
     listener = asyncio.create_task(cache.listen(database_url, stop_listener))
     # Serve once invalidations can reach the cache (bounded: a down database must not stop
     # the server from starting and answering UNAVAILABLE).
+    hub.start()
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(cache.listening.wait(), timeout=LISTEN_WAIT_SECONDS)
+        await asyncio.wait_for(
+            asyncio.gather(cache.listening.wait(), hub.ready.wait()), timeout=LISTEN_WAIT_SECONDS
+        )
     log.info("feed serving %s on port %d", SERVICE_NAME, port)
-    return FeedServer(server, port, servicer, health, registry, listener, stop_listener)
+    return FeedServer(server, port, servicer, health, registry, listener, stop_listener, watch)

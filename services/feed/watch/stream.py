@@ -1,0 +1,242 @@
+"""The WatchDrops RPC: validate, subscribe at the hub, catch up if needed, then stream live.
+
+A stream that starts now subscribes at the hub's position and only forwards what the hub
+offers. A stream that resumes from an older cursor (or sends its initial state first)
+subscribes first, so the hub buffers for it, then reads what it missed from the database
+itself, page by page (a pooled connection per page, none while it waits), until a read ends at
+the horizon; buffered changes at or before the position it reached are then dropped, the rest
+sent: no gap (it subscribed before its last read) and no duplicate (positions are compared in
+commit order). Every message's cursor, every `progress`, and the trailing status of every end
+carry where to resume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.feed import store
+from services.feed.changes import feed_item
+from services.feed.cursor import CursorCodec
+from services.feed.metrics import WatchMetrics
+from services.feed.request import Undecodable
+from services.feed.servicer import _abort, _database_errors
+from services.feed.settings import FeedSettings
+from services.feed.watch.hub import PAGE, Hub, RefusedError, pending
+from services.feed.watch.request import Watch, from_watch
+from services.feed.watch.subscription import (
+    DATABASE,
+    MAX_AGE,
+    Ending,
+    Subscription,
+    excluded,
+    position,
+)
+from shared.db.buckets import market_today
+from shared.errors import DropwatchError
+from shared.gen.dropwatch.feed.v1 import feed_pb2
+
+log = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+CURSOR_KEY = "dropwatch-cursor"
+INTERNAL = Ending(grpc.StatusCode.INTERNAL, "error", "internal error")
+# A stream's age bound is shortened by up to this share, so streams opened together (after a
+# deploy) do not all end, and reconnect, at the same moment.
+AGE_JITTER = 0.1
+
+
+class WatchService:
+    """Implements FeedService.WatchDrops (registered by `server._method_handlers`)."""
+
+    def __init__(
+        self,
+        settings: FeedSettings,
+        engine: AsyncEngine,
+        hub: Hub,
+        codec: CursorCodec,
+        metrics: WatchMetrics,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.hub = hub
+        self.codec = codec
+        self.metrics = metrics
+        self.clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)  # "today"
+
+    async def WatchDrops(
+        self, request: feed_pb2.WatchDropsRequest | Undecodable, context: Context
+    ) -> None:
+        try:
+            with _database_errors():
+                watch = from_watch(
+                    request, self.codec, self.settings.watch_default_heartbeat_seconds
+                )
+                if watch.cursor is not None:
+                    async with self.engine.connect() as conn:
+                        await store.check_retained(conn, watch.cursor)
+        except DropwatchError as exc:
+            self.metrics.ended.labels("refused").inc()
+            await _abort(context, exc)
+            raise  # unreachable: abort raises
+        try:
+            sub = self.hub.subscribe(watch.query, watch.key, watch.cursor)
+        except RefusedError as refused:
+            self.metrics.ended.labels(refused.ending.reason).inc()
+            await context.abort(refused.ending.code, refused.ending.message)
+            raise  # unreachable
+        ending = await self._serve(Stream(self, sub, watch, context))
+        self.metrics.ended.labels(ending.reason).inc()
+        token = self.codec.encode(sub.cursor)
+        context.set_trailing_metadata(((CURSOR_KEY, token),))
+        await context.abort(ending.code, f"{ending.message}; cursor={token}")
+
+    async def _serve(self, stream: Stream) -> Ending:
+        sub = stream.sub
+        try:
+            with _database_errors():
+                return await stream.run()
+        except asyncio.CancelledError:
+            if sub.ending is None:  # the consumer went away (or the server stops at once)
+                self.metrics.ended.labels("client").inc()
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()  # interrupted by `Subscription.end` while blocked sending
+            return sub.ending
+        except DropwatchError as exc:
+            log.warning("a stream's own read failed: %s", exc)
+            return DATABASE
+        except Exception:
+            log.exception("WatchDrops failed")
+            return INTERNAL
+        finally:
+            self.hub.unsubscribe(sub)
+
+
+class Stream:
+    """One open stream: its initial state and catch-up, then the live loop."""
+
+    def __init__(self, service: WatchService, sub: Subscription, watch: Watch, context: Context):
+        self.service = service
+        self.sub = sub
+        self.watch = watch
+        self.context = context
+        self.metrics = service.metrics
+        self.prime = service.settings.prime_anchors
+        age = service.settings.watch_max_age_seconds * (1 - random.random() * AGE_JITTER)
+        self.deadline = time.monotonic() + age
+        self.last_sent = time.monotonic()
+
+    async def run(self) -> Ending:
+        if self.watch.initial or self.watch.cursor is not None:
+            self.sub.catching_up = True
+            if self.watch.initial:
+                await self._initial_state()
+            await self._catch_up()
+            self.sub.catching_up = False
+        return await self._live()
+
+    async def _initial_state(self) -> None:
+        service = self.service
+        today = market_today(service.settings.zone, service.clock())
+        async with service.engine.connect() as conn:
+            state = await store.read_initial_state(conn, self.watch.query, today)
+        for drop in state.drops:
+            message = feed_pb2.WatchDropsResponse(opened=feed_item(drop, self.prime), initial=True)
+            await self._send(message.SerializeToString(), "initial")
+        self.sub.cursor = state.cursor
+        end = feed_pb2.WatchDropsResponse(
+            initial_state_end=feed_pb2.InitialStateEnd(items=len(state.drops)),
+            cursor=service.codec.encode(state.cursor),
+        )
+        await self._send(end.SerializeToString(), "initial_state_end")
+
+    async def _catch_up(self) -> None:
+        """Read from the database until a read reaches the horizon with nothing dropped from
+        the buffer meanwhile; a buffer that overflowed is cleared and read past once more."""
+        sub, service = self.sub, self.service
+        while sub.ending is None:
+            sub.overflowed = False
+            truncated = True
+            while truncated and sub.ending is None:
+                async with service.engine.connect() as conn:
+                    page = await store.read_changes(conn, sub.cursor, PAGE, self.watch.query)
+                self.metrics.catch_up_reads.inc()
+                for change in page.changes:
+                    item = pending(change, self.prime)
+                    sub.cursor = sub.cursor.after(change.xact, change.change_id)
+                    await self._send(item.body + self._cursor_field(), item.kind)
+                sub.cursor = page.next
+                truncated = page.truncated
+                self._check_age()
+            if not sub.overflowed:
+                return
+            sub.pending.clear()
+
+    async def _live(self) -> Ending:
+        sub, hub = self.sub, self.service.hub
+        heartbeat = self.watch.heartbeat
+        while True:
+            sub.wake.clear()
+            while sub.pending and sub.ending is None:
+                item = sub.pending.popleft()
+                change = item.change
+                if (change.xact, change.change_id) <= position(sub.cursor):
+                    continue  # already sent by the catch-up
+                skip = excluded(sub.cursor, change)
+                sub.cursor = sub.cursor.after(change.xact, change.change_id)
+                if skip:
+                    continue  # reflected in the initial state
+                await self._send(item.body + self._cursor_field(), item.kind)
+                lag = dt.datetime.now(dt.UTC) - change.changed_at
+                self.metrics.lag.observe(max(0.0, lag.total_seconds()))
+            self._check_age()
+            if sub.ending is not None:
+                return sub.ending
+            now = time.monotonic()
+            if now - self.last_sent >= heartbeat and hub.healthy and not sub.pending:
+                sub.cursor = sub.cursor.after(*sub.hub_position)
+                progress = feed_pb2.WatchDropsResponse(
+                    progress=feed_pb2.Progress(as_of=_timestamp(hub.as_of)),
+                    cursor=self.service.codec.encode(sub.cursor),
+                )
+                await self._send(progress.SerializeToString(), "progress")
+                continue
+            if sub.pending:
+                continue
+            wait = min(self.deadline, self.last_sent + heartbeat) - now
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(sub.wake.wait(), timeout=max(wait, 0.01))
+
+    def _check_age(self) -> None:
+        if time.monotonic() >= self.deadline:
+            self.sub.end(MAX_AGE)
+
+    def _cursor_field(self) -> bytes:
+        token = self.service.codec.encode(self.sub.cursor)
+        return feed_pb2.WatchDropsResponse(cursor=token).SerializeToString()
+
+    async def _send(self, payload: bytes, kind: str) -> None:
+        """Write one message; `Subscription.end` interrupts a write the consumer never takes."""
+        self.sub.writing = True
+        try:
+            await self.context.write(payload)
+        finally:
+            self.sub.writing = False
+        self.last_sent = time.monotonic()
+        self.metrics.messages.labels(kind).inc()
+
+
+def _timestamp(at: dt.datetime) -> Timestamp:
+    return Timestamp(seconds=int(at.timestamp()), nanos=at.microsecond * 1000)

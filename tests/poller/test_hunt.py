@@ -134,8 +134,9 @@ class Model:
             new = cur.get(k, set()) | (old & keep)
             removed, added = old - new, new - old
             gone_at = max((confirmed.get(s, now) for s in removed), default=None)
-            if not new:
+            if not new:  # gone: a baseline slot's next opening is a drop
                 del self.open[k]
+                self.baseline.discard(k)
                 if k in self.dropped:
                     self.dropped.discard(k)
                     self.events.append(("CLOSED", key_id(*k), tuple(sorted(old)), gone_at))

@@ -14,8 +14,8 @@ events they pass; going back in time replays that day's events once.
 from __future__ import annotations
 
 import threading
-from bisect import bisect_right
-from collections.abc import Iterable
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -47,6 +47,7 @@ DEFAULT_PARTY_SIZES = (2, 4)
 MEMO_RELEASES = 64
 MEMO_CANCELLATIONS = 256
 MEMO_TIMELINES = 512
+MEMO_TEMPLATE_PERIODS = 8
 
 
 def _posix(at: datetime) -> float:
@@ -96,42 +97,57 @@ class Drop:
 
 
 class _Timeline:
-    """The open intervals of one (slot day, party size, observation day), as a cursor."""
+    """The open intervals of one (slot day, party size, observation day, window) as a cursor
+    over their start and end events, with the answer kept sorted as events pass."""
 
-    def __init__(self, intervals: list[Interval]) -> None:
+    def __init__(self, intervals: list[Interval], make: Callable[[Interval, float], Slot]) -> None:
         self.intervals = intervals
+        self.make = make
         events = sorted(
             [(iv.start, i) for i, iv in enumerate(intervals)]
             + [(iv.end, ~i) for i, iv in enumerate(intervals)]
         )
         self.times = [t for t, _ in events]
         self.ops = [op for _, op in events]
+        # Rank of each interval in the answer's order (venue, time, seating).
+        self.rank = [0] * len(intervals)
+        for r, i in enumerate(sorted(range(len(intervals)), key=lambda i: intervals[i][2:5])):
+            self.rank[i] = r
         self.pos = 0
-        self.open: set[int] = set()
-        self.version = 0
-        self.answers: dict[tuple[int, int], tuple[int, int, tuple[Slot, ...]]] = {}
-        # Sort rank of each interval (by venue, time, seating) and its Slot this template period.
-        ranked = sorted(range(len(intervals)), key=lambda i: intervals[i][2:5])
-        self.order = [0] * len(intervals)
-        for rank, i in enumerate(ranked):
-            self.order[i] = rank
-        self.period = -1
-        self.made: dict[int, Slot] = {}
+        self.period = -1  # the template period the open Slots were made in
+        self.ranks: list[int] = []  # open intervals' ranks, sorted
+        self.opened: list[int] = []  # open intervals, in the same order
+        self.slots: list[Slot] = []  # their Slots, in the same order
+        self.answer: tuple[Slot, ...] | None = None
 
-    def move(self, t: float) -> None:
+    def at(self, t: float) -> tuple[Slot, ...]:
+        """The open Slots at t; the same tuple as last time if nothing changed."""
         if self.pos and self.times[self.pos - 1] > t:
-            self.pos, self.open = 0, set()
-            self.version += 1
+            self.pos, self.ranks, self.opened, self.slots = 0, [], [], []
+            self.answer = None
+        period = int(t // TEMPLATE_PERIOD_S)
+        if period != self.period:
+            self.period = period
+            self.slots = [self.make(self.intervals[i], t) for i in self.opened]
+            self.answer = None
         target = bisect_right(self.times, t, lo=self.pos)
-        if target == self.pos:
-            return
-        for op in self.ops[self.pos : target]:
-            if op >= 0:
-                self.open.add(op)
-            else:
-                self.open.discard(~op)
-        self.pos = target
-        self.version += 1
+        if target != self.pos:
+            ranks, opened, slots = self.ranks, self.opened, self.slots
+            for op in self.ops[self.pos : target]:
+                i = op if op >= 0 else ~op
+                r = self.rank[i]
+                k = bisect_left(ranks, r)
+                if op >= 0:
+                    ranks.insert(k, r)
+                    opened.insert(k, i)
+                    slots.insert(k, self.make(self.intervals[i], t))
+                elif k < len(ranks) and ranks[k] == r:
+                    del ranks[k], opened[k], slots[k]
+            self.pos = target
+            self.answer = None
+        if self.answer is None:
+            self.answer = tuple(self.slots)
+        return self.answer
 
 
 class DropWorld:
@@ -162,10 +178,13 @@ class DropWorld:
         self.party_sizes = tuple(party_sizes)
         self.schedules = tuple(schedule_for(seed, v) for v in self.venues)
         self._cells: tuple[tuple[Cell, ...], ...] = tuple(venue_cells(v) for v in self.venues)
+        self._seatings = tuple(v.seating_types for v in self.venues)
+        self._configs = tuple(tuple(v.config_id(s) for s in v.seating_types) for v in self.venues)
+        self._template_memo: dict[int, list[int]] = {}
         self._lock = threading.RLock()
         self._releases: dict[date, list[list[Interval]]] = {}
         self._cancellations: dict[tuple[date, date], list[Interval]] = {}
-        self._timelines: dict[tuple[date, int, date], _Timeline] = {}
+        self._timelines: dict[tuple[date, int, date, int, int], _Timeline] = {}
 
     # -- the truth a learner should find -------------------------------------------------
 
@@ -190,16 +209,7 @@ class DropWorld:
         if day < observed:
             return ()
         with self._lock:
-            timeline = self._timeline(day, party_size, observed)
-            timeline.move(t)
-            key = (window.first_minute, window.last_minute)
-            period = int(t // TEMPLATE_PERIOD_S)
-            cached = timeline.answers.get(key)
-            if cached is not None and cached[0] == timeline.version and cached[1] == period:
-                return cached[2]
-            slots = self._slots(timeline, day, party_size, window, t)
-            timeline.answers[key] = (timeline.version, period, slots)
-            return slots
+            return self._timeline(day, party_size, observed, window).at(t)
 
     def search_venues(
         self, day: date, party_size: int, window: TimeWindow, at: datetime
@@ -211,31 +221,30 @@ class DropWorld:
             grouped.setdefault(slot.venue_id, []).append(slot)
         return tuple(VenueAvailability(by_id[v], tuple(s)) for v, s in grouped.items())
 
-    def _slots(
-        self, timeline: _Timeline, day: date, party_size: int, window: TimeWindow, t: float
-    ) -> tuple[Slot, ...]:
-        first, last = window.first_minute, window.last_minute
-        ivs, order = timeline.intervals, timeline.order
-        picked = [i for i in timeline.open if first <= ivs[i].minute <= last]
-        picked.sort(key=order.__getitem__)
+    def _maker(self, day: date, party_size: int) -> Callable[[Interval, float], Slot]:
+        venues, seatings, configs = self.venues, self._seatings, self._configs
+
+        def make(iv: Interval, t: float) -> Slot:
+            return Slot(
+                venues[iv.venue].venue_id,
+                day,
+                iv.minute,
+                seatings[iv.venue][iv.seat],
+                party_size,
+                configs[iv.venue][iv.seat],
+                self._templates(t)[iv.venue],
+            )
+
+        return make
+
+    def _templates(self, t: float) -> list[int]:
+        """Every venue's template id in t's period (they rotate, tokens are not identities)."""
         period = int(t // TEMPLATE_PERIOD_S)
-        if timeline.period != period:
-            timeline.period, timeline.made = period, {}
-        made = timeline.made
-        found = []
-        for i in picked:
-            slot = made.get(i)
-            if slot is None:
-                iv = ivs[i]
-                venue = self.venues[iv.venue]
-                seating = venue.seating_types[iv.seat]
-                tpl = template_id(venue.key, t)
-                config = venue.config_id(seating)
-                slot = made[i] = Slot(
-                    venue.venue_id, day, iv.minute, seating, party_size, config, tpl
-                )
-            found.append(slot)
-        return tuple(found)
+        found = self._template_memo.get(period)
+        if found is None:
+            found = [template_id(v.key, t) for v in self.venues]
+            _remember(self._template_memo, period, found, MEMO_TEMPLATE_PERIODS)
+        return found
 
     # -- ground truth --------------------------------------------------------------------
 
@@ -323,8 +332,11 @@ class DropWorld:
             _remember(self._cancellations, (day, observed), found, MEMO_CANCELLATIONS)
         return found
 
-    def _timeline(self, day: date, party_size: int, observed: date) -> _Timeline:
-        key = (day, party_size, observed)
+    def _timeline(
+        self, day: date, party_size: int, observed: date, window: TimeWindow
+    ) -> _Timeline:
+        first, last = window.first_minute, window.last_minute
+        key = (day, party_size, observed, first, last)
         timeline = self._timelines.get(key)
         if timeline is None:
             bit = 1 << party_size
@@ -334,10 +346,14 @@ class DropWorld:
                 iv
                 for ivs in self._released(day)
                 for iv in ivs
-                if iv.parties & bit and iv.end > lo and iv.start < hi
+                if iv.parties & bit and first <= iv.minute <= last and iv.end > lo and iv.start < hi
             ]
-            intervals += [iv for iv in self._cancelled(day, observed) if iv.parties & bit]
-            timeline = _Timeline(intervals)
+            intervals += [
+                iv
+                for iv in self._cancelled(day, observed)
+                if iv.parties & bit and first <= iv.minute <= last
+            ]
+            timeline = _Timeline(intervals, self._maker(day, party_size))
             _remember(self._timelines, key, timeline, MEMO_TIMELINES)
         return timeline
 

@@ -165,6 +165,8 @@ def release_moments(
     for w in windows:
         if w.time_slots and bucket.anchor not in w.time_slots:
             continue
+        if not 0 <= w.release_minute < 24 * 60:
+            continue  # not a time of day: nothing to poll for
         day = bucket.bucket_date - dt.timedelta(days=w.lead_days)
         local = dt.datetime.combine(day, dt.time(w.release_minute // 60, w.release_minute % 60))
         moments.add(local.replace(tzinfo=zone))

@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import itertools
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, cast
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import Engine, event, text
@@ -37,6 +39,7 @@ pytestmark = pytest.mark.db
 CHURNING = f"{TODAY.isoformat()}_19:00"
 STEADY = f"{TODAY.isoformat()}_15:00"
 START = dt.datetime.combine(TODAY, dt.time(12, 0), tzinfo=dt.UTC)
+NY = ZoneInfo("America/New_York")
 
 
 class Moving:
@@ -253,3 +256,107 @@ async def test_a_bucket_polled_by_another_replica_since_the_plan_is_skipped(
         async with ctx.engine.begin() as conn:
             leased = await planner._lease(conn, [(r.bucket_id, r.last_polled_at) for r in rows])
         assert {lb.bucket_id for lb in leased} == {r.bucket_id for r in rows} - {CHURNING}
+
+
+def add_events(engine: Engine, bucket_id: str, ages: list[float], kind: str = "NEW_DROP") -> None:
+    """Events of `bucket_id` created `ages` seconds ago (by the database clock)."""
+    with engine.begin() as conn:
+        for n, age in enumerate(ages):
+            conn.execute(
+                text(
+                    """
+                    INSERT INTO drop_events (bucket_date, bucket_id, market, provider, slot_id,
+                        venue_id, event_type, opened_at, slot_date, slot_time, seating_type,
+                        party_sizes, time_slot, time_bucket, dedupe_key, created_at)
+                    VALUES (:day, :b, 'nyc', 'resy', :slot, 1, :kind, now(), :day, '19:00',
+                        'Dining Room', '{2}', '19:00', 'prime', :key,
+                        now() - make_interval(secs => :age))
+                    """
+                ),
+                {
+                    "day": TODAY,
+                    "b": bucket_id,
+                    "slot": f"s{n}",
+                    "kind": kind,
+                    "key": f"{kind}:{bucket_id}:{n}:{age}",
+                    "age": age,
+                },
+            )
+
+
+async def test_change_rates_decay_with_age_and_skip_what_is_too_old(
+    db_url: str, engine: Engine, resy: ScriptedResy
+) -> None:
+    reset_buckets(engine)
+    tau = 600 / math.log(2)
+    # In id order, as events are written (the first two are beyond the horizon).
+    add_events(engine, STEADY, [7200.0])
+    add_events(engine, CHURNING, [7200.0, 600.0])
+    add_events(engine, CHURNING, [60.0], kind="CLOSED")
+    add_events(engine, CHURNING, [0.0])
+    add_events(engine, CHURNING, [0.0], kind="SIZE_OPEN")  # not a change of the open set
+    settings = adaptive(db_url)
+    async with replica(settings, db_url, resy, "rates", shared=False) as (ctx, _rec):
+        live = Scheduler(ctx, clock=ctx.clock).live_range()
+
+        async def read(floor: int) -> store.ChangeRates:
+            async with ctx.engine.begin() as conn:
+                return await store.read_change_rates(
+                    conn,
+                    first_day=live.first,
+                    last_day=live.last,
+                    cutoff_bucket_id=live.cutoff,
+                    floor_id=floor,
+                    tau=tau,
+                    horizon_seconds=3600.0,
+                    per_page=100,
+                )
+
+        first = await read(0)
+        expected = 1 + 0.5 + math.exp(-60 / tau)
+        assert first.decayed[CHURNING] == pytest.approx(expected, rel=0.01)
+        assert first.decayed[STEADY] == 0
+        assert first.extra_pages == {CHURNING: 0, STEADY: 0}
+        assert first.floor_id > 0  # the old events are below it now
+        again = await read(first.floor_id)
+        assert again.decayed[CHURNING] == pytest.approx(expected, rel=0.01)
+        assert again.floor_id == first.floor_id
+        add_events(engine, STEADY, [1.0])
+        assert (await read(again.floor_id)).decayed[STEADY] == pytest.approx(1.0, rel=0.01)
+
+
+async def test_the_hour_profile_counts_changes_by_market_local_hour(
+    db_url: str, engine: Engine, resy: ScriptedResy
+) -> None:
+    reset_buckets(engine)
+    add_events(engine, CHURNING, [0.0, 1.0, 2.0])
+    add_events(engine, CHURNING, [3.0], kind="CLOSED")
+    add_events(engine, STEADY, [30 * 86400.0])  # older than the profile's days
+    async with (
+        replica(adaptive(db_url), db_url, resy, "profile", shared=False) as (ctx, _rec),
+        ctx.engine.begin() as conn,
+    ):
+        counts, days = await store.read_hour_profile(
+            conn, market="nyc", zone="America/New_York", days=7, since_day=TODAY
+        )
+        hour = (await conn.execute(text("SELECT now()"))).scalar_one()
+    local_hours = {(hour - dt.timedelta(seconds=s)).astimezone(NY).hour for s in (0.0, 3.0)}
+    assert sum(counts.values()) == 4 and set(counts) <= local_hours
+    assert days == 1
+
+
+async def test_without_the_release_windows_table_scheduling_goes_on(
+    db_url: str, engine: Engine, resy: ScriptedResy
+) -> None:
+    reset_buckets(engine)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE release_windows"))
+    async with replica(adaptive(db_url), db_url, resy, "nowin", shared=False) as (ctx, _rec):
+        scheduler = Scheduler(ctx, clock=ctx.clock)
+        planner = scheduler._planner
+        assert planner is not None
+        await planner.refresh(scheduler.live_range(), 2)
+        assert planner.known.windows == []
+        wait = await scheduler.start_planned(planner, 8)
+        assert len(scheduler._tasks) == 2 and 0 < wait <= ctx.settings.tick_seconds
+        await asyncio.gather(*scheduler._tasks)

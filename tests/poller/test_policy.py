@@ -224,6 +224,11 @@ def test_hostile_inputs_do_not_break_the_plan() -> None:
     assert "b001" not in p.due
     assert spent(p) <= S.budget * (1 + 1e-9)
     assert policy.plan([], NOW, S).due == []
+    nonsense = [
+        Window(lead_days=0, release_minute=24 * 60),
+        Window(lead_days=-3, release_minute=-1),
+    ]
+    assert all(c != policy.RELEASE for c in policy.plan(odd, NOW, S, {}, nonsense).classes.values())
     with pytest.raises(ValueError):
         PolicySettings(min_interval=10, max_interval=5)
 

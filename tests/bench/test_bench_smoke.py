@@ -20,6 +20,7 @@ TINY = {
     "seed": ["--sizes", "2000,5000"],
     "poll_write": ["--events", "20000", "--ks", "10", "--repeats", "1"],
     "feed": ["--events", "10000", "--small", "10000", "--duration", "0.5"],
+    "watch": ["--streams", "1,4", "--duration", "2", "--release", "20"],
     "maintenance": [
         "--events",
         "10000",

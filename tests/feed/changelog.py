@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from services.feed import store
 from services.feed.changes import Change
 from services.feed.cursor import Cursor, CursorCodec, filter_key
+from services.feed.request import FeedQuery
 from services.poller import store as poller_store
 from services.poller.slots import BucketFetch, Slot, VenueInfo
 from tests.seeding import OWNER, Seeder, SeedSlot
@@ -72,12 +73,14 @@ async def now_cursor(engine: AsyncEngine) -> Cursor:
     return Cursor(oldest, 0, filter_key=filter_key(None))
 
 
-async def drain(engine: AsyncEngine, cursor: Cursor, limit: int) -> tuple[list[Change], Cursor]:
+async def drain(
+    engine: AsyncEngine, cursor: Cursor, limit: int, query: FeedQuery | None = None
+) -> tuple[list[Change], Cursor]:
     """Every change after `cursor`, resuming from an encoded cursor after each page."""
     received: list[Change] = []
     while True:
         async with engine.connect() as conn:
-            page = await store.read_changes(conn, cursor, limit)
+            page = await store.read_changes(conn, cursor, limit, query)
             await conn.commit()
         received += page.changes
         cursor = CODEC.decode(CODEC.encode(page.next), cursor.filter_key)

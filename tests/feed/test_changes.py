@@ -10,11 +10,20 @@ import random
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import Engine, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.feed import store
-from services.feed.changes import CLOSED, OPENED, SIZES, OutOfRangeError, filter_query
+from services.feed.changes import (
+    CLOSED,
+    OPENED,
+    SIZES,
+    OutOfRangeError,
+    filter_query,
+    matches,
+)
 from services.feed.cursor import Cursor, filter_key
 from shared.db.engine import make_async_engine
 from shared.gen.dropwatch.feed.v1 import feed_pb2
@@ -243,3 +252,77 @@ async def test_a_cursor_older_than_a_pruned_day_is_out_of_range(
         assert (await drain(aengine, current, 500))[0] == []
     finally:
         await aengine.dispose()
+
+
+# ---- Property: `matches` (Python) keeps exactly what the SQL filter keeps ----
+
+DAYS = tuple(TODAY + dt.timedelta(days=n) for n in range(3))
+STARTS = ("13:00", "15:00", "18:45", "19:00", "19:30", "21:00")
+SIZE_SETS = ((2,), (4,), (6,), (2, 4), (2, 6), (4, 6), (2, 4, 6))
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> list[tuple[str, SeedSlot]]:
+    """Opens, resizes and closes of a few slots, in order (each one poll)."""
+    ops = []
+    for _ in range(draw(st.integers(1, 10))):
+        slot = SeedSlot(
+            draw(st.integers(1, 4)),
+            draw(st.sampled_from(DAYS)),
+            draw(st.sampled_from(STARTS)),
+            draw(st.sampled_from(SIZE_SETS)),
+        )
+        ops.append((draw(st.sampled_from(("open", "open", "close"))), slot))
+    return ops
+
+
+@st.composite
+def filters(draw: st.DrawFn) -> feed_pb2.FeedFilter:
+    days = (*DAYS, TODAY - dt.timedelta(days=1))
+    times = ("", "00:00", "15:00", "18:59", "19:00", "19:30", "23:59")
+    time_from, time_to = draw(st.sampled_from(times)), draw(st.sampled_from(times))
+    if time_from and time_to and time_from > time_to:
+        time_from, time_to = time_to, time_from
+    return feed_pb2.FeedFilter(
+        reservation_dates=[d.isoformat() for d in draw(st.sets(st.sampled_from(days)))],
+        party_sizes=draw(st.sets(st.sampled_from((2, 4, 6, 8)), max_size=2)),
+        time_from=time_from,
+        time_to=time_to,
+        time_slots=draw(st.sets(st.sampled_from(("15:00", "19:00")))),
+        venue_ids=draw(st.sets(st.integers(1, 5), max_size=3)),
+    )
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    report_multiple_bugs=False,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(history=histories(), asks=st.lists(filters(), min_size=1, max_size=5))
+async def test_matches_agrees_with_the_sql_filter(
+    seeder: Seeder,
+    aengine: AsyncEngine,
+    history: list[tuple[str, SeedSlot]],
+    asks: list[feed_pb2.FeedFilter],
+) -> None:
+    start = await now_cursor(aengine)
+    sizes_now: dict[str, tuple[int, ...]] = {}
+    for n, (op, slot) in enumerate(history):
+        at = NOW + dt.timedelta(seconds=n)
+        if op == "open":
+            await seeder.open([slot], at)
+            sizes_now[slot.slot_id] = slot.party_sizes
+        else:
+            await seeder.close([slot], at)
+            sizes_now.pop(slot.slot_id, None)
+    every, _ = await drain(aengine, start, 7)
+    for f in asks:
+        query = filter_query(f)
+        got, _ = await drain(aengine, start, 3, query)
+        assert [c.change_id for c in got] == [c.change_id for c in every if matches(query, c)], f
+    # A slot's last change, if a resize, carries its sizes after it (the exact path).
+    last = {c.slot_id: c for c in every}
+    for slot_id, change in last.items():
+        if change.kind == SIZES and slot_id in sizes_now:
+            assert change.party_sizes == sizes_now[slot_id]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import random
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -88,6 +89,8 @@ class SharedBudget:
         self._tokens = 0
         self._expires = 0.0
         self._failed_until = 0.0
+        self._next_claim = 0.0
+        self._losses = 0  # empty claims in a row
         self._lock = asyncio.Lock()
 
     async def acquire(self, deadline: float) -> bool:
@@ -110,26 +113,33 @@ class SharedBudget:
             if self._tokens:
                 self._tokens -= 1
                 return True
-            if now >= deadline or now < self._failed_until:
+            if now < self._failed_until:
                 return False
-            claim = await self._claim(min(deadline - now, self._claim_timeout))
+            start = max(now, self._next_claim)
+            if start >= deadline:
+                return False
+            if start > now:
+                await asyncio.sleep(start - now)
+            # The claim is bounded by its own timeout, not the deadline: cancelled midway it
+            # might have taken tokens nobody spends, and a late answer still serves the next.
+            claim = await self._claim()
             if claim is None:
                 return False
-            if claim.granted:
-                self._tokens = claim.granted
-                self._expires = time.monotonic() + self._hold
-                continue
-            # Empty: wait until a whole token has accrued (others may take it first: loop).
-            wait = (1.0 - claim.left) / self.rate
-            if time.monotonic() + wait > deadline:
-                return False
-            await asyncio.sleep(wait)
+            self._tokens = claim.granted
+            self._expires = time.monotonic() + self._hold
+            # No claim before a whole grant can have accrued again (claims stay about one per
+            # grant while the budget is in full use). A claim that came back empty lost to
+            # another replica: wait longer, with jitter, so replicas fall out of lockstep.
+            self._losses = 0 if claim.granted else min(self._losses + 1, 3)
+            shortfall = max(0.0, self.grant - claim.left) / self.rate
+            spread = random.uniform(1.0, 1.25 + self._losses)
+            self._next_claim = time.monotonic() + shortfall * spread
 
-    async def _claim(self, timeout: float) -> Claim | None:
+    async def _claim(self) -> Claim | None:
         self.counters.claims += 1
         params = {"market": self._market, "rate": self.rate, "burst": self.burst}
         try:
-            async with asyncio.timeout(timeout), self._engine.begin() as conn:
+            async with asyncio.timeout(self._claim_timeout), self._engine.begin() as conn:
                 row = (await conn.execute(sql.CLAIM_BUDGET, {**params, "want": self.grant})).one()
         except (SQLAlchemyError, OSError, TimeoutError) as exc:
             self.counters.failures += 1

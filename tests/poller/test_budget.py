@@ -102,11 +102,12 @@ async def test_a_grant_is_one_statement_for_several_requests(db_url: str) -> Non
 
 async def test_different_markets_have_their_own_budget(db_url: str, engine: Engine) -> None:
     async with replicas(db_url, 1) as (eng,):
-        nyc, sf = SharedBudget(eng, "nyc", 4.0), SharedBudget(eng, "sf", 4.0)
-        deadline = time.monotonic() + 0.05
+        # A token a second, four at once: the burst is spent well before the next accrues.
+        nyc, sf = SharedBudget(eng, "nyc", 1.0, 4), SharedBudget(eng, "sf", 1.0, 4)
+        deadline = time.monotonic() + 5
         assert [await nyc.acquire(deadline) for _ in range(4)] == [True] * 4
         assert [await sf.acquire(deadline) for _ in range(4)] == [True] * 4
-        assert not await nyc.acquire(time.monotonic() + 0.05)  # nyc empty: sf untouched
+        assert not await nyc.acquire(time.monotonic() + 0.1)  # nyc empty: sf untouched
     with engine.connect() as conn:
         rows = dict(conn.execute(text("SELECT market, granted_total FROM request_budget")).all())
     assert rows == {"nyc": 4, "sf": 4}
@@ -127,11 +128,11 @@ async def test_the_database_clock_decides_not_the_replicas(db_url: str, engine: 
             )
         )
     async with replicas(db_url, 1) as (eng,):
-        ahead, idle = SharedBudget(eng, "ahead", 50.0), SharedBudget(eng, "idle", 5.0)
+        ahead, idle = SharedBudget(eng, "ahead", 50.0), SharedBudget(eng, "idle", 1.0, 5)
         started = time.monotonic()
         assert not await ahead.acquire(time.monotonic() + 0.3)
         assert time.monotonic() - started < 1.0
-        got = [await idle.acquire(time.monotonic() + 0.05) for _ in range(10)]
+        got = [await idle.acquire(time.monotonic() + 0.1) for _ in range(10)]
     assert got.count(True) == 5  # one burst's worth, not a day's
     with engine.connect() as conn:
         refilled_ahead = conn.execute(

@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from shared.slots import slot_id_for
+from tools.simulator.__main__ import build_parser, main
 from tools.simulator.dropworld import Drop, DropWorld
 from tools.simulator.model import Slot
 from tools.simulator.server import ScriptedSlot, ScriptedVenue, Simulator
@@ -232,3 +233,20 @@ def test_a_scripted_day_still_overrides_the_drops_model() -> None:
 def test_an_unknown_model_is_refused() -> None:
     with pytest.raises(ValueError, match="model must be one of"):
         Simulator(venues=3, model="poisson")
+
+
+def test_the_command_line_serves_the_drops_model_by_default() -> None:
+    assert build_parser().parse_args([]).model == "drops"
+    assert build_parser().parse_args(["--model", "hash"]).model == "hash"
+    with pytest.raises(SystemExit) as refused:
+        main(["--start", "2026-12-07T08:58"])  # no UTC offset: ambiguous
+    assert refused.value.code == 2
+
+
+def test_live_days_follow_the_market_date() -> None:
+    w = DropWorld(seed=1, venue_count=3, start_day=TODAY, window_days=3)
+    assert w.live_days() == [TODAY + timedelta(days=n) for n in range(3)]
+    late = datetime(2026, 12, 8, 4, 30, tzinfo=ZoneInfo("UTC"))  # 23:30 on the 7th in New York
+    assert w.live_days(late)[0] == TODAY
+    with pytest.raises(ValueError):
+        DropWorld(seed=1, venue_count=3).live_days()

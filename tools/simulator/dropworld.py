@@ -178,6 +178,7 @@ class DropWorld:
         self.party_sizes = tuple(party_sizes)
         self.schedules = tuple(schedule_for(seed, v) for v in self.venues)
         self._cells: tuple[tuple[Cell, ...], ...] = tuple(venue_cells(v) for v in self.venues)
+        self._by_id = {v.venue_id: v for v in self.venues}
         self._seatings = tuple(v.seating_types for v in self.venues)
         self._configs = tuple(tuple(v.config_id(s) for s in v.seating_types) for v in self.venues)
         self._template_memo: dict[int, list[int]] = {}
@@ -191,6 +192,17 @@ class DropWorld:
     def release_schedule(self) -> list[ReleaseSchedule]:
         """Every venue's release rule: venue_id, tier, lead_days, nominal local_time, jitter."""
         return list(self.schedules)
+
+    def live_days(self, at: datetime | None = None) -> list[date]:
+        """The slot days a watcher polls: `window_days` from the market date of `at` (default
+        `start_day`)."""
+        if at is not None:
+            first = datetime.fromtimestamp(_posix(at), self.zone).date()
+        elif self.start_day is not None:
+            first = self.start_day
+        else:
+            raise ValueError("live_days needs `at` or a start_day")
+        return [first + timedelta(days=n) for n in range(self.window_days)]
 
     # -- searching -----------------------------------------------------------------------
 
@@ -215,7 +227,7 @@ class DropWorld:
         self, day: date, party_size: int, window: TimeWindow, at: datetime
     ) -> tuple[VenueAvailability, ...]:
         """The same answer grouped by venue, ordered by venue id (what server.py renders)."""
-        by_id = {v.venue_id: v for v in self.venues}
+        by_id = self._by_id
         grouped: dict[int, list[Slot]] = {}
         for slot in self.search_window(day, party_size, window, at):
             grouped.setdefault(slot.venue_id, []).append(slot)

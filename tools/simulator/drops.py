@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import math
 import random
-from datetime import date, datetime, time, timedelta
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
+from shared.slots import slot_id_for
 from tools.simulator.catalog import Venue, mix64, stable_key
 from tools.simulator.model import LAST_SLOT_MINUTE, SLOT_STEP_MINUTES
 from tools.simulator.releases import HOT, POPULAR, REGULAR, ReleaseSchedule
@@ -219,3 +221,44 @@ def cancellation_intervals(
             continue
         last_end[key] = end
         found.append(Interval(t, end, index, cell.minute, cell.seat, cell.parties, CANCELLATION))
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    """One true drop: the cell opened at `start` and stayed open until `end` (POSIX seconds).
+
+    `slot_start` is the slot's market-local start (naive), from which the poller's slot id
+    follows (`slot_id()`); a cell that closes and opens again is the same slot, a second Drop.
+    """
+
+    venue_id: int
+    day: date
+    minute: int
+    seating_type: str
+    party_sizes: tuple[int, ...]
+    start: float
+    end: float
+    kind: str  # "release" or "cancellation"
+
+    @property
+    def time(self) -> str:
+        return f"{self.minute // 60:02d}:{self.minute % 60:02d}"
+
+    @property
+    def slot_start(self) -> datetime:
+        return datetime.combine(self.day, datetime.min.time()) + timedelta(minutes=self.minute)
+
+    @property
+    def started_at(self) -> datetime:
+        return datetime.fromtimestamp(self.start, UTC)
+
+    @property
+    def ended_at(self) -> datetime:
+        return datetime.fromtimestamp(self.end, UTC)
+
+    @property
+    def lifetime(self) -> float:
+        return self.end - self.start
+
+    def slot_id(self, provider: str = "resy") -> str:
+        return slot_id_for(provider, self.venue_id, self.slot_start, self.seating_type)

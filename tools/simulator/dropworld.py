@@ -16,15 +16,14 @@ from __future__ import annotations
 import threading
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from shared.slots import slot_id_for
 from tools.simulator.catalog import Venue, generate_venues
 from tools.simulator.drops import (
     Cell,
+    Drop,
     Interval,
     cancellation_intervals,
     local_midnight,
@@ -40,6 +39,8 @@ from tools.simulator.model import (
 )
 from tools.simulator.releases import ReleaseSchedule, schedule_for
 
+__all__ = ["DEFAULT_ZONE", "Drop", "DropWorld"]
+
 DEFAULT_ZONE = "America/New_York"
 DEFAULT_ANCHORS = ("15:00", "19:00")
 DEFAULT_PARTY_SIZES = (2, 4)
@@ -53,47 +54,6 @@ MEMO_TEMPLATE_PERIODS = 8
 def _posix(at: datetime) -> float:
     """Naive datetimes are taken as UTC, like the rest of the simulator."""
     return (at if at.tzinfo is not None else at.replace(tzinfo=UTC)).timestamp()
-
-
-@dataclass(frozen=True, slots=True)
-class Drop:
-    """One true drop: the cell opened at `start` and stayed open until `end` (POSIX seconds).
-
-    `slot_start` is the slot's market-local start (naive), from which the poller's slot id
-    follows (`slot_id()`); a cell that closes and opens again is the same slot, a second Drop.
-    """
-
-    venue_id: int
-    day: date
-    minute: int
-    seating_type: str
-    party_sizes: tuple[int, ...]
-    start: float
-    end: float
-    kind: str  # "release" or "cancellation"
-
-    @property
-    def time(self) -> str:
-        return f"{self.minute // 60:02d}:{self.minute % 60:02d}"
-
-    @property
-    def slot_start(self) -> datetime:
-        return datetime.combine(self.day, datetime.min.time()) + timedelta(minutes=self.minute)
-
-    @property
-    def started_at(self) -> datetime:
-        return datetime.fromtimestamp(self.start, UTC)
-
-    @property
-    def ended_at(self) -> datetime:
-        return datetime.fromtimestamp(self.end, UTC)
-
-    @property
-    def lifetime(self) -> float:
-        return self.end - self.start
-
-    def slot_id(self, provider: str = "resy") -> str:
-        return slot_id_for(provider, self.venue_id, self.slot_start, self.seating_type)
 
 
 class _Timeline:

@@ -32,6 +32,8 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "maintenance": ("maintenance", DAILY, QUICK_DAILY),
     # WatchDrops: stream counts, not table sizes (its points are not charted)
     "watch": ("watch", [""], ["--streams 1,100 --duration 8 --release 100"]),
+    # detection: a simulated day and a real poller run; no table size (not charted)
+    "detection": ("detection", [""], ["--hours 2 --start-hour 8 --real-seconds 30"]),
 }
 HEADER = (
     "# Performance\n\nFigures of the benchmarks in `bench/`; `dropwatch bench` rewrites them.\n"
@@ -51,6 +53,8 @@ def sized_runs(name: str, sizes: list[int]) -> Runs:
     if name == "poll_write":
         return tuple(("--events", str(s)) for s in sizes)
     if name == "watch":  # no table size to choose: its own run
+        return ((),)
+    if name == "detection":  # virtual time and a real run: no table size either
         return ((),)
     if name in ("feed", "feed_uncached"):  # it measures the smallest and the largest
         cache = ("--cache-ttl", "0") if name == "feed_uncached" else ()
@@ -81,6 +85,7 @@ def run_benchmarks(
         (data / f"{name}.json").write_text(json.dumps(points, indent=1) + "\n")
         every = {p.stem: json.loads(p.read_text()) for p in sorted(data.glob("*.json"))}
         charted = set(BENCHMARKS) - {"watch"}  # watch's x is not a table size
+        charted -= {"detection"}  # nor is detection's
         charts = draw({k: v for k, v in every.items() if k in charted}, images)
         _write(report, sections, [c.name for c in charts])
         print(f"== {name}: section and charts written to {report}", file=sys.stderr, flush=True)

@@ -4,9 +4,10 @@ What the policy (`policy.py`) needs is read set-based from PostgreSQL, so every 
 from the same knowledge and a restart loses nothing:
 
 - every few seconds, one statement: each live bucket's decayed count of recent NEW_DROP and
-  CLOSED events and the pages its last open state needs (`store.read_change_rates`);
-- every few minutes, one statement each: the market-local hour profile of the last days'
-  events (`store.read_hour_profile`) and the learned release windows (`windows.py`);
+  CLOSED events (`store.read_change_rates`);
+- every minute or ten, one statement each: the pages each bucket's open state needs
+  (`store.read_extra_pages`), the learned release windows (`windows.py`) and the market-local
+  hour profile of the last days' events (`store.read_hour_profile`);
 - every tick, one statement reads the live buckets' state and one leases the chosen ones.
 
 Each replica plans the whole market against the whole budget; the leases split the due
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 RATES_EVERY_SECONDS = 5.0
 PROFILE_EVERY_SECONDS = 600.0
 WINDOWS_EVERY_SECONDS = 60.0
+PAGES_EVERY_SECONDS = 60.0
 PROFILE_DAYS = 7
 # Events older than this many half-lives weigh under 2% and are left out of the sum.
 HORIZON_HALF_LIVES = 6
@@ -70,6 +72,7 @@ class Knowledge:
     rates_at: float = -math.inf
     profile_at: float = -math.inf
     windows_at: float = -math.inf
+    pages_at: float = -math.inf
 
 
 class AdaptivePlanner:
@@ -104,10 +107,18 @@ class AdaptivePlanner:
                     floor_id=k.floor_id,
                     tau=self.settings.tau,
                     horizon_seconds=HORIZON_HALF_LIVES * self.settings.half_life,
+                )
+            k.decayed, k.floor_id, k.rates_at = rates.decayed, rates.floor_id, now
+        if now - k.pages_at >= PAGES_EVERY_SECONDS:
+            async with self.ctx.engine.begin() as conn:
+                k.extra_pages = await store.read_extra_pages(
+                    conn,
+                    first_day=live.first,
+                    last_day=live.last,
+                    cutoff_bucket_id=live.cutoff,
                     per_page=s.per_page,
                 )
-            k.decayed, k.extra_pages, k.floor_id = rates.decayed, rates.extra_pages, rates.floor_id
-            k.rates_at = now
+            k.pages_at = now
         if now - k.profile_at >= PROFILE_EVERY_SECONDS:
             async with self.ctx.engine.begin() as conn:
                 counts, days = await store.read_hour_profile(

@@ -312,7 +312,6 @@ class ScheduleRow:
 @dataclass(frozen=True)
 class ChangeRates:
     decayed: dict[str, float]  # bucket_id -> sum(exp(-age / tau)) of recent changes
-    extra_pages: dict[str, int]  # bucket_id -> requests per poll beyond one per party size
     floor_id: int  # the next refresh reads events above this id only
 
 
@@ -367,9 +366,8 @@ async def read_change_rates(
     floor_id: int,
     tau: float,
     horizon_seconds: float,
-    per_page: int,
 ) -> ChangeRates:
-    """Decayed change counts and extra pages of the live buckets, in one statement."""
+    """Decayed change counts of the live buckets, in one statement."""
     rows = (
         await conn.execute(
             sql.CHANGE_RATES,
@@ -380,20 +378,34 @@ async def read_change_rates(
                 "floor": floor_id,
                 "tau": tau,
                 "horizon": horizon_seconds,
-                "per_page": per_page,
             },
         )
     ).all()
-    decayed, extra, firsts, lasts = {}, {}, [], []
-    for bucket_id, weight, first_counted, last_id, pages in rows:
+    decayed, firsts, lasts = {}, [], []
+    for bucket_id, weight, first_counted, last_id in rows:
         decayed[bucket_id] = float(weight)
-        extra[bucket_id] = int(pages)
         if first_counted is not None:
             firsts.append(int(first_counted))
         if last_id is not None:
             lasts.append(int(last_id))
     floor = min(firsts) - 1 if firsts else max(lasts, default=floor_id)
-    return ChangeRates(decayed, extra, max(floor, floor_id))
+    return ChangeRates(decayed, max(floor, floor_id))
+
+
+async def read_extra_pages(
+    conn: AsyncConnection,
+    *,
+    first_day: dt.date,
+    last_day: dt.date,
+    cutoff_bucket_id: str,
+    per_page: int,
+) -> dict[str, int]:
+    """Requests a poll of each live bucket needs beyond one per party size (more pages)."""
+    rows = await conn.execute(
+        sql.BUCKET_PAGES,
+        {"first": first_day, "last": last_day, "cutoff": cutoff_bucket_id, "per_page": per_page},
+    )
+    return {bucket_id: int(extra) for bucket_id, extra in rows.all()}
 
 
 async def read_hour_profile(

@@ -309,14 +309,12 @@ async def test_change_rates_decay_with_age_and_skip_what_is_too_old(
                     floor_id=floor,
                     tau=tau,
                     horizon_seconds=3600.0,
-                    per_page=100,
                 )
 
         first = await read(0)
         expected = 1 + 0.5 + math.exp(-60 / tau)
         assert first.decayed[CHURNING] == pytest.approx(expected, rel=0.01)
         assert first.decayed[STEADY] == 0
-        assert first.extra_pages == {CHURNING: 0, STEADY: 0}
         assert first.floor_id > 0  # the old events are below it now
         again = await read(first.floor_id)
         assert again.decayed[CHURNING] == pytest.approx(expected, rel=0.01)
@@ -360,3 +358,45 @@ async def test_without_the_release_windows_table_scheduling_goes_on(
         wait = await scheduler.start_planned(planner, 8)
         assert len(scheduler._tasks) == 2 and 0 < wait <= ctx.settings.tick_seconds
         await asyncio.gather(*scheduler._tasks)
+
+
+async def test_a_bucket_with_more_venues_than_a_page_costs_more_requests(
+    db_url: str, engine: Engine, resy: ScriptedResy
+) -> None:
+    reset_buckets(engine)
+    with engine.begin() as conn:  # size 2 at 150 venues (2 pages), size 4 at 100 (1 page)
+        conn.execute(
+            text(
+                """
+                INSERT INTO open_slots (bucket_id, slot_id, venue_id, slot_date, slot_time,
+                    seating_type, party_sizes, time_slot, first_seen_at)
+                SELECT :b, 's' || g, g % 150, :day, '19:00', 'x',
+                    CASE WHEN g % 3 = 0 THEN '{2}'::smallint[] ELSE '{2,4}'::smallint[] END,
+                    '19:00', now()
+                FROM generate_series(1, 600) g
+                """
+            ),
+            {"b": CHURNING, "day": TODAY},
+        )
+    settings = adaptive(db_url)
+    async with replica(settings, db_url, resy, "pages", shared=False) as (ctx, _rec):
+        scheduler = Scheduler(ctx, clock=ctx.clock)
+        live = scheduler.live_range()
+        async with ctx.engine.begin() as conn:
+            extra = await store.read_extra_pages(
+                conn,
+                first_day=live.first,
+                last_day=live.last,
+                cutoff_bucket_id=live.cutoff,
+                per_page=100,
+            )
+        assert extra == {CHURNING: 1}
+        planner = scheduler._planner
+        assert planner is not None
+        await planner.refresh(live, 2)
+        async with ctx.engine.begin() as conn:
+            rows = await store.read_schedule_state(
+                conn, first_day=live.first, last_day=live.last, cutoff_bucket_id=live.cutoff
+            )
+        plan = planner.plan(rows, ctx.clock())
+        assert plan.costs == {CHURNING: 3, STEADY: 2}

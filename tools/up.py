@@ -33,6 +33,7 @@ from shared.settings import Settings, load_settings
 from shared.startup import started
 from tools.stack import guard, ready, seeded, view
 from tools.stack.children import Stack
+from tools.stack.drops import LiveDrops
 
 LOCAL_HOST = "127.0.0.1"
 
@@ -122,7 +123,8 @@ def run_up(free_ports: bool = False, plain: bool = False) -> int:
                 if ready.wait_ready(checks, stack, stop):
                     _say_ready(out, stack, ports, host)
                     plain = plain or not out.console.is_terminal
-                    _watch(up.engine, settings.zone, stack, stop, plain, out)
+                    feed = f"{_connect_host(host)}:{ports.feed}"
+                    _watch(up.engine, settings.zone, feed, stack, stop, plain, out)
             except OSError:
                 if not out.hung_up.is_set():  # writes to a closed terminal fail: expected
                     raise
@@ -225,20 +227,26 @@ def _child_env(settings: Settings, url: str, host: str) -> dict[str, str]:
 def _watch(
     engine: Engine,
     zone: ZoneInfo,
+    feed: str,
     stack: Stack,
     stop: threading.Event,
     plain: bool,
     out: _Output,
 ) -> None:
-    if plain:
-        while not stop.wait(2):
-            stack.check()
-            out.plain(view.snapshot(engine, zone).line())
-        return
-    with Live(console=out.console, refresh_per_second=1) as live:
-        while not stop.wait(1):
-            stack.check()
-            live.update(view.render(stack.children, view.snapshot(engine, zone), zone))
+    """Until `stop`: the view, its drops pushed by the feed's WatchDrops stream."""
+    drops = LiveDrops(feed, zone).start()
+    try:
+        if plain:
+            while not stop.wait(2):
+                stack.check()
+                out.plain(view.snapshot(engine, drops).line())
+            return
+        with Live(console=out.console, refresh_per_second=1) as live:
+            while not stop.wait(1):
+                stack.check()
+                live.update(view.render(stack.children, view.snapshot(engine, drops), zone))
+    finally:
+        drops.stop()
 
 
 def _connect_host(host: str) -> str:

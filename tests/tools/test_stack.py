@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -15,14 +17,17 @@ import pytest
 from rich.console import Console
 from sqlalchemy import Engine
 
+from services.feed.server import start_feed
 from shared.db.engine import make_async_engine
 from shared.errors import DropwatchError
 from shared.logs import configure_logging
 from shared.settings import Settings
 from tests.cli.test_cli import _dropwatch, _env
+from tests.feed.conftest import feed_settings
 from tests.seeding import Seeder, SeedSlot
 from tools.stack import guard, ready, view
 from tools.stack.children import Stack
+from tools.stack.drops import LiveDrops
 from tools.stack.logs import LogPump, RotatingLog
 
 
@@ -130,21 +135,52 @@ def test_http_client_request_lines_stay_out_of_the_logs() -> None:
         root.setLevel(level)
 
 
-async def test_the_live_view_shows_market_time(engine: Engine, db_url: str) -> None:
+async def test_the_live_view_shows_market_time_as_the_stream_pushes_drops(
+    engine: Engine, db_url: str
+) -> None:
     today = dt.datetime.now(dt.UTC).date()
     opened = dt.datetime.combine(today, dt.time(17, 0, 5), dt.UTC)  # 12:00:05 in New York
     async_engine = make_async_engine(Settings(), name="seed", url=db_url)
+    feed = await start_feed(feed_settings(db_url), db_url)
+    zone = ZoneInfo("America/New_York")
+    drops = LiveDrops(f"127.0.0.1:{feed.port}", zone, keep=3).start()
     try:
         seeder = Seeder(async_engine, today)
         await seeder.setup()
-        await seeder.open([SeedSlot(9, today, "19:15", party_sizes=(2,))], at=opened)
+        slots = [SeedSlot(v, today, "19:15", party_sizes=(2,)) for v in (9, 10, 11, 12)]
+        await seeder.open(slots[:1], at=opened)  # open before the stream or after: either shows
+        await _until(lambda: drops.rows() and drops.status == "streaming")
+        await seeder.open(slots[1:], at=opened + dt.timedelta(seconds=1))
+        await seeder.close(slots[:1], at=opened + dt.timedelta(seconds=2))
+        await _until(lambda: drops.rows()[0][0] == "CLOSED")
+        snap = view.snapshot(engine, drops)
     finally:
+        drops.stop()
+        await feed.stop(0)
         await async_engine.dispose()
-    zone = ZoneInfo("America/New_York")
-    snap = view.snapshot(engine, zone)
-    assert snap.drops[0][:2] == ("NEW_DROP", opened.astimezone(zone).strftime("%H:%M:%S"))
-    assert snap.drops[0][1] != opened.strftime("%H:%M:%S")
-    assert f"at {snap.drops[0][1]}" in snap.line()
+    assert len(snap.drops) == 3  # the newest only
+    local = [
+        (opened + dt.timedelta(seconds=s)).astimezone(zone).strftime("%H:%M:%S") for s in (1, 2)
+    ]
+    assert snap.drops[0] == (
+        "CLOSED",
+        local[1],
+        "Venue 9",
+        today.isoformat(),
+        "19:15",
+        "Dining Room",
+    )
+    assert [d[:2] for d in snap.drops[1:]] == [("NEW_DROP", local[0])] * 2
+    assert local[1] != (opened + dt.timedelta(seconds=2)).strftime("%H:%M:%S")  # not UTC
+    assert f"at {snap.drops[0][1]}" in snap.line() and "1 closed" in snap.line()
     console = Console(width=200, record=True)
     console.print(view.render([], snap, zone))
-    assert "market time (America/New_York)" in console.export_text()
+    shown = console.export_text()
+    assert "market time (America/New_York)" in shown and "WatchDrops streaming" in shown
+
+
+async def _until(ok: Callable[[], object], seconds: float = 20) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not ok():
+        assert asyncio.get_running_loop().time() < deadline, "the live view never showed it"
+        await asyncio.sleep(0.1)

@@ -146,7 +146,7 @@ class SharedBudget:
             self._failed_until = time.monotonic() + self._failure_pause
             log.warning("request budget unavailable (%s): requests refused", type(exc).__name__)
             return None
-        granted = int(row.last_grant)
+        granted = max(0, int(row.last_grant))
         self.counters.claimed_tokens += granted
         return Claim(granted, float(row.tokens))
 

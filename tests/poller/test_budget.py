@@ -209,3 +209,26 @@ async def test_factory_uses_the_market_and_its_rate(db_url: str) -> None:
         budget = make_budget(settings, eng)
         assert budget.rate == settings.requests_per_second
         assert await budget.acquire(time.monotonic() + 1)
+
+
+async def test_a_row_written_by_hand_never_grants_a_negative_or_a_huge_number(
+    db_url: str, engine: Engine
+) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO request_budget (market, tokens, refilled_at) VALUES"
+                " ('owed', -100, now()), ('rich', 1e12, now()), ('nan', 'NaN', now())"
+            )
+        )
+    async with replicas(db_url, 1) as (eng,):
+        owed = SharedBudget(eng, "owed", 10.0)
+        assert not await owed.acquire(time.monotonic() + 0.3)
+        assert owed.counters.claimed_tokens == 0
+        for market in ("rich", "nan"):  # capped at the burst
+            budget = SharedBudget(eng, market, 4.0)
+            got = [await budget.acquire(time.monotonic() + 0.1) for _ in range(8)]
+            assert got.count(True) == 4, market
+    with engine.connect() as conn:
+        tokens = dict(conn.execute(text("SELECT market, tokens FROM request_budget")).all())
+    assert tokens["owed"] < 0 and tokens["rich"] < 4 and tokens["nan"] < 4

@@ -4,6 +4,7 @@ with what searches show, and the HTTP simulator serving the same world."""
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from collections import Counter
 from datetime import date, datetime, timedelta
@@ -192,6 +193,19 @@ def test_a_slot_that_closes_and_reopens_is_a_second_drop() -> None:
         for at in (first.started_at, first.ended_at, second.started_at)
     ]
     assert seen == [True, False, True]
+
+
+def test_one_slot_never_has_two_open_intervals_at_once() -> None:
+    """Its drops are disjoint and a second apart: otherwise a watcher would see one drop where
+    the truth has two (or a reopening would be invisible)."""
+    per_slot: dict[str, list[Drop]] = {}
+    for d in day_of_drops():
+        per_slot.setdefault(d.slot_id(), []).append(d)
+    assert any(len(ds) > 1 for ds in per_slot.values())
+    for ds in per_slot.values():
+        for before, after in itertools.pairwise(sorted(ds, key=lambda d: d.start)):
+            assert after.start >= before.end + 1.0, (before, after)
+    assert all(d.end - d.start >= 1.0 for d in day_of_drops())
 
 
 def test_the_http_simulator_serves_the_models_answer() -> None:

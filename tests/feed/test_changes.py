@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import random
+import re
+from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -15,7 +18,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.feed import store
+from services.feed import sql, store
 from services.feed.changes import (
     CLOSED,
     OPENED,
@@ -26,6 +29,7 @@ from services.feed.changes import (
 )
 from services.feed.cursor import Cursor, filter_key
 from shared.db.engine import make_async_engine
+from shared.db.partitions import ensure_partitions
 from shared.gen.dropwatch.feed.v1 import feed_pb2
 from tests.feed.changelog import CODEC, drain, held_poll, now_cursor, write
 from tests.feed.conftest import NOW, TODAY, feed_settings
@@ -326,3 +330,56 @@ async def test_matches_agrees_with_the_sql_filter(
     for slot_id, change in last.items():
         if change.kind == SIZES and slot_id in sizes_now:
             assert change.party_sizes == sizes_now[slot_id]
+
+
+# ---- Plan: the read is one index range scan per day partition, whatever the history ----
+
+BULK = """
+INSERT INTO drop_events (bucket_date, bucket_id, market, provider, slot_id, venue_id,
+    event_type, opened_at, slot_date, slot_time, seating_type, party_sizes, time_slot,
+    time_bucket, dedupe_key)
+SELECT d, d || '_19:00', 'nyc', 'resy', 's' || :t || '_' || g, 1 + g % 50, 'NEW_DROP', now(),
+    d, time '19:00', 'Dining Room', '{2,4}', '19:00', 'prime', 'k' || :t || '_' || g
+FROM generate_series(1, :n) AS g,
+     LATERAL (SELECT CAST(:first AS date) + (:t + g) % 10 AS d) AS x
+"""
+
+
+def test_an_unfiltered_read_walks_the_index_not_the_history(engine: Engine) -> None:
+    first = dt.date(2026, 12, 1)
+    with engine.begin() as conn:
+        ensure_partitions(conn, [first + dt.timedelta(days=n) for n in range(10)])
+    for t in range(100):  # 100 transactions of 200 events
+        with engine.begin() as conn:
+            conn.execute(text(BULK), {"t": t, "n": 200, "first": first})
+    with engine.begin() as conn:
+        conn.execute(text("ANALYZE drop_events"))
+        low, high = conn.execute(
+            text("SELECT CAST(min(xact_id) AS text), CAST(max(xact_id) AS text) FROM drop_events")
+        ).one()
+        conn.execute(text("SET LOCAL max_parallel_workers_per_gather = 0"))  # as the feed
+        for after in (low, str(int(high) - 5), str(int(high) + 1)):
+            values = {"after_xact": after, "after_id": 0, "horizon": str(int(high) + 1)}
+            plan = conn.execute(
+                text("EXPLAIN (ANALYZE, FORMAT JSON) " + sql.build_changes_sql(None, False)),
+                {**values, "fetch": 101},
+            ).scalar_one()[0]["Plan"]
+            nodes = list(_walk(plan))
+            scans = [n for n in nodes if re.fullmatch(r"e(_[0-9]+)?", n.get("Alias", ""))]
+            assert scans and all(
+                n["Node Type"] == "Index Scan" and n["Index Name"].endswith("xact_id_id_idx")
+                for n in scans
+            ), nodes
+            # Merged in order from the indexes: no sort of the history.
+            spine = [plan]
+            while spine[-1]["Node Type"] != "Merge Append":
+                spine.append(spine[-1]["Plans"][0])
+            assert "Sort" not in [n["Node Type"] for n in spine], spine
+            # Rows read from the events: about the page, not the 20,000 events.
+            assert sum(n["Actual Rows"] * n["Actual Loops"] for n in scans) <= 101 + 10
+
+
+def _walk(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node.get("Plans", []):
+        yield from _walk(child)

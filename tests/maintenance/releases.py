@@ -23,6 +23,7 @@ class Drop:
     slot_date: dt.date
     time_slot: str = "19:00"
     market: str = "nyc"
+    event_type: str = "NEW_DROP"
 
 
 def release(
@@ -51,7 +52,7 @@ def release(
 
 
 def insert_drops(engine: Engine, drops: Iterable[Drop]) -> None:
-    """Write NEW_DROP events as the poller does (one partition per reservation day)."""
+    """Write the events as the poller does (one partition per reservation day)."""
     rows = list(drops)
     with engine.begin() as conn:
         ensure_partitions(conn, {d.slot_date for d in rows})
@@ -63,7 +64,7 @@ def insert_drops(engine: Engine, drops: Iterable[Drop]) -> None:
                     INSERT INTO drop_events (bucket_date, bucket_id, market, provider, slot_id,
                         venue_id, event_type, opened_at, slot_date, slot_time, seating_type,
                         party_sizes, time_slot, time_bucket, dedupe_key)
-                    VALUES (:d, :b, :m, 'resy', :slot, :v, 'NEW_DROP', :o, :d, '19:30',
+                    VALUES (:d, :b, :m, 'resy', :slot, :v, :t, :o, :d, '19:30',
                         'Dining Room', '{2}', :a, 'prime', :k)
                     """
                 ),
@@ -73,6 +74,7 @@ def insert_drops(engine: Engine, drops: Iterable[Drop]) -> None:
                     "m": d.market,
                     "slot": f"s{key}",
                     "v": d.venue_id,
+                    "t": d.event_type,
                     "o": d.opened_at,
                     "a": d.time_slot,
                     "k": f"rk{key}",

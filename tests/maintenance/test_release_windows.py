@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -192,3 +194,42 @@ def test_the_maintenance_run_learns_and_reports_them(db_url: str, engine: Engine
     assert len(windows(engine)) == 1
     stricter = MaintenanceSettings(database_url=SecretStr(db_url), window_min_days=5)
     assert run_at(stricter, engine, now.astimezone(dt.UTC)).steps["release_windows"].rows == 0
+
+
+def test_only_new_drops_count_and_impossible_leads_are_ignored(engine: Engine) -> None:
+    """Bursts of CLOSED or SIZE_OPEN events are not releases, and a slot dated before the day
+    it opened (bad data) is not a negative lead."""
+    drops = [
+        Drop(1, d.opened_at, d.slot_date, event_type=kind)
+        for kind in ("CLOSED", "SIZE_OPEN")
+        for day in DAYS
+        for d in release(1, day, dt.time(9), 7)
+    ]
+    drops += [
+        Drop(2, d.opened_at, d.opened_at.date() - dt.timedelta(days=2))
+        for day in DAYS
+        for d in release(2, day, dt.time(9), 0)
+    ]
+    insert_drops(engine, drops)
+    assert learn(engine).windows == 0
+
+
+def test_two_learners_at_once_agree(db_url: str, engine: Engine) -> None:
+    """The daily run and `dropwatch windows --refresh` at the same moment: both commit, and
+    the table holds the windows once."""
+    insert_drops(engine, [d for day in DAYS for d in release(1, day, dt.time(9), 7)])
+    insert_drops(engine, [d for day in DAYS for d in release(2, day, dt.time(10), 14)])
+    barrier = threading.Barrier(2)
+
+    def learner() -> store.WindowsLearned:
+        with engine.begin() as conn:
+            conn.execute(text("SELECT 1"))
+            barrier.wait(timeout=10)
+            return store.learn_release_windows(
+                conn, market="nyc", zone="America/New_York", today=TODAY, params=WindowParams()
+            )
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: learner(), range(2)))
+    assert [r.windows for r in results] == [2, 2]
+    assert [(w["venue_id"], w["lead_days"]) for w in windows(engine)] == [(1, 7), (2, 14)]

@@ -31,8 +31,8 @@ from services.poller.scheduler import Scheduler
 from services.poller.settings import PollerSettings
 from services.poller.slots import BucketFetch
 from shared.db.engine import make_async_engine
-from tests.poller.helpers import TODAY, bucket_row, poller_settings
-from tests.poller.scripted import ScriptedResy, reset_buckets
+from tests.poller.helpers import TODAY, bucket_row, events, poller_settings
+from tests.poller.scripted import ScriptedResy, reset_buckets, slot_key
 
 pytestmark = pytest.mark.db
 
@@ -400,3 +400,43 @@ async def test_a_bucket_with_more_venues_than_a_page_costs_more_requests(
             )
         plan = planner.plan(rows, ctx.clock())
         assert plan.costs == {CHURNING: 3, STEADY: 2}
+
+
+async def short_drops(resy: ScriptedResy, stop: asyncio.Event, truth: list[str]) -> None:
+    """After the buckets have baselined, a table at 19:xx opens every second and is taken
+    three seconds later; `truth` gets each one's slot id."""
+    resy.slots = {(1, "14:00"): {2, 4}, (3, "19:00"): {2, 4}}
+    await asyncio.sleep(5.0)
+    n = 0
+    while not stop.is_set():
+        key = (20 + n, f"19:{(n * 7) % 60:02d}")
+        resy.slots[key] = {2, 4}
+        truth.append(slot_key(*key))
+        asyncio.get_running_loop().call_later(3.0, resy.slots.pop, key, None)
+        n += 1
+        await asyncio.sleep(1.0)
+
+
+@pytest.mark.slow
+async def test_the_adaptive_schedule_catches_most_drops_that_live_three_seconds(
+    db_url: str, engine: Engine, resy: ScriptedResy
+) -> None:
+    """The fixed 30 s schedule would see about one in ten of them."""
+    reset_buckets(engine)
+    settings = adaptive(db_url, max_interval_seconds=10.0)
+    truth: list[str] = []
+    async with replica(settings, db_url, resy, "recall", shared=False) as (ctx, rec):
+        stop = asyncio.Event()
+        loop = asyncio.create_task(Scheduler(ctx, clock=ctx.clock).run(stop))
+        dropper = asyncio.create_task(short_drops(resy, stop, truth))
+        await asyncio.sleep(17.0)
+        stop.set()
+        await asyncio.gather(loop, dropper)
+    dropped = {e["slot_id"] for e in events(engine, CHURNING) if e["event_type"] == "NEW_DROP"}
+    judged = truth[:-3]  # the last ones may not have been polled yet
+    caught = [slot for slot in judged if slot in dropped]
+    assert len(judged) >= 8
+    assert len(caught) >= 0.8 * len(judged), (len(caught), len(judged))
+    assert dropped <= set(truth)  # no false drops
+    steady = rec.polls[STEADY]
+    assert max(gaps(steady)) <= settings.max_interval_seconds + 1.0

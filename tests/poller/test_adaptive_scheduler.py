@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
@@ -440,3 +441,40 @@ async def test_the_adaptive_schedule_catches_most_drops_that_live_three_seconds(
     assert dropped <= set(truth)  # no false drops
     steady = rec.polls[STEADY]
     assert max(gaps(steady)) <= settings.max_interval_seconds + 1.0
+
+
+async def test_a_learned_release_window_makes_its_bucket_dense_around_the_moment(
+    db_url: str, engine: Engine, resy: ScriptedResy
+) -> None:
+    reset_buckets(engine)
+    # The scripted day's 19:00 bucket is released into at 07:00 New York time, 0 days ahead.
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                """
+                INSERT INTO release_windows (market, venue_id, lead_days, release_minute,
+                    time_slots, days_seen, first_seen, last_seen, slots_per_release)
+                VALUES ('nyc', 7, 0, 420, '{19:00}', 5, :day, :day, 4)
+                """
+            ),
+            {"day": TODAY},
+        )
+    moment = dt.datetime.combine(TODAY, dt.time(7, 0), tzinfo=NY)
+    settings = adaptive(db_url, min_interval_seconds=1.0)  # 2 requests/s: within the budget
+    async with replica(settings, db_url, resy, "window", shared=False) as (ctx, _rec):
+        scheduler = Scheduler(ctx, clock=ctx.clock)
+        planner = scheduler._planner
+        assert planner is not None
+        live = scheduler.live_range()
+        await planner.refresh(live, 2)
+        assert [(w.lead_days, w.release_minute) for w in planner.known.windows] == [(0, 420)]
+        async with ctx.engine.begin() as conn:
+            rows = await store.read_schedule_state(
+                conn, first_day=live.first, last_day=live.last, cutoff_bucket_id=live.cutoff
+            )
+        polled = [replace(r, last_polled_at=moment, fresh=False) for r in rows]
+        inside = planner.plan(polled, moment + dt.timedelta(seconds=30))
+        assert inside.classes[CHURNING] == "release" and inside.classes[STEADY] != "release"
+        assert inside.intervals[CHURNING] == ctx.settings.min_interval_seconds
+        after = planner.plan(polled, moment + dt.timedelta(minutes=10))
+        assert after.classes[CHURNING] != "release"

@@ -53,9 +53,10 @@ class FeedSettings(Settings):
     )
     watch_buffer_messages: int = Field(
         default=1_000,
-        ge=1,
+        ge=100,
         le=100_000,
-        description="Messages a stream may have waiting; a consumer further behind is ended.",
+        description="Messages a stream may have waiting; a consumer further behind is ended."
+        " The hub reads at most half of it per page, so a stream that keeps up takes a burst.",
     )
     watch_max_age_seconds: float = Field(
         default=1_800, ge=1, le=86_400, description="A stream is ended (ABORTED) after this."

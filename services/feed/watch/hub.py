@@ -46,7 +46,9 @@ from shared.gen.dropwatch.feed.v1 import feed_pb2
 
 log = logging.getLogger(__name__)
 
-PAGE = 500  # changes per read; a release of more is read in several pages, in order
+# Changes per read, at most; a release of more is read in several pages, in order. A page is
+# at most half a stream's buffer: a stream that keeps up always has room for the next one.
+PAGE = 500
 
 
 class RefusedError(Exception):
@@ -70,6 +72,7 @@ class Hub:
         self.conninfo = libpq_url(database_url)
         self.settings = settings
         self.metrics = metrics
+        self.page = min(PAGE, settings.watch_buffer_messages // 2)
         self.position: Cursor | None = None
         self.as_of = dt.datetime.now(dt.UTC)
         self.ready = asyncio.Event()  # the first read succeeded: `position` is set
@@ -171,7 +174,7 @@ class Hub:
                 oldest, _ = await store.horizon(conn)
                 self.position = Cursor(oldest, 0, filter_key=filter_key(None))
             while True:
-                page = await store.read_changes(conn, self.position, PAGE, None)
+                page = await store.read_changes(conn, self.position, self.page, None)
                 self.metrics.reads.labels(trigger).inc()
                 self._fan_out(page.changes)
                 self.position = page.next

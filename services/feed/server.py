@@ -22,8 +22,8 @@ from prometheus_client import CollectorRegistry
 from services.feed.admission import FeedLimit
 from services.feed.auth import FeedAuth
 from services.feed.cache import AnswerCache
-from services.feed.listing import ChangeLister, decode
 from services.feed.cursor import CursorCodec
+from services.feed.listing import ChangeLister, decode
 from services.feed.metrics import GrpcServerMetrics, MetricsInterceptor, WatchMetrics
 from services.feed.paging import PageTokens
 from services.feed.request import decoder

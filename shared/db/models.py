@@ -9,7 +9,8 @@ Design in short (the why is in docs/architecture.md):
   retention drops whole partitions instead of deleting rows.
 - `open_slots` is the current state (the snapshot) of every live bucket, kept by the poller in
   the same transaction as its events: still-open is an index scan and CLOSED needs no lookup.
-- `baseline_slots` holds the slots that were open when a bucket was first seen (never drops).
+- `baseline_slots` lists the open slots a bucket took as baseline (open when first seen): no
+  drops while they stay open; a row leaves with its slot, so a reopening is a drop.
 - Leases and due-ness live on `discovery_buckets`, so poller replicas share work safely.
 """
 
@@ -126,7 +127,7 @@ class Venue(Base):
 
 
 class BaselineSlot(Base):
-    """A slot that was open when its bucket was first seen: never reported as a drop."""
+    """An open slot its bucket took as baseline: no drop until it closes (the row goes with it)."""
 
     __tablename__ = "baseline_slots"
 

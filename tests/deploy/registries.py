@@ -16,7 +16,7 @@ from sqlalchemy import create_engine
 
 import services.maintenance.push as push_module
 from services.feed.cache import AnswerCache
-from services.feed.metrics import GrpcServerMetrics, horizon_lag_gauge
+from services.feed.metrics import GrpcServerMetrics, WatchMetrics, horizon_lag_gauge
 from services.maintenance.run import RunSummary, StepResult
 from services.poller.exported import MaintenanceSuccess
 from services.poller.metrics import PollerMetrics
@@ -50,6 +50,14 @@ def feed_metrics() -> str:
         grpc_metrics.latency.labels(*labels).observe(seconds)
     cache.get("JustOpened", ("JustOpened", "q", 500, ""))
     cache.invalidate()
+    # WatchDrops (#15): one stream open, a change sent, one read of one commit, a slow end.
+    watch = WatchMetrics(registry)
+    watch.streams.set(1)
+    watch.messages.labels("opened").inc()
+    watch.lag.observe(0.012)
+    watch.reads.labels("notify").inc()
+    watch.commits.inc()
+    watch.ended.labels("slow").inc()
     return generate_latest(registry).decode()
 
 

@@ -12,6 +12,9 @@ import pytest
 from services.poller import policy
 from services.poller.judge import Thresholds, judge
 from services.poller.policy import BucketState, PolicySettings, Window
+from services.poller.settings import PollerSettings
+from shared.errors import ConfigError
+from shared.settings import load_settings
 
 NY = ZoneInfo("America/New_York")
 NOW = dt.datetime(2026, 12, 1, 17, 0, tzinfo=dt.UTC)  # 12:00 in New York
@@ -250,3 +253,29 @@ def test_polling_faster_cannot_confirm_a_sellout_sooner() -> None:
     later = start + dt.timedelta(seconds=1800)
     verdict = judge({2: 0}, {2: 40}, held, now=later, evidence_at=later, thresholds=limits)
     assert verdict.kinds[2] == "confirmed_sellout"
+
+
+def test_the_schedule_settings_default_to_adaptive_and_are_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("SCHEDULE", "MIN_INTERVAL_SECONDS", "MAX_INTERVAL_SECONDS"):
+        monkeypatch.delenv(f"DROPWATCH_{name}", raising=False)
+    settings = load_settings(PollerSettings)
+    assert settings.schedule == "adaptive"
+    assert settings.max_interval_seconds <= 60 and settings.min_interval_seconds == 1.0
+    monkeypatch.setenv("DROPWATCH_SCHEDULE", "fixed")
+    assert load_settings(PollerSettings).schedule == "fixed"
+    for variable, value in (
+        ("DROPWATCH_SCHEDULE", "sometimes"),
+        ("DROPWATCH_MIN_INTERVAL_SECONDS", "0"),
+        ("DROPWATCH_MAX_INTERVAL_SECONDS", "0.5"),
+        ("DROPWATCH_CHANGE_RATE_HALF_LIFE_SECONDS", "-1"),
+    ):
+        with monkeypatch.context() as env:
+            env.setenv(variable, value)
+            with pytest.raises(ConfigError) as info:
+                load_settings(PollerSettings)
+            assert info.value.variable == variable
+    with pytest.raises(ConfigError) as info:
+        load_settings(PollerSettings, min_interval_seconds=30.0, max_interval_seconds=10.0)
+    assert "MAX_INTERVAL" in info.value.problem

@@ -21,8 +21,11 @@ from zoneinfo import ZoneInfo
 import grpc
 import pytest
 
-from shared.gen.dropwatch.feed.v1 import feed_pb2, feed_pb2_grpc
+from services.feed.server import FeedServer
+from shared.gen.dropwatch.feed.v1 import feed_pb2
 from tests.conftest import REPO_ROOT
+from tests.feed.conftest import NOW, TODAY
+from tests.seeding import Seeder, SeedSlot
 
 NEW_YORK = ZoneInfo("America/New_York")
 OPENED_AT = dt.datetime(2026, 12, 1, 17, 0, 5, tzinfo=dt.UTC)  # 12:00:05 in New York
@@ -68,7 +71,7 @@ class Call:
 
 
 @dataclass
-class Scripted(feed_pb2_grpc.FeedServiceServicer):
+class Scripted:
     calls: list[Call]
     requests: list[feed_pb2.WatchDropsRequest] = field(default_factory=list)
 
@@ -90,7 +93,15 @@ class Scripted(feed_pb2_grpc.FeedServiceServicer):
 
 async def _serve(script: Scripted) -> tuple[grpc.aio.Server, str]:
     server = grpc.aio.server()
-    feed_pb2_grpc.add_FeedServiceServicer_to_server(script, server)
+    watch = grpc.unary_stream_rpc_method_handler(
+        script.WatchDrops,
+        request_deserializer=feed_pb2.WatchDropsRequest.FromString,
+        response_serializer=feed_pb2.WatchDropsResponse.SerializeToString,
+    )
+    service = "dropwatch.feed.v1.FeedService"
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service, {"WatchDrops": watch}),)
+    )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     return server, f"127.0.0.1:{port}"
@@ -217,3 +228,81 @@ async def test_a_reader_that_goes_away_is_not_a_bug() -> None:
         os.close(write)
         await server.stop(0)
     assert code == 141 and err == ""
+
+
+# ---- against a real feed ----
+
+ONE_SECOND = dt.timedelta(seconds=1)
+
+
+async def test_watch_shows_what_is_open_then_opens_and_closes(
+    seeder: Seeder, feed: FeedServer
+) -> None:
+    feed.watch.clock = lambda: NOW  # what is open "now": the seeded day's drops
+    first, second = (SeedSlot(v, TODAY, "19:15", party_sizes=(2,)) for v in (9, 10))
+    await seeder.open([first], at=NOW - ONE_SECOND)
+    proc = await _start("watch", "--addr", f"127.0.0.1:{feed.port}", "--initial")
+    try:
+        listed, end = await _lines(proc, 2)
+        await seeder.open([second], at=NOW)
+        await seeder.close([first], at=NOW + ONE_SECOND)
+        opened, closed = await _lines(proc, 2)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code, _, err = await _finish(proc)
+    assert "OPEN NOW" in listed and "Venue 9 (9)" in listed
+    assert end == "-- 1 drops open now; changes follow --"
+    local = NOW.astimezone(NEW_YORK).strftime("%m-%d %H:%M:%S")
+    assert opened.startswith(f"{local}  OPEN ") and "Venue 10 (10)" in opened
+    assert "CLOSED" in closed and "Venue 9 (9)" in closed
+    assert code == 130 and "Traceback" not in err
+
+
+async def test_a_consumer_that_was_away_resumes_and_lists_what_it_missed(
+    seeder: Seeder, feed: FeedServer
+) -> None:
+    addr = f"127.0.0.1:{feed.port}"
+    slots = [SeedSlot(v, TODAY, "19:15", party_sizes=(2,)) for v in (9, 10, 11)]
+    proc = await _start("watch", "--addr", addr, "--json", "--heartbeat", "1")
+    try:
+        (heartbeat,) = [json.loads(line) for line in await _lines(proc, 1)]
+        await seeder.open(slots[:1], at=NOW)  # the stream is open: it sees this
+        seen: dict[str, Any] = {}
+        while "opened" not in seen:  # heartbeats (each with its cursor) until it comes
+            (seen,) = [json.loads(line) for line in await _lines(proc, 1)]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        await _finish(proc)
+    assert "progress" in heartbeat and heartbeat["cursor"]
+    assert seen["opened"]["venue"]["id"] == "9" and seen["cursor"]
+    await seeder.open(slots[1:], at=NOW + ONE_SECOND)  # while nobody watches
+    await seeder.close(slots[:1], at=NOW + 2 * ONE_SECOND)
+    proc = await _start("watch", "--addr", addr, "--json", "--from-cursor", seen["cursor"])
+    try:
+        missed = [json.loads(line) for line in await _lines(proc, 3)]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        await _finish(proc)
+    venues = sorted(m["opened"]["venue"]["id"] for m in missed if "opened" in m)
+    assert venues == ["10", "11"]
+    assert [m["closed"]["drop"]["venue"]["id"] for m in missed if "closed" in m] == ["9"]
+    code, out, err = await _cli_once("changes", "--addr", addr, "--cursor", seen["cursor"])
+    assert code == 0, err
+    assert out.count("  OPEN ") == 2 and out.count("  CLOSED ") == 1
+    assert "3 changes (times in market time, America/New_York)" in out
+    (following,) = [x for x in out.splitlines() if x.startswith("next: --cursor ")]
+    code, out, err = await _cli_once(
+        "changes", "--addr", addr, "--json", "--cursor", following.removeprefix("next: --cursor ")
+    )
+    assert code == 0, err
+    assert json.loads(out).get("changes", []) == []
+
+
+async def test_changes_names_a_bad_cursor(feed: FeedServer) -> None:
+    code, _, err = await _cli_once("changes", "--addr", f"127.0.0.1:{feed.port}", "--cursor", "x")
+    assert code == 2 and "INVALID_ARGUMENT" in err and "cursor" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+async def _cli_once(*args: str) -> tuple[int, str, str]:
+    return await _finish(await _start(*args))

@@ -5,10 +5,11 @@ time and without threads, from the intervals drops.py generates, and `true_drops
 the ground truth a detector is scored on: every open interval that started in [t0, t1). The
 HTTP simulator (server.py) serves the same answers, so a poller sees exactly this world.
 
-Speed: per (slot day, party size, observation day) the intervals become one sorted event list
-with a cursor; a search moves the cursor to `at` (bisect) and returns the open set, cached
-until an event or the template period changes. Searches that move forward cost only the
-events they pass; going back in time replays that day's events once.
+Speed: per (slot day, party size, observation day, time window) the intervals become one
+sorted event list with a cursor; a search moves the cursor to `at` (bisect), applying the
+events it passes to an answer kept in order, and hands back the same tuple until an event or
+the template period changes. Searches that move forward cost only the events they pass;
+going back in time replays that observation day's events once.
 """
 
 from __future__ import annotations

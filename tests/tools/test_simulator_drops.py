@@ -231,6 +231,9 @@ def test_the_http_simulator_serves_the_models_answer() -> None:
                     }
                     assert served == modelled and served
                 clock.advance(seconds=37)
+    # The server's world is the one a DropWorld of the same seed and size builds on its own.
+    later = MIDNIGHT + timedelta(hours=11)
+    assert sim.drops.true_drops(start_at, later) == DropWorld(3, 60).true_drops(start_at, later)
 
 
 def test_a_scripted_day_still_overrides_the_drops_model() -> None:

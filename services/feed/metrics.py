@@ -113,7 +113,17 @@ def horizon_lag_gauge(registry: CollectorRegistry) -> Gauge:
 
 WATCH_LAG_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 WATCH_MESSAGES = ("opened", "closed", "sizes_changed", "initial", "initial_state_end", "progress")
-WATCH_ENDS = ("client", "slow", "max_age", "shutdown", "database", "limit", "refused", "error")
+WATCH_ENDS = (
+    "client",
+    "slow",
+    "max_age",
+    "shutdown",
+    "database",
+    "limit",
+    "refused",
+    "expired",
+    "error",
+)
 
 
 class WatchMetrics:
@@ -138,7 +148,8 @@ class WatchMetrics:
         self.ended = Counter(
             "dropwatch_feed_watch_streams_ended",
             "WatchDrops streams ended, by reason (slow: fell behind its buffer; limit: refused"
-            " at the stream limit; refused: bad input, expired cursor or no caller token).",
+            " at the stream limit; refused: bad input; expired: a cursor older than the retained"
+            " history).",
             ["reason"],
             registry=registry,
         )

@@ -131,8 +131,7 @@ async def start_feed(
     servicer = FeedServicer(settings, engine, tokens, cache, registry=registry)
 
     hub = Hub(engine, database_url, settings, WatchMetrics(registry))
-    codec = CursorCodec(secret, previous.get_secret_value().encode() if previous else None)
-    watch = WatchService(settings, engine, hub, codec, hub.metrics)
+    watch = WatchService(settings, engine, hub, CursorCodec(tokens.signer), hub.metrics)
     handlers = _method_handlers(servicer, watch)
     grpc_metrics = GrpcServerMetrics(registry)
     streams = [name for name, handler in handlers.items() if handler.unary_stream is not None]

@@ -12,7 +12,14 @@ from sqlalchemy import text
 
 from shared.gen.dropwatch.feed.v1 import feed_pb2
 from tests.feed.conftest import NOW, TODAY
-from tests.feed.watch_support import GatedEngine, Recorder, change_id, serving, venue_of
+from tests.feed.watch_support import (
+    GatedEngine,
+    Recorder,
+    change_id,
+    sample,
+    serving,
+    venue_of,
+)
 from tests.seeding import Seeder, SeedSlot
 
 Request = feed_pb2.WatchDropsRequest
@@ -102,7 +109,7 @@ async def test_resuming_from_an_older_cursor_repeats_with_the_same_ids(
 async def test_an_expired_cursor_is_out_of_range_naming_the_oldest_point(
     db_url: str, seeder: Seeder
 ) -> None:
-    async with serving(db_url) as (_server, stub):
+    async with serving(db_url) as (server, stub):
         stream = Recorder.start(stub, Request(heartbeat_seconds=1))
         await stream.until(lambda r: bool(r.messages))
         await stream.close()
@@ -119,3 +126,4 @@ async def test_an_expired_cursor_is_out_of_range_naming_the_oldest_point(
         assert error.code() is grpc.StatusCode.OUT_OF_RANGE
         assert "oldest resumable point" in (error.details() or "")
         assert not resumed.messages
+        assert sample(server, "dropwatch_feed_watch_streams_ended_total", reason="expired") == 1

@@ -26,7 +26,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.feed import store
-from services.feed.changes import feed_item
+from services.feed.changes import OutOfRangeError, feed_item
 from services.feed.cursor import CursorCodec
 from services.feed.metrics import WatchMetrics
 from services.feed.request import Undecodable
@@ -85,6 +85,10 @@ class WatchService:
                 if watch.cursor is not None:
                     async with self.engine.connect() as conn:
                         await store.check_retained(conn, watch.cursor)
+        except OutOfRangeError as exc:
+            self.metrics.ended.labels("expired").inc()
+            await context.abort(grpc.StatusCode.OUT_OF_RANGE, str(exc))
+            raise  # unreachable: abort raises
         except DropwatchError as exc:
             self.metrics.ended.labels("refused").inc()
             await _abort(context, exc)
@@ -114,6 +118,8 @@ class WatchService:
             if task is not None:
                 task.uncancel()  # interrupted by `Subscription.end` while blocked sending
             return sub.ending
+        except OutOfRangeError as exc:  # retention pruned what a catch-up was still reading
+            return Ending(grpc.StatusCode.OUT_OF_RANGE, "expired", str(exc))
         except DropwatchError as exc:
             log.warning("a stream's own read failed: %s", exc)
             return DATABASE

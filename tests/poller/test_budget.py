@@ -113,7 +113,9 @@ async def test_different_markets_have_their_own_budget(db_url: str, engine: Engi
         assert [await sf.acquire(deadline) for _ in range(4)] == [True] * 4
         assert not await nyc.acquire(time.monotonic() + 0.1)  # nyc empty: sf untouched
     with engine.connect() as conn:
-        rows = dict(conn.execute(text("SELECT market, granted_total FROM request_budget")).all())
+        rows: dict[str, int] = dict(
+            conn.execute(text("SELECT market, granted_total FROM request_budget")).all()
+        )
     assert rows == {"nyc": 4, "sf": 4}
 
 
@@ -234,7 +236,9 @@ async def test_a_row_written_by_hand_never_grants_a_negative_or_a_huge_number(
             got = [await budget.acquire(time.monotonic() + 0.1) for _ in range(8)]
             assert got.count(True) == 4, market
     with engine.connect() as conn:
-        tokens = dict(conn.execute(text("SELECT market, tokens FROM request_budget")).all())
+        tokens: dict[str, float] = dict(
+            conn.execute(text("SELECT market, tokens FROM request_budget")).all()
+        )
     assert tokens["owed"] < 0 and tokens["rich"] < 4 and tokens["nan"] < 4
 
 

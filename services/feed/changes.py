@@ -46,9 +46,10 @@ class OutOfRangeError(DropwatchError):
 class Change:
     """One change, with the drop it concerns.
 
-    `event_id` is the drop's NEW_DROP id; `party_sizes` are the slot's sizes: as it opened
-    (opened), as it last was (closed), after the change (sizes). `xact` is 0 for the opened
-    drops of an initial state (they have no cursor of their own).
+    `event_id` is the drop's NEW_DROP id; `party_sizes` are the slot's sizes as it opened
+    (opened, closed) or after the change (sizes); `removed` are the sizes a sizes change took
+    away, or, for a closing, every size the slot still had when it closed. `xact` is 0 for the
+    opened drops of an initial state (they have no cursor of their own).
     """
 
     change_id: int

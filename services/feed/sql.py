@@ -151,7 +151,8 @@ def params(
 #
 # What the rows hold (services/poller/sql.py, WRITE_POLL): NEW_DROP: the slot as it opened.
 # CLOSED: the slot, its drop's opened_at, closed_at, duration, `drop_event_id` = the NEW_DROP,
-# and `party_sizes` as they were when it closed. SIZE_OPEN / SIZE_CLOSE: the sizes added /
+# and `party_sizes` as they were when it closed (the opening's sizes: `c.opening_sizes`, by
+# primary key: the NEW_DROP is in the same day partition). SIZE_OPEN / SIZE_CLOSE: the sizes added /
 # removed (not the slot's sizes), `drop_event_id`. The sizes after a change (`c.sizes`) are
 # the open slot's when that row was last written by the same transaction (exact); otherwise
 # (changed again or closed since) the NEW_DROP's sizes with this event applied. A resize of a
@@ -161,28 +162,30 @@ _CHANGE_COLUMNS = (
     "e.id, e.event_type, CAST(e.xact_id AS text), e.bucket_id, e.slot_id, e.venue_id,\n"
     "       e.slot_date, e.slot_time, e.seating_type, e.party_sizes, e.time_slot,\n"
     "       e.opened_at, e.closed_at, e.drop_duration_seconds, e.drop_event_id, e.created_at,\n"
-    "       c.sizes, c.drop_opened_at,\n"
+    "       c.sizes, c.drop_opened_at, c.opening_sizes,\n"
     "       v.name, v.neighborhood, v.price_range, v.url_slug, v.location_code"
 )
 
 _SIZES_AFTER = """LEFT JOIN LATERAL (
-    SELECT coalesce(
+    SELECT CASE WHEN e.event_type <> 'CLOSED' THEN coalesce(
         (SELECT o.party_sizes FROM open_slots o
          WHERE o.bucket_id = e.bucket_id AND o.slot_id = e.slot_id
            AND o.drop_event_id = e.drop_event_id AND o.xact_id = e.xact_id),
         ARRAY(SELECT DISTINCT x FROM unnest(n.party_sizes || e.party_sizes) AS x
               WHERE e.event_type = 'SIZE_OPEN' OR x <> ALL(e.party_sizes) ORDER BY x)
-    ) AS sizes, n.opened_at AS drop_opened_at
+    ) END AS sizes, n.opened_at AS drop_opened_at, n.party_sizes AS opening_sizes
     FROM drop_events n
-    WHERE e.event_type IN ('SIZE_OPEN', 'SIZE_CLOSE')
+    WHERE e.event_type <> 'NEW_DROP'
       AND n.bucket_date = e.bucket_date AND n.id = e.drop_event_id
 ) c ON true"""
 
 # A change's slot sizes for the party-size filter: before or after a sizes change (after a
-# SIZE_CLOSE plus what it removed; after a SIZE_OPEN already holds what it added).
+# SIZE_CLOSE plus what it removed; after a SIZE_OPEN already holds what it added); for a
+# closing, as it opened and as it was when it closed.
 _CHANGE_SIZES = (
     "(CASE WHEN e.event_type = 'SIZE_OPEN' THEN c.sizes"
     " WHEN e.event_type = 'SIZE_CLOSE' THEN c.sizes || e.party_sizes"
+    " WHEN e.event_type = 'CLOSED' THEN e.party_sizes || c.opening_sizes"
     " ELSE e.party_sizes END)"
 )
 

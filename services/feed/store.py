@@ -197,7 +197,7 @@ def _change(row: tuple[Any, ...]) -> Change:
     """A `sql.build_changes_sql` row as a Change (what each event type holds: sql.py)."""
     (change_id, event_type, xact, bucket_id, slot_id, venue_id, slot_date, slot_time) = row[:8]
     (seating, sizes, time_slot, opened_at, closed_at, duration, drop_id, created_at) = row[8:16]
-    sizes_after, drop_opened_at, name, neighborhood, price, slug, location = row[16:]
+    sizes_after, drop_opened_at, opening_sizes, name, neighborhood, price, slug, location = row[16:]
     common: dict[str, Any] = {
         "change_id": change_id,
         "xact": int(xact),
@@ -224,10 +224,12 @@ def _change(row: tuple[Any, ...]) -> Change:
             **common,
         )
     if event_type == "CLOSED":
+        # The drop as its opening reported it; what it still had when it closed went away.
         return Change(
             kind=CLOSED,
             event_id=drop_id,
-            party_sizes=tuple(sizes),
+            party_sizes=tuple(sizes if opening_sizes is None else opening_sizes),
+            removed=tuple(sizes),
             opened_at=opened_at,
             changed_at=closed_at or created_at,
             closed_at=closed_at or created_at,

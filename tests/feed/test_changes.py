@@ -152,7 +152,9 @@ async def test_event_kinds_carry_their_drop(db_url: str, aengine: AsyncEngine) -
     assert baseline not in {c.change_id for c in seen}
     assert seen[1].added == (6,) and seen[1].party_sizes == (2, 4, 6)
     assert seen[2].removed == (2,) and seen[2].party_sizes == (4,)
-    assert seen[3].open_seconds == 30.0 and seen[3].party_sizes == (4,)
+    # A closing shows the drop as it opened, and takes away what it still had.
+    assert seen[3].open_seconds == 30.0 and seen[3].party_sizes == (2, 4)
+    assert seen[3].removed == (4,)
     assert all(c.opened_at == seen[0].opened_at for c in seen)
 
 

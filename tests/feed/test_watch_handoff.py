@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 
+from sqlalchemy import text
+
 from shared.gen.dropwatch.feed.v1 import feed_pb2
 from tests.feed.conftest import NOW, TODAY
 from tests.feed.watch_support import GatedEngine, Recorder, change_id, sample, serving, venue_of
@@ -100,3 +102,22 @@ async def test_one_read_per_commit_whatever_the_number_of_streams(
     assert [len(s.live()) for s in streams[:5]] == [5, 1, 2, 5, 5]
     ids = [change_id(m) for m in streams[0].live()]
     assert all([change_id(m) for m in s.live()] == ids for s in everything)
+
+
+async def test_the_listening_connection_comes_back_after_it_is_killed(
+    db_url: str, seeder: Seeder
+) -> None:
+    kill = text(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+    )
+    async with serving(db_url, watch_check_seconds=60) as (server, stub):
+        stream = Recorder.start(stub, Request())
+        async with seeder.engine.connect() as conn:
+            assert (await conn.execute(kill)).scalar_one() >= 1  # the hub's (and the cache's)
+        await asyncio.sleep(1.5)  # the listener's first retry comes after 0.5 s
+        notified = sample(server, READS, trigger="notify")
+        await seeder.open([slot(1)], at=NOW)
+        await stream.until(lambda r: len(r.live()) == 1, timeout=5)
+        await stream.close()
+        assert sample(server, READS, trigger="notify") > notified

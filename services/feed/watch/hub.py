@@ -25,6 +25,7 @@ from collections.abc import Iterable
 
 import grpc
 import psycopg
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.feed import sql, store
@@ -164,7 +165,14 @@ class Hub:
         now = time.monotonic()
         if self.down_since is None:
             self.down_since = now
-            log.warning("watch hub cannot read changes (%s); retrying", type(exc).__name__)
+            # A driver error is an outage (its text may hold connection details: not logged);
+            # anything else is a bug, logged whole.
+            bug = not isinstance(exc, psycopg.Error | sa_exc.DBAPIError | OSError)
+            log.warning(
+                "watch hub cannot read changes (%s); retrying",
+                type(exc).__name__,
+                exc_info=exc if bug else None,
+            )
         if now - self.down_since >= self.settings.watch_unavailable_seconds:
             self.end_all(DATABASE)
 

@@ -71,6 +71,18 @@ def test_service_and_methods_match_contract() -> None:
             False,
             False,
         ),
+        "WatchDrops": (  # #15: a server stream
+            "dropwatch.feed.v1.WatchDropsRequest",
+            "dropwatch.feed.v1.WatchDropsResponse",
+            False,
+            True,
+        ),
+        "ListChanges": (  # #15
+            "dropwatch.feed.v1.ListChangesRequest",
+            "dropwatch.feed.v1.ListChangesResponse",
+            False,
+            False,
+        ),
     }
 
 
@@ -120,6 +132,36 @@ EXPECTED_FIELDS: dict[str, dict[str, int]] = {
         "slot_id": 12,
     },
     "Venue": {"id": 1, "name": 2, "neighborhood": 3, "price_range": 4, "url": 5},
+    # #15: WatchDrops and ListChanges
+    "WatchDropsRequest": {
+        "filter": 1,
+        "cursor": 2,
+        "send_initial_state": 3,
+        "heartbeat_seconds": 4,
+    },
+    "WatchDropsResponse": {
+        "opened": 1,
+        "closed": 2,
+        "sizes_changed": 3,
+        "initial_state_end": 4,
+        "progress": 5,
+        "cursor": 6,
+        "initial": 7,
+    },
+    "ListChangesRequest": {"filter": 1, "cursor": 2, "limit": 3},
+    "ListChangesResponse": {
+        "changes": 1,
+        "next_cursor": 2,
+        "truncated": 3,
+        "applied_limit": 4,
+        "limit_capped": 5,
+        "as_of": 6,
+    },
+    "Change": {"opened": 1, "closed": 2, "sizes_changed": 3, "cursor": 4},
+    "DropClosed": {"change_id": 1, "drop": 2, "closed_at": 3, "open_seconds": 4},
+    "PartySizesChanged": {"change_id": 1, "drop": 2, "added": 3, "removed": 4, "changed_at": 5},
+    "InitialStateEnd": {"items": 1},
+    "Progress": {"as_of": 1},
 }
 
 

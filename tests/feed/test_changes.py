@@ -176,6 +176,15 @@ async def test_limit_truncates_and_the_next_page_continues(
     assert not rest.truncated and [x.change_id for x in rest.changes] == ids[5:]
     # Not truncated: the cursor moved on to the horizon, past the last change.
     assert rest.next.position_xact > rest.changes[-1].xact
+    # An exclusion with an empty in-progress list skips every transaction below its bound.
+    skip_all = Cursor(start.position_xact, 0, rest.next.position_xact, frozenset(), b"")
+    async with aengine.connect() as c:
+        assert (await store.read_changes(c, skip_all, 5)).changes == []
+    x = page.changes[0]
+    keep_one = Cursor(start.position_xact, 0, rest.next.position_xact, frozenset({x.xact}), b"")
+    async with aengine.connect() as c:
+        kept = await store.read_changes(c, keep_one, 10)
+    assert [y.change_id for y in kept.changes] == ids  # one transaction wrote them all
 
 
 async def test_initial_state_then_live_changes_have_no_gap_and_no_duplicate(

@@ -42,6 +42,7 @@ BASELINED = (  # every request kind baselined: what a poll adds is a drop
     " (SELECT jsonb_object_agg(size::text, 3) FROM generate_series(1, 20) AS size)"
 )
 NOTIFY = '{trigger="notify"}'  # the hub's change reads woken by the poller's NOTIFY
+CPU = "{:.1f}; {:.1f}".format  # the feed's CPU seconds; the consumers'
 WRITER = "import sys; from bench.watch import writer; writer(sys.argv[1:])"
 Open = dict[str, tuple[Slot, tuple[int, ...]]]  # slot id: the slot, its party sizes
 Got = list[tuple[int, str, float]]  # consumer, change key ("o"/"c" + slot id), monotonic time
@@ -61,8 +62,7 @@ def consumer_filter(i: int, dates: list[str]) -> feed_pb2.FeedFilter:
 
 def writer(argv: list[str]) -> None:
     """The writer process: at its end, each commit's time (monotonic, as COMMIT returned)."""
-    url, phase, *numbers = argv
-    print(json.dumps(asyncio.run(_write(url, phase, *map(float, numbers)))))
+    print(json.dumps(asyncio.run(_write(argv[0], argv[1], *map(float, argv[2:])))))
 
 
 async def _write(
@@ -75,12 +75,12 @@ async def _write(
     state: dict[str, Open] = {b: {} for b, _ in buckets}
     commits: list[list[Any]] = []
     made, released, started = itertools.count(1), False, time.monotonic()
-    while (elapsed := time.monotonic() - started) < seconds:
+    while (elapsed := time.monotonic() - started) < seconds * 1.25:  # steady, release, after
         bucket, day = buckets[len(commits) % len(buckets)]
-        slots, kind = state[bucket], "steady"
+        slots, kind = state[bucket], "after" if released else "steady"
         closing = list(slots)[: min(int(changes) // 2, len(slots))]
         opening = int(changes) - len(closing)
-        if not released and elapsed >= seconds / 2:
+        if not released and elapsed >= seconds:
             kind, closing, opening, released = "release", [], int(release), True
         keys = [f"c{s}" for s in closing]
         for slot_id in closing:
@@ -126,7 +126,8 @@ class Phase:
     got: Got
     metrics: dict[str, float]  # the feed's counters: deltas
     written: int  # commits with changes, the untimed ones at the end included
-    seconds: float  # the consumers' time: start to the last message
+    seconds: float  # the first commit to the last message
+    cpu: tuple[float, ...]  # CPU seconds of the feed and of the consumers' process
     rps: float = 0.0  # polling: JustOpened answers per second
     errors: int = 0  # polling: failed calls; streams: ended by the server
 
@@ -164,11 +165,6 @@ def scrape(feed: Server) -> dict[str, float]:
         out[key] += float(value)
         out[key.split("{")[0]] += float(value) if "{" in key else 0.0
     return out
-
-
-def rss_kb(pid: int) -> int:
-    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-    return int(next(line for line in lines if line.startswith("VmRSS:")).split()[1])
 
 
 async def _streams(feed: Server, n: int) -> None:
@@ -214,16 +210,16 @@ async def _poller(stub: Any, i: int, filt: Any, got: Got, stop: Any, n: Counter[
 
 async def _phase(feed: Server, url: str, phase: str, args: Any, got: Got) -> Phase:
     """One writer run while the consumers receive, until nothing more arrives for 1.5 s."""
-    before, started, got[:] = scrape(feed), time.monotonic(), []
+    before, used, got[:], count = scrape(feed), usage(feed.proc.pid), [], -1
     values = map(str, (url, phase, args.duration, args.rate, args.changes, args.release))
     ran = await asyncio.to_thread(harness.run_to_end, WRITER, *values, env={**os.environ})
-    count = -1
-    while len(got) != count and time.monotonic() - started < 120:
+    while len(got) != count and time.monotonic() - ran.output["commits"][-1][0] < 180:
         count = len(got)
         await asyncio.sleep(1.5)
-    after, last = scrape(feed), max((t for _, _, t in got), default=math.nan)
+    after, last, commits = scrape(feed), max(t for _, _, t in got), ran.output["commits"]
+    cpu = tuple(b - a for a, b in zip(used[1:], usage(feed.proc.pid)[1:], strict=True))
     deltas = {k: after[k] - before[k] for k in after}
-    return Phase(ran.output["commits"], list(got), deltas, ran.output["all"], last - started)
+    return Phase(commits, list(got), deltas, ran.output["all"], last - commits[0][0], cpu)
 
 
 async def measure(feed: Server, url: str, n: int, dates: list[str], args: Any) -> Run:
@@ -234,12 +230,12 @@ async def measure(feed: Server, url: str, n: int, dates: list[str], args: Any) -
     stubs = [feed_pb2_grpc.FeedServiceStub(channels[i % count]) for i in range(n)]
     got: Got = []
     ends, calls, stop = Counter[str](), Counter[str](), asyncio.Event()
-    base = rss_kb(feed.proc.pid)
+    base = usage(feed.proc.pid)[0]
     consumers = [(stubs[i], i, consumer_filter(i, dates), got) for i in range(n)]
     tasks = [asyncio.create_task(_stream(*c, ends)) for c in consumers]
     await _streams(feed, n)
     await asyncio.sleep(2)
-    idle_kb = (rss_kb(feed.proc.pid) - base) / n
+    idle_kb = (usage(feed.proc.pid)[0] - base) / n
     push = await _phase(feed, url, f"{n}-push", args, got)
     push.errors, every = sum(ends.values()), {k for _, _, keys in push.commits for k in keys}
     complete = {(i, key) for i, key, _ in push.got if i % 10 == 0 and key in every}
@@ -282,8 +278,15 @@ async def run(server: PgServer, args: argparse.Namespace) -> Result:
     return Result(args, load, runs, events)
 
 
-def _ms(values: list[float], p: int) -> str:
-    return f"{percentile(values, p):.1f}" if values else "-"
+def _ms(values: list[float]) -> str:
+    return " / ".join(f"{percentile(values, p):.1f}" for p in (50, 99)) if values else "-"
+
+
+def usage(pid: int) -> tuple[float, float, float]:
+    """The process `pid`'s RSS (KB) and CPU seconds; this process's (the consumers') CPU s."""
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+    return int(stat[21]) * os.sysconf("SC_PAGE_SIZE") / 1024, ticks, time.process_time()
 
 
 def targets(result: Result) -> list[Target]:
@@ -303,36 +306,33 @@ def targets(result: Result) -> list[Target]:
 
 
 def render(result: Result, section: Section) -> list[Point]:
-    a, head, body, poll = result.args, ["streams", "changes", "messages", "msg/s"], [], []
-    points: list[Point] = []  # x: the table's size, as in every chart
+    a, push, poll, points = result.args, [], [], []
     section.title = "WatchDrops (bench/watch.py)"
     section.bullets["Machine"] += f", grpcio {grpc.__version__}; load average (1/5/15 min) "
     section.bullets["Machine"] += "{} at the start, {} at the end".format(*result.load_average)
     section.bullets["Load"] = (
-        f"per stream count, {a.rate:g} polls/s for {a.duration:g} s, {a.changes} changes each, "
-        f"and half-way a release of {a.release} drops in one commit (How it measures, below); "
-        f"{result.events:,} drop_events at the end"
+        f"per stream count, {a.rate:g} polls/s of {a.changes} changes for {a.duration:g} s, "
+        f"then a release of {a.release} drops in one commit, then {a.duration / 4:g} s more "
+        f"(How it measures, below); {result.events:,} drop_events at the end"
     )
-    head += ["p50 ms", "p99 ms", "release p50 ms", "release p99 ms"]
-    head += ["reads/commit (NOTIFY, all)", "idle KB/stream", "ended early"]
     for r in result.runs:
-        steady, burst = r.push.latencies("steady"), r.push.latencies("release")
-        messages, keys = len(steady) + len(burst), sum(len(k) for _, _, k in r.push.commits)
-        body.append([f"{r.streams:,}", f"{keys:,}", f"{messages:,}"])
-        body[-1] += [f"{messages / r.push.seconds:,.0f}", _ms(steady, 50), _ms(steady, 99)]
-        body[-1] += [_ms(burst, 50), _ms(burst, 99)]
-        body[-1] += [f"{r.push.reads(NOTIFY):.2f}, {r.push.reads():.2f}", f"{r.idle_kb:.1f}"]
-        body[-1] += [f"{r.push.errors}" + ("" if r.complete else " (changes missed!)")]
+        steady, burst, after = (r.push.latencies(k) for k in ("steady", "release", "after"))
+        messages, keys = len(steady + burst + after), sum(len(k) for _, _, k in r.push.commits)
+        push.append([f"{r.streams:,}", f"{keys:,}", f"{messages:,}"])
+        push[-1] += [f"{messages / r.push.seconds:,.0f}", _ms(steady), _ms(burst), _ms(after)]
+        push[-1] += [CPU(*r.push.cpu), f"{r.push.reads(NOTIFY):.2f}; {r.push.reads():.2f}"]
+        push[-1] += [f"{r.idle_kb:.1f}", f"{r.push.errors}" + ("" if r.complete else " (missed!)")]
         opens, polled = r.push.latencies("steady", True), r.poll.latencies("steady")
-        poll.append([f"{r.streams:,}", f"{r.poll.rps:,.0f}"])
-        poll[-1] += [str(r.poll.errors), _ms(opens, 50), _ms(opens, 99), _ms(polled, 50)]
-        poll[-1] += [_ms(polled, 99), _ms(r.poll.latencies("release"), 99)]
+        poll.append([f"{r.streams:,}", f"{r.poll.rps:,.0f}", str(r.poll.errors), CPU(*r.poll.cpu)])
+        poll[-1] += [_ms(opens), _ms(polled), _ms(r.poll.latencies("release"))]
         name = f"p99 of opens at {r.streams:,} streams (original: polling every 1 s)"
         points.append(Point(name, "ms", result.events, *map(percentile, (opens, polled), (99, 99))))
-    section.table(head, body, "Streams (latency: from COMMIT to the consumer, per message):")
-    head = ["consumers", "JustOpened req/s", "errors", "stream p50 ms", "stream p99 ms"]
-    head += ["poll p50 ms", "poll p99 ms", "poll release p99 ms"]
-    section.table(head, poll, "Against polling JustOpened every second (opens only):")
+    head = "streams,changes,messages,msg/s,p50 / p99 ms,release p50 / p99 ms,after it p50 / p99 ms,"
+    head += "CPU s (feed; consumers),reads per commit (NOTIFY; all),KB per idle stream,ended early"
+    section.table(head.split(","), push, "Streams (latency: from COMMIT to the consumer):")
+    head = "consumers,JustOpened req/s,errors,CPU s (feed; consumers),stream p50 / p99 ms,"
+    head += "poll p50 / p99 ms,poll release p50 / p99 ms"
+    section.table(head.split(","), poll, "Against polling JustOpened every second (opens only):")
     section.targets(targets(result))
     return points
 

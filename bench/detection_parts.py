@@ -8,9 +8,9 @@ rules (docs/performance.md, Detection under a budget, lists which).
 from __future__ import annotations
 
 import datetime as dt
-import heapq
 import math
-from collections import defaultdict, deque
+from bisect import bisect_right
+from collections import Counter, defaultdict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
@@ -23,10 +23,6 @@ BASELINE_POLLS = 3  # services/poller/store.py: a bucket's first 3 non-empty ans
 FIXED_COOLDOWN = 30.0  # today's DROPWATCH_COOLDOWN_SECONDS
 Key = tuple[int, int, str]  # (venue id, slot minute, seating): the slot id within one bucket
 LIFETIMES = ("under 10 s", "10-60 s", "over 60 s")
-
-
-def lifetime_class(seconds: float) -> str:
-    return LIFETIMES[0] if seconds < 10 else LIFETIMES[1] if seconds < 60 else LIFETIMES[2]
 
 
 def at(t: float) -> dt.datetime:
@@ -101,7 +97,7 @@ class _State:
     snapshot: set[Key] = field(default_factory=set)
     baseline: set[Key] = field(default_factory=set)
     drops: set[Key] = field(default_factory=set)  # open slots that came in by a NEW_DROP
-    nonempty: int = 0
+    nonempty: int = 0  # non-empty answers so far
 
 
 class NewDrop(NamedTuple):
@@ -206,15 +202,11 @@ class Adaptive:
     ) -> None:
         self.buckets, self.emulation, self.settings = buckets, emulation, settings
         self.cost, self.tick, self.profile, self.windows = cost, tick, profile, windows
-        self.last: dict[str, float] = {}
+        self.last: dict[str, float] = {}  # and when each bucket was first polled:
         self.first: dict[str, float] = {}
-        self.decayed: dict[str, tuple[float, float]] = {}  # value at time
-        self.next: dict[str, float] = {}
-        self.tier: dict[str, int] = {}
-        self.interval: dict[str, float] = {}
-        self.planned_at = -math.inf
-        self.plans = 0
-        self.classes: dict[str, list[str]] = defaultdict(list)  # per poll, for the report
+        self.decayed: dict[str, tuple[float, float]] = {}  # (decayed events, as of when)
+        self.next, self.interval, self.planned_at = dict[str, float](), dict[str, float](), -1.0
+        self.classes: Counter[str] = Counter()  # polls by the class the plan gave the bucket
 
     def _plan(self, t: float) -> None:
         half = self.settings.half_life
@@ -236,25 +228,25 @@ class Adaptive:
             )
         p = policy.plan(states, at(t), self.settings, self.profile, self.windows)
         self.next = {b: n.timestamp() for b, n in p.next_due.items()}
-        self.interval, self.planned_at, self.plans = p.intervals, t, self.plans + 1
-        self.tier = {b: policy.CLASSES.index(c) for b, c in p.classes.items()}
+        self.interval, self.planned_at = p.intervals, t
         self.current = p.classes
 
     def due(self, t: float) -> list[str]:
         if t >= self.planned_at + self.tick:
             self._plan(t)
         found = (b for b, n in self.next.items() if n <= t)
-        return sorted(found, key=lambda b: (self.tier[b], self.next[b], b))
+        tier = policy.CLASSES.index  # fresh, then release, then the rest, most overdue first
+        return sorted(found, key=lambda b: (min(tier(self.current[b]), 2), self.next[b], b))
 
     def wake(self, t: float) -> float:
         upcoming = min((n for n in self.next.values() if n > t), default=math.inf)
         return min(upcoming, self.planned_at + self.tick)
 
     def polled(self, bucket_id: str, t: float, events: int) -> None:
-        self.classes[self.current[bucket_id]].append(bucket_id)
+        self.classes[self.current[bucket_id]] += 1
         value, since = self.decayed.get(bucket_id, (0.0, t))
-        weight = policy.decay_weight(t - since, self.settings.half_life)
-        self.decayed[bucket_id] = (value * weight + events, t)
+        value *= policy.decay_weight(t - since, self.settings.half_life)
+        self.decayed[bucket_id] = (value + events, t)
         self.first.setdefault(bucket_id, t)
         self.last[bucket_id] = t
         self.next[bucket_id] = t + self.interval[bucket_id]
@@ -297,17 +289,15 @@ class Oracle:
             if when < d.drop.end:
                 plan.append((when, bid))
                 last[bid] = limiter.take(when, cost)[0]
-        self.plan = plan
-        heapq.heapify(self.plan)
+        self.plan, self.done = plan, 0  # in time order: every poll is at or after the last
 
     def due(self, t: float) -> list[str]:
-        found = []
-        while self.plan and self.plan[0][0] <= t:
-            found.append(heapq.heappop(self.plan)[1])
+        end = bisect_right(self.plan, (t, "~"), lo=self.done)
+        found, self.done = [bid for _, bid in self.plan[self.done : end]], end
         return found
 
     def wake(self, t: float) -> float:
-        return self.plan[0][0] if self.plan else math.inf
+        return self.plan[self.done][0] if self.done < len(self.plan) else math.inf
 
     def polled(self, bucket_id: str, t: float, events: int) -> None:
         return None
@@ -338,6 +328,7 @@ class Run:
     seconds: float  # virtual time covered
     wall: float = 0.0
     changes: list[tuple[float, int]] = field(default_factory=list)
+    classes: Counter[str] = field(default_factory=Counter)  # the adaptive policy's polls
 
 
 def drive(pol: Policy, emulation: Emulation, t0: float, t1: float, rate: float, cost: int) -> Run:
@@ -362,14 +353,13 @@ class Score:
     """One policy's figures on the ground truth: recall, delays, budget, false drops."""
 
     run: Run
-    total: int  # true drops scored (started after the warm-up)
     found: dict[int, float]  # scored truth index -> first detection time
     false: int  # NEW_DROPs matching no true open interval, or a second one for the same drop
     by_class: dict[str, list[int]]  # "under 10 s", ..., "churning", "release" -> truth indexes
     budget: float
 
-    def recall(self, what: str = "") -> tuple[int, int]:
-        members = self.by_class[what] if what else list(self.by_class["all"])
+    def recall(self, what: str = "all") -> tuple[int, int]:
+        members = self.by_class[what]
         return sum(1 for i in members if i in self.found), len(members)
 
     def delays(self, truth: Sequence[Scored], what: str = "all") -> list[float]:
@@ -384,37 +374,6 @@ class Score:
     @property
     def max_60s(self) -> int:
         return window_max(sorted(self.run.requests), 60.0)
-
-
-def classify(
-    truth: Sequence[Scored],
-    t_from: float,
-    churning: set[tuple[str, int]],
-    moments: dict[str, list[float]],
-    around: tuple[float, float],
-) -> dict[str, list[int]]:
-    """Truth indexes per class: all, each lifetime, churning bucket-hours, near a learned
-    release moment (from `around[0]` s before to `around[1]` s after)."""
-    classes: dict[str, list[int]] = defaultdict(list)
-    for i, s in enumerate(truth):
-        d = s.drop
-        if d.start < t_from:
-            continue
-        classes["all"].append(i)
-        classes[lifetime_class(d.lifetime)].append(i)
-        if (s.bucket_id, int(d.start // 3600)) in churning:
-            classes["churning"].append(i)
-        if any(m - around[0] <= d.start <= m + around[1] for m in moments.get(s.bucket_id, ())):
-            classes["release"].append(i)
-    return classes
-
-
-def churning_hours(truth: Sequence[Scored], per_hour: int) -> set[tuple[str, int]]:
-    """(bucket, POSIX hour) pairs with at least `per_hour` true drops starting in them."""
-    counts: dict[tuple[str, int], int] = defaultdict(int)
-    for s in truth:
-        counts[(s.bucket_id, int(s.drop.start // 3600))] += 1
-    return {k for k, n in counts.items() if n >= per_hour}
 
 
 def score(run: Run, truth: Sequence[Scored], classes: dict[str, list[int]], rate: float) -> Score:
@@ -433,4 +392,4 @@ def score(run: Run, truth: Sequence[Scored], classes: dict[str, list[int]], rate
         matched.add(hit[0])
         if hit[0] in scored:
             found[hit[0]] = t
-    return Score(run, len(scored), found, false, classes, rate)
+    return Score(run, found, false, classes, rate)

@@ -20,8 +20,9 @@ import datetime as dt
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -29,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from services.poller import policy, store
 from services.poller.poll import PollContext
 from services.poller.windows import ReleaseWindow, load_release_windows
+from shared.db.engine import unavailable_as_error
 
 log = logging.getLogger(__name__)
 
@@ -96,56 +98,74 @@ class AdaptivePlanner:
     # --- knowledge, refreshed on its own periods --------------------------------------------
     async def refresh(self, live: LiveRange, live_count: int) -> None:
         """Run whichever slow statement is due (each in its own short transaction)."""
-        now, k, s = time.monotonic(), self.known, self.ctx.settings
+        now, k = time.monotonic(), self.known
         if now - k.rates_at >= RATES_EVERY_SECONDS:
-            async with self.ctx.engine.begin() as conn:
-                rates = await store.read_change_rates(
-                    conn,
-                    first_day=live.first,
-                    last_day=live.last,
-                    cutoff_bucket_id=live.cutoff,
-                    floor_id=k.floor_id,
-                    tau=self.settings.tau,
-                    horizon_seconds=HORIZON_HALF_LIVES * self.settings.half_life,
-                )
-            k.decayed, k.floor_id, k.rates_at = rates.decayed, rates.floor_id, now
+            k.rates_at = now
+            await self._kept("change rates", self._read_rates(live))
         if now - k.pages_at >= PAGES_EVERY_SECONDS:
-            async with self.ctx.engine.begin() as conn:
-                k.extra_pages = await store.read_extra_pages(
-                    conn,
-                    first_day=live.first,
-                    last_day=live.last,
-                    cutoff_bucket_id=live.cutoff,
-                    per_page=s.per_page,
-                )
             k.pages_at = now
+            await self._kept("pages", self._read_pages(live))
         if now - k.profile_at >= PROFILE_EVERY_SECONDS:
-            async with self.ctx.engine.begin() as conn:
-                counts, days = await store.read_hour_profile(
-                    conn,
-                    market=s.market,
-                    zone=s.market_timezone,
-                    days=PROFILE_DAYS,
-                    since_day=live.first - dt.timedelta(days=PROFILE_DAYS),
-                )
-            per_bucket_hour = max(1, days) * 3600.0 * max(1, live_count)
-            k.profile = {hour: n / per_bucket_hour for hour, n in counts.items()}
-            if counts:  # hours without events are quiet hours, not unknown ones
-                k.profile = {h: k.profile.get(h, 0.0) for h in range(24)}
             k.profile_at = now
+            await self._kept("hour profile", self._read_profile(live, live_count))
         if now - k.windows_at >= WINDOWS_EVERY_SECONDS:
-            k.windows = await self._load_windows()
             k.windows_at = now
+            await self._kept("release windows", self._read_windows())
 
-    async def _load_windows(self) -> list[ReleaseWindow]:
-        """The learned windows; none (with a warning) where the table cannot be read, e.g. a
-        database not yet migrated to it: scheduling goes on by change rates alone."""
+    async def _kept(self, what: str, read: Coroutine[Any, Any, None]) -> None:
+        """A slow read that fails (a statement timeout, a lock, a table not migrated yet)
+        keeps what was known and is tried again next period; only a lost database stops the
+        tick (`DatabaseUnavailableError`: the loop reports the replica unhealthy)."""
         try:
-            async with self.ctx.engine.begin() as conn:
-                return await load_release_windows(conn, self.ctx.settings.market)
-        except sa_exc.ProgrammingError as exc:
-            log.warning("release windows unavailable, scheduling without them: %s", exc.orig)
-            return []
+            with unavailable_as_error():
+                await read
+        except sa_exc.DBAPIError as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+            log.warning("schedule: %s not refreshed, keeping the last: %s", what, reason)
+
+    async def _read_rates(self, live: LiveRange) -> None:
+        k = self.known
+        async with self.ctx.engine.begin() as conn:
+            rates = await store.read_change_rates(
+                conn,
+                first_day=live.first,
+                last_day=live.last,
+                cutoff_bucket_id=live.cutoff,
+                floor_id=k.floor_id,
+                tau=self.settings.tau,
+                horizon_seconds=HORIZON_HALF_LIVES * self.settings.half_life,
+            )
+        k.decayed, k.floor_id = rates.decayed, rates.floor_id
+
+    async def _read_pages(self, live: LiveRange) -> None:
+        async with self.ctx.engine.begin() as conn:
+            self.known.extra_pages = await store.read_extra_pages(
+                conn,
+                first_day=live.first,
+                last_day=live.last,
+                cutoff_bucket_id=live.cutoff,
+                per_page=self.ctx.settings.per_page,
+            )
+
+    async def _read_profile(self, live: LiveRange, live_count: int) -> None:
+        s = self.ctx.settings
+        async with self.ctx.engine.begin() as conn:
+            counts, days = await store.read_hour_profile(
+                conn,
+                market=s.market,
+                zone=s.market_timezone,
+                days=PROFILE_DAYS,
+                since_day=live.first - dt.timedelta(days=PROFILE_DAYS),
+            )
+        per_bucket_hour = max(1, days) * 3600.0 * max(1, live_count)
+        profile = {hour: n / per_bucket_hour for hour, n in counts.items()}
+        if counts:  # hours without events are quiet hours, not unknown ones
+            profile = {h: profile.get(h, 0.0) for h in range(24)}
+        self.known.profile = profile
+
+    async def _read_windows(self) -> None:
+        async with self.ctx.engine.begin() as conn:
+            self.known.windows = await load_release_windows(conn, self.ctx.settings.market)
 
     # --- one tick -----------------------------------------------------------------------------
     def plan(self, rows: Sequence[store.ScheduleRow], now: dt.datetime) -> policy.Plan:

@@ -478,3 +478,29 @@ async def test_a_learned_release_window_makes_its_bucket_dense_around_the_moment
         assert inside.intervals[CHURNING] == ctx.settings.min_interval_seconds
         after = planner.plan(polled, moment + dt.timedelta(minutes=10))
         assert after.classes[CHURNING] != "release"
+
+
+async def test_a_slow_knowledge_read_keeps_what_was_known_and_the_loop_goes_on(
+    db_url: str, engine: Engine, resy: ScriptedResy, caplog: pytest.LogCaptureFixture
+) -> None:
+    reset_buckets(engine)
+    add_events(engine, CHURNING, [1.0])
+    settings = adaptive(db_url, db_statement_timeout_ms=300)
+    async with replica(settings, db_url, resy, "locked", shared=False) as (ctx, _rec):
+        scheduler = Scheduler(ctx, clock=ctx.clock)
+        planner = scheduler._planner
+        assert planner is not None
+        live = scheduler.live_range()
+        await planner.refresh(live, 2)
+        known = dict(planner.known.decayed)
+        assert known[CHURNING] > 0.5  # one event, a second old, a half-life of 10 s
+        planner.known.rates_at = -math.inf  # due again
+        with engine.connect() as blocker:  # a long writer holds drop_events
+            blocker.execute(text("LOCK TABLE drop_events IN ACCESS EXCLUSIVE MODE"))
+            await planner.refresh(live, 2)  # the statement times out after 300 ms
+            blocker.rollback()
+        assert planner.known.decayed == known
+        assert "change rates not refreshed" in caplog.text
+        await scheduler.start_planned(planner, 8)  # the tick itself goes on
+        assert len(scheduler._tasks) == 2
+        await asyncio.gather(*scheduler._tasks)

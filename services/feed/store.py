@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.feed import sql
 from services.feed.changes import CLOSED, OPENED, SIZES, Change, ChangePage, OutOfRangeError
-from services.feed.cursor import Cursor as Cursor_
+from services.feed.cursor import Cursor as ChangeCursor
 from services.feed.cursor import filter_key
 from services.feed.paging import Boundary, Cursor
 from services.feed.request import FeedQuery
@@ -83,7 +83,7 @@ async def data_as_of(conn: AsyncConnection, today: dt.date) -> dt.datetime | Non
 
 
 async def read_changes(
-    conn: AsyncConnection, after: Cursor_, limit: int, query: FeedQuery | None = None
+    conn: AsyncConnection, after: ChangeCursor, limit: int, query: FeedQuery | None = None
 ) -> ChangePage:
     """The changes after `after` (at most `limit`), in cursor order, then the retention check.
 
@@ -124,7 +124,7 @@ async def read_changes(
     return ChangePage(changes, following, truncated, as_of)
 
 
-async def check_retained(conn: AsyncConnection, cursor: Cursor_) -> None:
+async def check_retained(conn: AsyncConnection, cursor: ChangeCursor) -> None:
     """OutOfRangeError if events after `cursor` may have been pruned (its position is at or
     below the highest xact_id retention removed)."""
     floor = (await conn.execute(sql.CHANGE_FLOOR)).one_or_none()
@@ -145,7 +145,7 @@ async def read_initial_state(
     await conn.execute(sql.SET_REPEATABLE_READ)
     xmin, xmax, xip, as_of = (await conn.execute(sql.SNAPSHOT)).one()
     low, high = int(xmin), int(xmax)
-    cursor = Cursor_(
+    cursor = ChangeCursor(
         low,
         0,
         high if high > low else None,
@@ -165,7 +165,7 @@ async def read_initial_state(
 @dataclass(frozen=True)
 class InitialState:
     drops: list[Change]
-    cursor: Cursor_
+    cursor: ChangeCursor
     as_of: dt.datetime
 
 

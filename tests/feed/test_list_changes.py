@@ -163,3 +163,34 @@ async def test_behind_auth_metrics_and_the_concurrency_limit(db_url: str, seeder
 async def _cursor(server: FeedServer) -> str:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         return (await listing(Stub(channel))).next_cursor
+
+
+async def test_database_down_is_unavailable_and_a_slow_read_is_deadline_exceeded(
+    db_url: str, seeder: Seeder
+) -> None:
+    url = "postgresql://feed@127.0.0.1:1/nowhere"
+    down = await start_feed(feed_settings(url), url)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{down.port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await Stub(channel).ListChanges(feed_pb2.ListChangesRequest(), timeout=10)
+    finally:
+        await down.stop(0)
+    assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert info.value.details() == "database unavailable"
+
+    server = await start_feed(feed_settings(db_url), db_url)
+    try:
+        cursor = await _cursor(server)
+        async with server.servicer.engine.connect() as conn:
+            # A read held behind a lock ends at the client's deadline, as a cancelled query.
+            await conn.execute(text("LOCK TABLE change_floor IN ACCESS EXCLUSIVE MODE"))
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await Stub(channel).ListChanges(
+                        feed_pb2.ListChangesRequest(cursor=cursor), timeout=1.0
+                    )
+            await conn.rollback()
+    finally:
+        await server.stop(0)
+    assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED

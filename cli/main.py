@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "names",
         nargs="*",
-        help="seed, poll_write, feed, feed_uncached, maintenance (default: all)",
+        help="seed, poll_write, feed, feed_uncached, maintenance, detection, watch (default: all)",
     )
     size_choice = p.add_mutually_exclusive_group()
     size_choice.add_argument(

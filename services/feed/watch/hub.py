@@ -36,6 +36,7 @@ from services.feed.request import FeedQuery
 from services.feed.settings import FeedSettings
 from services.feed.watch.subscription import (
     DATABASE,
+    MAX_AGE,
     SHUTDOWN,
     Ending,
     Pending,
@@ -160,6 +161,15 @@ class Hub:
             else:
                 self.down_since = None
                 self.ready.set()
+            self._end_old()
+
+    def _end_old(self) -> None:
+        """End the streams past their maximum age; also those blocked sending to a consumer
+        that does not read (the stream itself would notice only after its write)."""
+        now = time.monotonic()
+        for sub in self.subscriptions():
+            if now >= sub.deadline:
+                sub.end(MAX_AGE)
 
     def _failed(self, exc: BaseException) -> None:
         now = time.monotonic()

@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.feed import store
 from services.feed.changes import OutOfRangeError, feed_item
-from services.feed.cursor import CursorCodec
+from services.feed.cursor import Cursor, CursorCodec
 from services.feed.metrics import WatchMetrics
 from services.feed.request import Undecodable
 from services.feed.servicer import _abort, _database_errors
@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
 CURSOR_KEY = "dropwatch-cursor"
 INTERNAL = Ending(grpc.StatusCode.INTERNAL, "error", "internal error")
+INCOMPLETE = "the initial state was not complete: start again"
 # A stream's age bound is shortened by up to this share, so streams opened together (after a
 # deploy) do not all end, and reconnect, at the same moment.
 AGE_JITTER = 0.1
@@ -99,8 +100,11 @@ class WatchService:
             self.metrics.ended.labels(refused.ending.reason).inc()
             await context.abort(refused.ending.code, refused.ending.message)
             raise  # unreachable
-        ending = await self._serve(Stream(self, sub, watch, context))
+        stream = Stream(self, sub, watch, context)
+        ending = await self._serve(stream)
         self.metrics.ended.labels(ending.reason).inc()
+        if not stream.resumable:  # ended inside its initial state: nothing to resume from
+            await context.abort(ending.code, f"{ending.message}; {INCOMPLETE}")
         token = self.codec.encode(sub.cursor)
         context.set_trailing_metadata(((CURSOR_KEY, token),))
         await context.abort(ending.code, f"{ending.message}; cursor={token}")
@@ -141,8 +145,9 @@ class Stream:
         self.metrics = service.metrics
         self.prime = service.settings.prime_anchors
         age = service.settings.watch_max_age_seconds * (1 - random.random() * AGE_JITTER)
-        self.deadline = time.monotonic() + age
+        self.deadline = sub.deadline = time.monotonic() + age
         self.last_sent = time.monotonic()
+        self.resumable = not watch.initial  # an initial state's end carries the first cursor
 
     async def run(self) -> Ending:
         if self.watch.initial or self.watch.cursor is not None:
@@ -161,12 +166,11 @@ class Stream:
         for drop in state.drops:
             message = feed_pb2.WatchDropsResponse(opened=feed_item(drop, self.prime), initial=True)
             await self._send(message.SerializeToString(), "initial")
-        self.sub.cursor = state.cursor
         end = feed_pb2.WatchDropsResponse(
-            initial_state_end=feed_pb2.InitialStateEnd(items=len(state.drops)),
-            cursor=service.codec.encode(state.cursor),
+            initial_state_end=feed_pb2.InitialStateEnd(items=len(state.drops))
         )
-        await self._send(end.SerializeToString(), "initial_state_end")
+        await self._send(end.SerializeToString(), "initial_state_end", state.cursor)
+        self.resumable = True
 
     async def _catch_up(self) -> None:
         """Read from the database until a read reaches the horizon with nothing dropped from
@@ -181,8 +185,8 @@ class Stream:
                 self.metrics.catch_up_reads.inc()
                 for change in page.changes:
                     item = pending(change, self.prime)
-                    sub.cursor = sub.cursor.after(change.xact, change.change_id)
-                    await self._send(item.body + self._cursor_field(), item.kind)
+                    after = sub.cursor.after(change.xact, change.change_id)
+                    await self._send(item.body, item.kind, after)
                 sub.cursor = page.next
                 truncated = page.truncated
                 self._check_age()
@@ -200,11 +204,11 @@ class Stream:
                 change = item.change
                 if (change.xact, change.change_id) <= position(sub.cursor):
                     continue  # already sent by the catch-up
-                skip = excluded(sub.cursor, change)
-                sub.cursor = sub.cursor.after(change.xact, change.change_id)
-                if skip:
+                after = sub.cursor.after(change.xact, change.change_id)
+                if excluded(sub.cursor, change):
+                    sub.cursor = after
                     continue  # reflected in the initial state
-                await self._send(item.body + self._cursor_field(), item.kind)
+                await self._send(item.body, item.kind, after)
                 lag = dt.datetime.now(dt.UTC) - change.changed_at
                 self.metrics.lag.observe(max(0.0, lag.total_seconds()))
             self._check_age()
@@ -212,12 +216,11 @@ class Stream:
                 return sub.ending
             now = time.monotonic()
             if now - self.last_sent >= heartbeat and hub.healthy and not sub.pending:
-                sub.cursor = sub.cursor.after(*sub.hub_position)
                 progress = feed_pb2.WatchDropsResponse(
-                    progress=feed_pb2.Progress(as_of=_timestamp(hub.as_of)),
-                    cursor=self.service.codec.encode(sub.cursor),
+                    progress=feed_pb2.Progress(as_of=_timestamp(hub.as_of))
                 )
-                await self._send(progress.SerializeToString(), "progress")
+                after = sub.cursor.after(*sub.hub_position)
+                await self._send(progress.SerializeToString(), "progress", after)
                 continue
             if sub.pending:
                 continue
@@ -229,17 +232,21 @@ class Stream:
         if time.monotonic() >= self.deadline:
             self.sub.end(MAX_AGE)
 
-    def _cursor_field(self) -> bytes:
-        token = self.service.codec.encode(self.sub.cursor)
-        return feed_pb2.WatchDropsResponse(cursor=token).SerializeToString()
-
-    async def _send(self, payload: bytes, kind: str) -> None:
-        """Write one message; `Subscription.end` interrupts a write the consumer never takes."""
+    async def _send(self, body: bytes, kind: str, cursor: Cursor | None = None) -> None:
+        """Write one message, with `cursor` appended (a serialized message's fields can be
+        concatenated). `Subscription.end` interrupts a write the consumer never takes; such a
+        message may or may not reach it, so the stream's resume point moves to `cursor` only
+        once the write is done (an end's cursor may repeat it: at-least-once, never a gap)."""
+        if cursor is not None:
+            token = self.service.codec.encode(cursor)
+            body += feed_pb2.WatchDropsResponse(cursor=token).SerializeToString()
         self.sub.writing = True
         try:
-            await self.context.write(payload)
+            await self.context.write(body)
         finally:
             self.sub.writing = False
+        if cursor is not None:
+            self.sub.cursor = cursor
         self.last_sent = time.monotonic()
         self.metrics.messages.labels(kind).inc()
 

@@ -10,6 +10,7 @@ dropped when it comes again from the hub.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 from typing import NamedTuple
 
@@ -70,6 +71,7 @@ class Subscription:
         self.ending: Ending | None = None
         self.task = asyncio.current_task()
         self.writing = False
+        self.deadline = math.inf  # the stream's maximum age (monotonic); set by the stream
 
     def offer(self, item: Pending) -> None:
         if self.ending is not None:

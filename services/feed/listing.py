@@ -13,7 +13,7 @@ import logging
 import grpc
 from google.protobuf.message import DecodeError
 
-from services.feed import request, store
+from services.feed import limits, request, store
 from services.feed.changes import OutOfRangeError, filter_query, to_proto
 from services.feed.cursor import Cursor, CursorCodec, filter_key
 from services.feed.errors import InvalidArgumentError
@@ -22,9 +22,6 @@ from shared.errors import DropwatchError
 from shared.gen.dropwatch.feed.v1 import feed_pb2
 
 log = logging.getLogger(__name__)
-
-DEFAULT_LIMIT = 500
-MAX_LIMIT = 2_000
 
 
 def decode(raw: bytes) -> feed_pb2.ListChangesRequest | request.Undecodable:
@@ -65,7 +62,9 @@ class ChangeLister:
     ) -> feed_pb2.ListChangesResponse:
         if isinstance(raw, request.Undecodable):
             raise InvalidArgumentError("request", f"cannot be decoded: {raw.problem}")
-        limit, capped = request._limit(raw.limit, DEFAULT_LIMIT, MAX_LIMIT)
+        limit, capped = request._limit(
+            raw.limit, limits.LIST_CHANGES_DEFAULT_LIMIT, limits.LIST_CHANGES_MAX_LIMIT
+        )
         query = filter_query(raw.filter)
         key = filter_key(query)
         after = self.codec.decode(raw.cursor, key) if raw.cursor else None

@@ -378,7 +378,7 @@ def test_rpc_comments_list_status_codes(proto_source: descriptor_pb2.FileDescrip
         for path, name in _elements(proto_source)
         if path[0] == FILE_SERVICE and len(path) == 4
     ]
-    assert len(methods) == 2
+    assert len(methods) == 4
     missing = [
         f"{name}: {code}"
         for path, name in methods

@@ -152,6 +152,9 @@ class FeedServiceServicer:
         replicas).
         - INVALID_ARGUMENT: a request field is malformed or out of range;
         the message names the field (e.g. "cursor", "heartbeat_seconds").
+        - DEADLINE_EXCEEDED: the client's own deadline for the call passed;
+        a watcher should call without a deadline, or resume with the
+        cursor.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -162,8 +165,17 @@ class FeedServiceServicer:
         order: the same changes WatchDrops streams, for consumers that run
         on a schedule. Pass `next_cursor` as the next call's `cursor`.
 
-        Status codes: as JustOpened, plus OUT_OF_RANGE for a cursor older than
-        the retained history (the message names the oldest resumable point).
+        Status codes:
+        - OK: the response may hold zero changes.
+        - INVALID_ARGUMENT: a request field is malformed or out of range; the
+        status message names the offending field (e.g. "cursor").
+        - OUT_OF_RANGE: the cursor is older than the retained history; the
+        message names the oldest resumable point. Re-list with StillOpen.
+        - DEADLINE_EXCEEDED: the answer was not ready before the client's
+        deadline.
+        - UNAVAILABLE: the database is unreachable; retry with backoff.
+        - RESOURCE_EXHAUSTED: the server is at its concurrency bound; retry
+        with backoff.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

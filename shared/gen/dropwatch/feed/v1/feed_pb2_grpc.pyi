@@ -108,14 +108,26 @@ class FeedServiceStub:
         replicas).
       - INVALID_ARGUMENT: a request field is malformed or out of range;
         the message names the field (e.g. "cursor", "heartbeat_seconds").
+      - DEADLINE_EXCEEDED: the client's own deadline for the call passed;
+        a watcher should call without a deadline, or resume with the
+        cursor.
     """
     ListChanges: _grpc.UnaryUnaryMultiCallable[_feed_pb2.ListChangesRequest, _feed_pb2.ListChangesResponse]
     """ListChanges returns the changes after `cursor` as one page, in cursor
     order: the same changes WatchDrops streams, for consumers that run
     on a schedule. Pass `next_cursor` as the next call's `cursor`.
 
-    Status codes: as JustOpened, plus OUT_OF_RANGE for a cursor older than
-    the retained history (the message names the oldest resumable point).
+    Status codes:
+      - OK: the response may hold zero changes.
+      - INVALID_ARGUMENT: a request field is malformed or out of range; the
+        status message names the offending field (e.g. "cursor").
+      - OUT_OF_RANGE: the cursor is older than the retained history; the
+        message names the oldest resumable point. Re-list with StillOpen.
+      - DEADLINE_EXCEEDED: the answer was not ready before the client's
+        deadline.
+      - UNAVAILABLE: the database is unreachable; retry with backoff.
+      - RESOURCE_EXHAUSTED: the server is at its concurrency bound; retry
+        with backoff.
     """
 
 @_typing.type_check_only
@@ -196,14 +208,26 @@ class FeedServiceAsyncStub(FeedServiceStub):
         replicas).
       - INVALID_ARGUMENT: a request field is malformed or out of range;
         the message names the field (e.g. "cursor", "heartbeat_seconds").
+      - DEADLINE_EXCEEDED: the client's own deadline for the call passed;
+        a watcher should call without a deadline, or resume with the
+        cursor.
     """
     ListChanges: _aio.UnaryUnaryMultiCallable[_feed_pb2.ListChangesRequest, _feed_pb2.ListChangesResponse]  # type: ignore[assignment]
     """ListChanges returns the changes after `cursor` as one page, in cursor
     order: the same changes WatchDrops streams, for consumers that run
     on a schedule. Pass `next_cursor` as the next call's `cursor`.
 
-    Status codes: as JustOpened, plus OUT_OF_RANGE for a cursor older than
-    the retained history (the message names the oldest resumable point).
+    Status codes:
+      - OK: the response may hold zero changes.
+      - INVALID_ARGUMENT: a request field is malformed or out of range; the
+        status message names the offending field (e.g. "cursor").
+      - OUT_OF_RANGE: the cursor is older than the retained history; the
+        message names the oldest resumable point. Re-list with StillOpen.
+      - DEADLINE_EXCEEDED: the answer was not ready before the client's
+        deadline.
+      - UNAVAILABLE: the database is unreachable; retry with backoff.
+      - RESOURCE_EXHAUSTED: the server is at its concurrency bound; retry
+        with backoff.
     """
 
 class FeedServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -299,6 +323,9 @@ class FeedServiceServicer(metaclass=_abc_1.ABCMeta):
             replicas).
           - INVALID_ARGUMENT: a request field is malformed or out of range;
             the message names the field (e.g. "cursor", "heartbeat_seconds").
+          - DEADLINE_EXCEEDED: the client's own deadline for the call passed;
+            a watcher should call without a deadline, or resume with the
+            cursor.
         """
 
     @_abc_1.abstractmethod
@@ -311,8 +338,17 @@ class FeedServiceServicer(metaclass=_abc_1.ABCMeta):
         order: the same changes WatchDrops streams, for consumers that run
         on a schedule. Pass `next_cursor` as the next call's `cursor`.
 
-        Status codes: as JustOpened, plus OUT_OF_RANGE for a cursor older than
-        the retained history (the message names the oldest resumable point).
+        Status codes:
+          - OK: the response may hold zero changes.
+          - INVALID_ARGUMENT: a request field is malformed or out of range; the
+            status message names the offending field (e.g. "cursor").
+          - OUT_OF_RANGE: the cursor is older than the retained history; the
+            message names the oldest resumable point. Re-list with StillOpen.
+          - DEADLINE_EXCEEDED: the answer was not ready before the client's
+            deadline.
+          - UNAVAILABLE: the database is unreachable; retry with backoff.
+          - RESOURCE_EXHAUSTED: the server is at its concurrency bound; retry
+            with backoff.
         """
 
 def add_FeedServiceServicer_to_server(servicer: FeedServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -179,6 +179,35 @@ async def test_the_live_view_shows_market_time_as_the_stream_pushes_drops(
     assert "market time (America/New_York)" in shown and "WatchDrops streaming" in shown
 
 
+async def test_the_live_view_resumes_after_the_feed_restarts_and_misses_nothing(
+    db_url: str,
+) -> None:
+    """The feed goes away (SIGTERM: UNAVAILABLE with the cursor) while a poll commits; the view
+    resumes from its cursor on the feed that comes back and shows that poll's drop."""
+    today = dt.datetime.now(dt.UTC).date()
+    at = dt.datetime.combine(today, dt.time(17, 0), dt.UTC)
+    async_engine = make_async_engine(Settings(), name="seed", url=db_url)
+    feed = await start_feed(feed_settings(db_url), db_url)
+    drops = LiveDrops(f"127.0.0.1:{feed.port}", ZoneInfo("America/New_York")).start()
+    try:
+        seeder = Seeder(async_engine, today)
+        await seeder.setup()
+        await _until(lambda: drops.status == "streaming")
+        await seeder.open([SeedSlot(9, today, "19:15")], at=at)
+        await _until(lambda: [d[2] for d in drops.rows()] == ["Venue 9"])
+        await feed.stop(5)
+        await _until(lambda: drops.status.startswith("stream UNAVAILABLE"))
+        await seeder.close([SeedSlot(9, today, "19:15")], at=at)  # nobody is watching
+        feed = await start_feed(feed_settings(db_url, feed_port=feed.port), db_url)
+        # a close is in no list of what is open: only a resume from the cursor shows it
+        await _until(lambda: [d[2] for d in drops.rows() if d[0] == "CLOSED"] == ["Venue 9"])
+        assert drops.status == "streaming"
+    finally:
+        drops.stop()
+        await feed.stop(0)
+        await async_engine.dispose()
+
+
 async def _until(ok: Callable[[], object], seconds: float = 20) -> None:
     deadline = asyncio.get_running_loop().time() + seconds
     while not ok():

@@ -21,10 +21,11 @@ from zoneinfo import ZoneInfo
 import grpc
 import pytest
 
-from services.feed.server import FeedServer
+from cli.watch import Backoff
+from services.feed.server import FeedServer, start_feed
 from shared.gen.dropwatch.feed.v1 import feed_pb2
 from tests.conftest import REPO_ROOT
-from tests.feed.conftest import NOW, TODAY
+from tests.feed.conftest import NOW, TODAY, feed_settings
 from tests.seeding import Seeder, SeedSlot
 
 NEW_YORK = ZoneInfo("America/New_York")
@@ -306,3 +307,42 @@ async def test_changes_names_a_bad_cursor(feed: FeedServer) -> None:
 
 async def _cli_once(*args: str) -> tuple[int, str, str]:
     return await _finish(await _start(*args))
+
+
+async def test_watch_resumes_on_the_feed_that_comes_back_and_misses_nothing(
+    seeder: Seeder, db_url: str
+) -> None:
+    """SIGTERM ends the stream UNAVAILABLE with its cursor; a close and an open committed
+    while no feed runs are printed once the feed is back."""
+    slots = [SeedSlot(v, TODAY, "19:15", party_sizes=(2,)) for v in (9, 10)]
+    feed = await start_feed(feed_settings(db_url), db_url)
+    proc = await _start("watch", "--addr", f"127.0.0.1:{feed.port}", "--heartbeat", "1", "--json")
+    try:
+        await _lines(proc, 1)  # a heartbeat: the stream is open
+        await seeder.open(slots[:1], at=NOW)
+        while "opened" not in json.loads((await _lines(proc, 1))[0]):
+            pass
+        await feed.stop(5)
+        await seeder.close(slots[:1], at=NOW + ONE_SECOND)
+        await seeder.open(slots[1:], at=NOW + ONE_SECOND)
+        feed = await start_feed(feed_settings(db_url, feed_port=feed.port), db_url)
+        changes: list[dict[str, Any]] = []
+        while len(changes) < 2:
+            line = json.loads((await _lines(proc, 1))[0])
+            changes += [line] if "progress" not in line else []
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code, _, err = await _finish(proc)
+        await feed.stop(0)
+    assert [c["closed"]["drop"]["venue"]["id"] for c in changes if "closed" in c] == ["9"]
+    assert [c["opened"]["venue"]["id"] for c in changes if "opened" in c] == ["10"]
+    assert "UNAVAILABLE" in err and "resuming from the last cursor" in err
+    assert code == 130 and "Traceback" not in err
+
+
+def test_waits_grow_jittered_up_to_the_cap() -> None:
+    backoff = Backoff(first=1.0, cap=8.0)
+    waits = [backoff.next() for _ in range(6)]
+    for wait, step in zip(waits, (1, 2, 4, 8, 8, 8), strict=True):
+        assert step / 2 <= wait <= step
+    assert len({round(w, 6) for w in waits[3:]}) > 1  # jittered, not in lockstep

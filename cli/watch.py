@@ -140,11 +140,21 @@ def _trailing_cursor(exc: grpc.RpcError) -> str:
 
 
 def watch(args: argparse.Namespace) -> int:
-    """Print changes until Ctrl-C, resuming after every end the server means to be resumed."""
-    zone, backoff = market_zone(), Backoff()
-    printer, cursor, failing_since = Printer(args.json, zone), args.from_cursor, 0.0
+    """Print changes until Ctrl-C; on a terminal, Ctrl-C says where to resume from."""
+    zone, state = market_zone(), {"cursor": args.from_cursor}
     if sys.stderr.isatty():  # a pipeline's reader gets only the changes
         _say(f"{args.addr}, times in market time ({zone.key}); Ctrl-C stops")
+    try:
+        return _watch(args, Printer(args.json, zone), state)
+    except KeyboardInterrupt:
+        if state["cursor"] and sys.stderr.isatty():
+            _say(f"stopped; resume with --from-cursor {state['cursor']}")
+        raise
+
+
+def _watch(args: argparse.Namespace, printer: Printer, state: dict[str, str]) -> int:
+    """Resume after every end the server means to be resumed; `state` keeps the cursor."""
+    backoff, cursor, failing_since = Backoff(), state["cursor"], 0.0
     with grpc.insecure_channel(args.addr) as channel:
         stub = feed_pb2_grpc.FeedServiceStub(channel)
         while True:
@@ -158,15 +168,15 @@ def watch(args: argparse.Namespace) -> int:
             try:
                 for message in call:
                     printer.show(message)
-                    cursor = message.cursor or cursor
+                    cursor = state["cursor"] = message.cursor or cursor
                     backoff.failures, failing_since = 0, 0.0
                 code, details = grpc.StatusCode.ABORTED, "the stream ended"
             except grpc.RpcError as exc:
                 code, details = exc.code(), exc.details() or ""
-                cursor = _trailing_cursor(exc) or cursor
-                if code == grpc.StatusCode.OUT_OF_RANGE and args.initial:
+                cursor = state["cursor"] = _trailing_cursor(exc) or cursor
+                if code == grpc.StatusCode.OUT_OF_RANGE and args.initial and request.cursor:
                     _say(f"the cursor has expired ({details}); listing what is open now")
-                    cursor = ""
+                    cursor = state["cursor"] = ""
                     continue
                 if code == grpc.StatusCode.OUT_OF_RANGE:
                     raise DropwatchError(

@@ -193,6 +193,17 @@ async def test_initial_lists_again_after_an_expired_cursor_and_ctrl_c_is_quiet()
     assert code == 130 and "Traceback" not in err and "Exception" not in err
 
 
+async def test_an_expired_answer_to_a_fresh_listing_is_an_error_not_a_loop() -> None:
+    script = Scripted([Call([], (grpc.StatusCode.OUT_OF_RANGE, "oldest resumable point: z", ""))])
+    server, addr = await _serve(script)
+    try:
+        code, _, err = await _finish(await _start("watch", "--addr", addr, "--initial"))
+    finally:
+        await server.stop(0)
+    assert code == 2 and "the cursor has expired: oldest resumable point: z" in err
+    assert [(r.cursor, r.send_initial_state) for r in script.requests] == [("", True)]
+
+
 async def test_a_feed_that_stays_down_is_given_up_on() -> None:
     proc = await _start("watch", "--addr", "127.0.0.1:1", "--retry-for", "1")
     code, out, err = await _finish(proc)

@@ -65,19 +65,20 @@ class Limiter:
         self.times: deque[float] = deque(maxlen=self.limits[1][1])
 
     def earliest(self, t: float, cost: int) -> float:
+        """Times are kept on a microsecond grid, so float sums cannot let one in early."""
         if self.times:
-            t = max(t, self.times[-1] + self.gap)
+            t = max(t, round(self.times[-1] + self.gap, 6))
         for span, most in self.limits:
             for j in range(cost):  # the j-th request: at most `most - j - 1` others before it
                 k = most - j
                 if k <= 0:
                     return math.inf
                 if len(self.times) >= k:
-                    t = max(t, self.times[-k] + span - j * self.gap)
+                    t = max(t, round(self.times[-k] + span - j * self.gap, 6))
         return t
 
     def take(self, t: float, cost: int) -> list[float]:
-        stamps = [t + j * self.gap for j in range(cost)]
+        stamps = [round(t + j * self.gap, 6) for j in range(cost)]
         self.times.extend(stamps)
         return stamps
 
@@ -86,7 +87,7 @@ def window_max(times: Sequence[float], span: float) -> int:
     """The most requests in any window (t - span, t] (two pointers over sorted times)."""
     best, lo = 0, 0
     for hi, t in enumerate(times):
-        while times[lo] <= t - span:
+        while times[lo] <= round(t - span, 6):
             lo += 1
         best = max(best, hi - lo + 1)
     return best

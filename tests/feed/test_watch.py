@@ -153,3 +153,18 @@ async def test_the_caller_check_applies_to_streams(db_url: str) -> None:
         assert (
             sample(server, "grpc_server_handled_total", **labels, grpc_code="UNAUTHENTICATED") == 1
         )
+
+
+async def test_idle_streams_hold_no_database_connection(db_url: str, seeder: Seeder) -> None:
+    async with serving(db_url, watch_check_seconds=0.1) as (server, stub):
+        streams = [Recorder.start(stub, Request(heartbeat_seconds=1)) for _ in range(20)]
+        await seeder.open([SeedSlot(1, TODAY, "19:00")], at=NOW)
+        for stream in streams:
+            await stream.until(lambda r: len(r.live()) == 1)
+        in_use = []
+        for _ in range(20):  # while they heartbeat and the hub reads every 0.1 s
+            in_use.append(sample(server, "dropwatch_db_pool_connections_in_use", pool="feed"))
+            await asyncio.sleep(0.075)
+        for stream in streams:
+            await stream.close()
+    assert max(in_use) <= 1  # the hub's own read, at most; none per stream

@@ -121,3 +121,21 @@ async def test_the_listening_connection_comes_back_after_it_is_killed(
         await stream.until(lambda r: len(r.live()) == 1, timeout=5)
         await stream.close()
         assert sample(server, READS, trigger="notify") > notified
+
+
+async def test_without_streams_the_reader_reads_nothing_and_starts_streams_at_the_horizon(
+    db_url: str, seeder: Seeder
+) -> None:
+    async with serving(db_url, watch_check_seconds=0.1) as (server, stub):
+        for venue in (1, 2, 3):
+            await seeder.open([slot(venue)], at=NOW)
+        await asyncio.sleep(0.5)
+        reads = sample(server, READS, trigger="notify") + sample(server, READS, trigger="check")
+        assert reads == 0  # only the horizon followed
+        stream = Recorder.start(stub, Request())
+        await asyncio.sleep(0.3)
+        await seeder.open([slot(4)], at=NOW)
+        await stream.until(lambda r: len(r.live()) == 1)
+        await asyncio.sleep(0.3)
+        await stream.close()
+    assert [venue_of(m) for m in stream.live()] == [4]  # from the moment it opened, not before

@@ -188,9 +188,17 @@ class Hub:
 
     async def _drain(self, trigger: str) -> None:
         async with self.engine.connect() as conn:
-            if self.position is None:  # the current moment: nothing before it is streamed
+            if self.position is None or not self._count:
+                # The current moment. With no stream open, nothing is read: the position only
+                # follows the horizon (unless a stream subscribed meanwhile: then it reads).
                 oldest, _ = await store.horizon(conn)
-                self.position = Cursor(oldest, 0, filter_key=filter_key(None))
+                now = Cursor(oldest, 0, filter_key=filter_key(None))
+                if self.position is None:
+                    self.position = now
+                if not self._count:
+                    self.position = self.position.after(oldest, 0)
+                    self.as_of = dt.datetime.now(dt.UTC)
+                    return
             while True:
                 page = await store.read_changes(conn, self.position, self.page, None)
                 self.metrics.reads.labels(trigger).inc()

@@ -8,7 +8,6 @@ import logging
 import os
 import socket
 import uuid
-from typing import cast
 
 import grpc
 
@@ -16,7 +15,6 @@ from services.poller.budget import make_budget
 from services.poller.exported import DatabaseSeries
 from services.poller.metrics import PollerMetrics
 from services.poller.poll import PollContext, PollOutcome
-from services.poller.ratelimit import RequestBudget
 from services.poller.resy import ResyProvider
 from services.poller.scheduler import Scheduler
 from services.poller.settings import PollerSettings
@@ -42,7 +40,7 @@ def build_context(settings: PollerSettings, database_url: str) -> PollContext:
     metrics.track_budget(budget.counters, budget.rate)
     provider = ResyProvider(
         settings,
-        cast(RequestBudget, budget),  # resy.py accepts any budget.Budget; annotation pending
+        budget,
         observe=lambda status_class: metrics.upstream_requests.labels(status_class).inc(),
     )
     return PollContext(settings, engine, provider, metrics, replica_id())

@@ -73,6 +73,9 @@ async def test_streams_beyond_the_limit_are_refused_and_do_not_count_against_una
         assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "limit of 2 streams" in (error.details() or "") and not refused.messages
         assert sample(server, ENDED, reason="limit") == 1
+        cursor = open_[0].last_cursor()  # a resuming stream gets its own cursor back
+        error = await Recorder.start(stub, Request(cursor=cursor)).ended(timeout=2)
+        assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and end_cursor(error) == cursor
         await stub.JustOpened(feed_pb2.JustOpenedRequest())  # the unary limit of 1 is free
         for stream in open_:
             await stream.close()

@@ -111,9 +111,13 @@ class WatchService:
             raise  # unreachable: abort raises
         try:
             sub = self.hub.subscribe(watch.query, watch.key, watch.cursor)
-        except RefusedError as refused:
+        except RefusedError as refused:  # the request's own cursor, if any, is still good
             self.metrics.ended.labels(refused.ending.reason).inc()
-            await context.abort(refused.ending.code, refused.ending.message)
+            message = refused.ending.message
+            if isinstance(request, feed_pb2.WatchDropsRequest) and request.cursor:
+                context.set_trailing_metadata(((CURSOR_KEY, request.cursor),))
+                message += f"; cursor={request.cursor}"
+            await context.abort(refused.ending.code, message)
             raise  # unreachable
         stream = Stream(self, sub, watch, context)
         ending = await self._serve(stream)

@@ -177,7 +177,7 @@ class AdaptivePlanner:
                 bucket_date=r.bucket_date,
                 anchor=r.time_slot,
                 cost=sizes + k.extra_pages.get(r.bucket_id, 0),
-                last_poll=r.last_polled_at,
+                last_poll=r.last_poll,
                 decayed_events=k.decayed.get(r.bucket_id, 0.0),
                 observed_seconds=r.watched_seconds,
                 fresh=r.fresh,
@@ -211,7 +211,11 @@ class AdaptivePlanner:
         """Read the live buckets, plan, lease up to `limit` due ones (two statements)."""
         async with self.ctx.engine.begin() as conn:
             rows = await store.read_schedule_state(
-                conn, first_day=live.first, last_day=live.last, cutoff_bucket_id=live.cutoff
+                conn,
+                first_day=live.first,
+                last_day=live.last,
+                cutoff_bucket_id=live.cutoff,
+                now=self._clock(),
             )
         await self.refresh(live, len(rows))
         now = self._clock()

@@ -15,14 +15,14 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import Any, cast
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import Engine, event, text
 
 from services.poller import store
-from services.poller.budget import SharedBudget
+from services.poller.budget import Budget, SharedBudget
 from services.poller.metrics import PollerMetrics
 from services.poller.poll import PollContext
 from services.poller.provider import BucketSpec
@@ -89,12 +89,12 @@ async def replica(
 ) -> AsyncIterator[tuple[PollContext, Recording]]:
     """A poll context over `resy`; `shared`: the market's budget in PostgreSQL (budget.py)."""
     engine = make_async_engine(settings, name=f"poller-{owner}", url=db_url)
-    budget: object = (
+    budget: Budget = (
         SharedBudget(engine, settings.market, settings.requests_per_second)
         if shared
         else RequestBudget(1000.0)
     )
-    inner = ResyProvider(settings, cast(RequestBudget, budget), transport=resy.transport())
+    inner = ResyProvider(settings, budget, transport=resy.transport())
     recording = Recording(inner)
     ctx = PollContext(settings, engine, recording, PollerMetrics(), owner, clock=Moving())
     try:
@@ -247,7 +247,11 @@ async def test_a_bucket_polled_by_another_replica_since_the_plan_is_skipped(
         live = scheduler.live_range()
         async with ctx.engine.begin() as conn:
             rows = await store.read_schedule_state(
-                conn, first_day=live.first, last_day=live.last, cutoff_bucket_id=live.cutoff
+                conn,
+                first_day=live.first,
+                last_day=live.last,
+                cutoff_bucket_id=live.cutoff,
+                now=ctx.clock(),
             )
         with engine.begin() as conn:  # another replica polls it between read and lease
             conn.execute(
@@ -257,6 +261,36 @@ async def test_a_bucket_polled_by_another_replica_since_the_plan_is_skipped(
         async with ctx.engine.begin() as conn:
             leased = await planner._lease(conn, [(r.bucket_id, r.last_polled_at) for r in rows])
         assert {lb.bucket_id for lb in leased} == {r.bucket_id for r in rows} - {CHURNING}
+
+
+async def test_a_replica_whose_clock_runs_ten_minutes_behind_still_polls(
+    db_url: str, engine: Engine, resy: ScriptedResy
+) -> None:
+    """Due-ness is decided on the database clock: a replica 10 minutes behind the one that
+    polled last finds the buckets due once their interval has passed, and its own polls do not
+    look 10 minutes overdue to the other replica."""
+    reset_buckets(engine)
+    resy.slots = {}  # empty answers: a polled bucket is no longer fresh
+    settings = adaptive(db_url, max_interval_seconds=1.0)
+    async with (
+        replica(settings, db_url, resy, "on-time", shared=False) as (right, _rec),
+        replica(settings, db_url, resy, "behind", shared=False) as (late, rec),
+    ):
+        on_time = right.clock
+        late.clock = lambda: on_time() - dt.timedelta(minutes=10)
+        first, second = Scheduler(right, clock=right.clock), Scheduler(late, clock=late.clock)
+        assert first._planner is not None and second._planner is not None
+        await first.start_planned(first._planner, 8)
+        assert len(first._tasks) == 2
+        await asyncio.gather(*first._tasks)
+        await asyncio.sleep(1.2)  # past the maximum interval
+        await second.start_planned(second._planner, 8)
+        assert {t.get_name() for t in second._tasks} == {f"poll-{STEADY}", f"poll-{CHURNING}"}
+        await asyncio.gather(*second._tasks)
+        plan, _ = await first._planner.tick(first.live_range(), 0)  # plan only
+        for bucket_id in (STEADY, CHURNING):  # just polled: not due, let alone 10 min overdue
+            assert plan.next_due[bucket_id] > plan.now - dt.timedelta(seconds=0.5), bucket_id
+    assert set(rec.polls) == {STEADY, CHURNING}
 
 
 def add_events(engine: Engine, bucket_id: str, ages: list[float], kind: str = "NEW_DROP") -> None:
@@ -397,7 +431,11 @@ async def test_a_bucket_with_more_venues_than_a_page_costs_more_requests(
         await planner.refresh(live, 2)
         async with ctx.engine.begin() as conn:
             rows = await store.read_schedule_state(
-                conn, first_day=live.first, last_day=live.last, cutoff_bucket_id=live.cutoff
+                conn,
+                first_day=live.first,
+                last_day=live.last,
+                cutoff_bucket_id=live.cutoff,
+                now=ctx.clock(),
             )
         plan = planner.plan(rows, ctx.clock())
         assert plan.costs == {CHURNING: 3, STEADY: 2}
@@ -470,9 +508,13 @@ async def test_a_learned_release_window_makes_its_bucket_dense_around_the_moment
         assert [(w.lead_days, w.release_minute) for w in planner.known.windows] == [(0, 420)]
         async with ctx.engine.begin() as conn:
             rows = await store.read_schedule_state(
-                conn, first_day=live.first, last_day=live.last, cutoff_bucket_id=live.cutoff
+                conn,
+                first_day=live.first,
+                last_day=live.last,
+                cutoff_bucket_id=live.cutoff,
+                now=ctx.clock(),
             )
-        polled = [replace(r, last_polled_at=moment, fresh=False) for r in rows]
+        polled = [replace(r, last_poll=moment, fresh=False) for r in rows]
         inside = planner.plan(polled, moment + dt.timedelta(seconds=30))
         assert inside.classes[CHURNING] == "release" and inside.classes[STEADY] != "release"
         assert inside.intervals[CHURNING] == ctx.settings.min_interval_seconds

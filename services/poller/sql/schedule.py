@@ -14,10 +14,13 @@ _LIVE = "bucket_date BETWEEN :first AND :last AND bucket_id >= :cutoff"
 
 # `watched_seconds` by the database clock, which wrote `created_at`. `fresh`: never polled,
 # or still baselining with slots to baseline (a bucket that answers empty never baselines; it
-# is not fresh forever).
+# is not fresh forever). `last_poll` is the last poll on the caller's clock (:now): its age by
+# the database clock, which wrote `last_polled_at`, taken from :now, so a replica whose clock
+# is off still sees each bucket's age as every other replica does.
 SCHEDULE_STATE = text(
     f"""
     SELECT bucket_id, bucket_date, time_slot, last_polled_at,
+           CAST(:now AS timestamptz) - (now() - last_polled_at) AS last_poll,
            greatest(0, extract(epoch FROM now() - created_at)) AS watched_seconds,
            last_polled_at IS NULL OR (baseline_polls < :baseline AND last_slot_count > 0)
                AS fresh,

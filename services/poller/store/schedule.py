@@ -22,7 +22,8 @@ class ScheduleRow:
     bucket_id: str
     bucket_date: dt.date
     time_slot: str
-    last_polled_at: dt.datetime | None
+    last_polled_at: dt.datetime | None  # as stored (the lease checks it is unchanged)
+    last_poll: dt.datetime | None  # the same moment on the reader's clock (plan with this)
     watched_seconds: float
     fresh: bool
     leased: bool
@@ -35,9 +36,16 @@ class ChangeRates:
 
 
 async def read_schedule_state(
-    conn: AsyncConnection, *, first_day: dt.date, last_day: dt.date, cutoff_bucket_id: str
+    conn: AsyncConnection,
+    *,
+    first_day: dt.date,
+    last_day: dt.date,
+    cutoff_bucket_id: str,
+    now: dt.datetime,
 ) -> list[ScheduleRow]:
-    """Every live bucket's last poll, lease and baseline state, in one statement."""
+    """Every live bucket's last poll, lease and baseline state, in one statement. `now` is
+    the caller's clock as it reads: each `last_poll` is put on it by its age on the database
+    clock, so due-ness does not depend on how far the replicas' clocks are apart."""
     rows = await conn.execute(
         sql.SCHEDULE_STATE,
         {
@@ -45,11 +53,12 @@ async def read_schedule_state(
             "last": last_day,
             "cutoff": cutoff_bucket_id,
             "baseline": BASELINE_POLLS,
+            "now": now,
         },
     )
     return [
-        ScheduleRow(b, day, anchor, polled, float(watched), fresh, leased)
-        for b, day, anchor, polled, watched, fresh, leased in rows.all()
+        ScheduleRow(b, day, anchor, polled, last_poll, float(watched), fresh, leased)
+        for b, day, anchor, polled, last_poll, watched, fresh, leased in rows.all()
     ]
 
 

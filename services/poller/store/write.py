@@ -90,6 +90,10 @@ async def write_healthy_poll(
     is no event (it was not observable before, e.g. blocked while the bucket baselined). An
     empty answer does not count.
 
+    `next_poll_at - now` is the wait the caller planned: the bucket stores it from the
+    database clock's `now()`, like its `last_polled_at` (see sql.WRITE_POLL), while events
+    carry `now`.
+
     `share` is the bucket's share of the day (shared/shares.py; None: the whole day). The
     fetch holds only slots within it; open slots stored outside it (from before a slot had one
     bucket) leave the snapshot silently, so they are neither diffed nor closed.
@@ -167,7 +171,8 @@ async def record_unhealthy(
     next_poll_at: dt.datetime,
 ) -> None:
     """Keep the snapshot; note the outcome and the holds (a failed fetch passes the leased
-    ones unchanged, so it neither resets nor advances them), release the lease."""
+    ones unchanged, so it neither resets nor advances them), release the lease. The poll's
+    time and next due time are stored by the database clock, as in `write_healthy_poll`."""
     await conn.execute(
         sql.RECORD_UNHEALTHY,
         {

@@ -12,7 +12,7 @@ import yaml
 
 from services.poller.metrics import HEALTHY_OUTCOMES
 from tests.conftest import REPO_ROOT
-from tests.deploy import tools
+from tests.deploy import registries, tools
 
 RULES_DIR = REPO_ROOT / "deploy" / "prometheus"
 RULES = RULES_DIR / "rules.yaml"
@@ -58,3 +58,11 @@ def test_the_fetch_failure_alert_excludes_exactly_the_healthy_outcomes() -> None
     expr = _alerts()["DropwatchPollerFetchesFailing"]
     (excluded,) = re.findall(r'reason!~"([^"]+)"', expr)
     assert set(excluded.split("|")) == set(HEALTHY_OUTCOMES)
+
+
+def test_a_poller_that_never_planned_does_not_look_below_the_floor() -> None:
+    """The fixed schedule never sets the gauge: at 0 from the start, DropwatchPollerBudgetBelowFloor
+    would fire for every poller with DROPWATCH_SCHEDULE=fixed."""
+    assert "== 0" in _alerts()["DropwatchPollerBudgetBelowFloor"]
+    samples = registries.poller_metrics().splitlines()
+    assert "dropwatch_poller_schedule_max_interval_kept 1.0" in samples

@@ -90,6 +90,7 @@ def test_the_required_alerts_exist() -> None:
             "dropwatch_maintenance_recorded_last_success_timestamp_seconds"
         ),
         "DropwatchMaintenanceNeverReported": "dropwatch_maintenance_last_success_timestamp_seconds",
+        "DropwatchPollerBudgetBelowFloor": "dropwatch_poller_schedule_max_interval_kept",
     }
     for alert, metric in required.items():
         assert metric in alerts[alert], alert
@@ -186,6 +187,10 @@ def test_dashboard_shows_what_operators_need() -> None:
         "dropwatch_maintenance_step_duration_seconds",
         # What the pool really holds open (size + negative overflow would say 10 for 2).
         "sum by (pool) (dropwatch_db_pool_open_connections)",
+        # The adaptive schedule: what it plans against the budget, and what that costs in delay.
+        "max(dropwatch_poller_planned_requests_per_second)",
+        "max(dropwatch_poller_request_budget_per_second)",
+        "dropwatch_poller_expected_detection_delay_seconds",
     ):
         assert needle in exprs, needle
     assert "clamp_min(dropwatch_db_pool_overflow_connections" not in exprs

@@ -158,7 +158,12 @@ async def _check(http: httpx.AsyncClient, log_path: Path, targets: dict[str, int
     await wait_until_async(pools, "dropwatch_db_pool_size of both services")
     # Every method's series exists from the start (at zero); the one called has counts.
     buckets = await query("grpc_server_handling_seconds_bucket")
-    assert buckets and {r["metric"]["grpc_method"] for r in buckets} == {"JustOpened", "StillOpen"}
+    assert buckets and {r["metric"]["grpc_method"] for r in buckets} == {
+        "JustOpened",
+        "StillOpen",
+        "ListChanges",
+        "WatchDrops",
+    }
     called = await query('grpc_server_handling_seconds_count{grpc_method="JustOpened"} > 0')
     assert len(called) == 1
     assert {r["metric"]["job"] for r in buckets} == {"dropwatch-feed"}

@@ -149,7 +149,7 @@ def params(
 # and stopped after LIMIT rows; `:horizon` (the oldest transaction in flight, taken by
 # `HORIZON` just before) keeps out transactions that could still commit below the position.
 #
-# What the rows hold (services/poller/sql.py, WRITE_POLL): NEW_DROP: the slot as it opened.
+# What the rows hold (services/poller/sql/write.py, WRITE_POLL): NEW_DROP: the slot as it opened.
 # CLOSED: the slot, its drop's opened_at, closed_at, duration, `drop_event_id` = the NEW_DROP,
 # and `party_sizes` as they were when it closed (the opening's sizes: `c.opening_sizes`, by
 # primary key: the NEW_DROP is in the same day partition). SIZE_OPEN / SIZE_CLOSE: the sizes added /

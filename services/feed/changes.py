@@ -89,7 +89,7 @@ class ChangePage:
 
 def filter_query(f: feed_pb2.FeedFilter) -> FeedQuery:
     """A stream's or change list's filter, validated as the other RPCs validate it."""
-    return request._build(CHANGES, f, 0, 1, False, "")
+    return request.build_query(CHANGES, f, 0, 1, False, "")
 
 
 def matches(query: FeedQuery | None, change: Change) -> bool:

@@ -17,7 +17,7 @@ from services.feed import limits, request, store
 from services.feed.changes import OutOfRangeError, filter_query, to_proto
 from services.feed.cursor import Cursor, CursorCodec, filter_key
 from services.feed.errors import InvalidArgumentError
-from services.feed.servicer import Context, FeedServicer, _abort, _database_errors
+from services.feed.servicer import Context, FeedServicer, abort_call, database_errors
 from shared.errors import DropwatchError
 from shared.gen.dropwatch.feed.v1 import feed_pb2
 
@@ -44,13 +44,13 @@ class ChangeLister:
         self, raw: feed_pb2.ListChangesRequest | request.Undecodable, context: Context
     ) -> bytes:
         try:
-            with _database_errors():
+            with database_errors():
                 return (await self._answer(raw, context)).SerializeToString()
         except OutOfRangeError as exc:
             await context.abort(grpc.StatusCode.OUT_OF_RANGE, str(exc))
             raise
         except DropwatchError as exc:
-            await _abort(context, exc)
+            await abort_call(context, exc)
             raise  # unreachable: abort raises
         except Exception:  # a bug or an unexpected database error: log it, answer INTERNAL
             log.exception("ListChanges failed")
@@ -62,14 +62,14 @@ class ChangeLister:
     ) -> feed_pb2.ListChangesResponse:
         if isinstance(raw, request.Undecodable):
             raise InvalidArgumentError("request", f"cannot be decoded: {raw.problem}")
-        limit, capped = request._limit(
+        limit, capped = request.capped_limit(
             raw.limit, limits.LIST_CHANGES_DEFAULT_LIMIT, limits.LIST_CHANGES_MAX_LIMIT
         )
         query = filter_query(raw.filter)
         key = filter_key(query)
         after = self.codec.decode(raw.cursor, key) if raw.cursor else None
         response = feed_pb2.ListChangesResponse(applied_limit=limit, limit_capped=capped)
-        timeout_ms = self.servicer._timeout_ms(context)
+        timeout_ms = self.servicer.timeout_ms(context)
         async with self.servicer.engine.connect() as conn, conn.begin():
             await store.set_statement_timeout(conn, timeout_ms)
             if after is None:  # the current moment: nothing yet, a cursor to list from

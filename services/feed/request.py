@@ -88,10 +88,10 @@ def from_just_opened(raw: feed_pb2.JustOpenedRequest | Undecodable) -> FeedQuery
         raise InvalidArgumentError(
             "max_age_seconds", f"must be between 0 and {limits.MAX_MAX_AGE_SECONDS}"
         )
-    limit, capped = _limit(
+    limit, capped = capped_limit(
         request.limit, limits.JUST_OPENED_DEFAULT_LIMIT, limits.JUST_OPENED_MAX_LIMIT
     )
-    return _build(
+    return build_query(
         JUST_OPENED,
         request.filter,
         age or limits.DEFAULT_MAX_AGE_SECONDS,
@@ -109,13 +109,13 @@ def from_still_open(raw: feed_pb2.StillOpenRequest | Undecodable) -> FeedQuery:
             raise InvalidArgumentError("min_age_seconds", "must not be negative")
     else:
         age = limits.DEFAULT_MAX_AGE_SECONDS
-    limit, capped = _limit(
+    limit, capped = capped_limit(
         request.limit, limits.STILL_OPEN_DEFAULT_LIMIT, limits.STILL_OPEN_MAX_LIMIT
     )
-    return _build(STILL_OPEN, request.filter, age, limit, capped, request.page_token)
+    return build_query(STILL_OPEN, request.filter, age, limit, capped, request.page_token)
 
 
-def _limit(requested: int, default: int, maximum: int) -> tuple[int, bool]:
+def capped_limit(requested: int, default: int, maximum: int) -> tuple[int, bool]:
     if requested < 0:
         raise InvalidArgumentError("limit", "must not be negative")
     if requested == 0:
@@ -123,7 +123,7 @@ def _limit(requested: int, default: int, maximum: int) -> tuple[int, bool]:
     return min(requested, maximum), requested > maximum
 
 
-def _build(
+def build_query(
     kind: str, f: feed_pb2.FeedFilter, age: int, limit: int, capped: bool, token: str
 ) -> FeedQuery:
     for name in ("reservation_dates", "party_sizes", "time_slots", "venue_ids"):

@@ -96,12 +96,12 @@ class FeedServicer:
         context: Context,
         make: Callable[[], Response],
     ) -> bytes:
-        """Validate, answer, and map every failure to a status code (`_abort`)."""
+        """Validate, answer, and map every failure to a status code (`abort_call`)."""
         try:
-            with _database_errors():
+            with database_errors():
                 return await self._cached(rpc, validate(), context, make)
         except DropwatchError as exc:
-            await _abort(context, exc)
+            await abort_call(context, exc)
             raise  # unreachable: abort raises
         except Exception:  # a bug or an unexpected database error: log it, answer INTERNAL
             log.exception("%s failed", rpc)
@@ -158,7 +158,7 @@ class FeedServicer:
         response: Response,
     ) -> Response:
         today = market_today(self.settings.zone, boundary.at)
-        timeout_ms = self._timeout_ms(context)
+        timeout_ms = self.timeout_ms(context)
         async with self.engine.connect() as conn, conn.begin():
             await store.set_statement_timeout(conn, timeout_ms)
             rows = await store.fetch_feed(
@@ -181,7 +181,7 @@ class FeedServicer:
         response.as_of.FromDatetime(as_of)
         return response
 
-    def _timeout_ms(self, context: Context) -> int:
+    def timeout_ms(self, context: Context) -> int:
         """The statement timeout for this request: the client's deadline, capped by ours."""
         bound = self.settings.db_statement_timeout_ms or 60_000
         remaining = context.time_remaining()
@@ -264,7 +264,7 @@ _TOO_SLOW = {"57014", "55P03"}
 
 
 @contextlib.contextmanager
-def _database_errors() -> Iterator[None]:
+def database_errors() -> Iterator[None]:
     """Database errors as domain errors, for the SQLAlchemy path and the raw-driver path alike
     (`store.fetch_feed` runs its query on the psycopg connection itself)."""
     try:
@@ -289,7 +289,7 @@ def _translate(exc: BaseException | None) -> None:
         raise DatabaseUnavailableError(f"cannot reach PostgreSQL: {reason}") from exc
 
 
-async def _abort(context: Context, exc: DropwatchError) -> None:
+async def abort_call(context: Context, exc: DropwatchError) -> None:
     code = _STATUS.get(type(exc), grpc.StatusCode.INTERNAL)
     if code is grpc.StatusCode.INTERNAL:
         log.error("feed request failed: %s", exc)

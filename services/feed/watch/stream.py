@@ -30,7 +30,7 @@ from services.feed.changes import OutOfRangeError, feed_item
 from services.feed.cursor import Cursor, CursorCodec
 from services.feed.metrics import WatchMetrics
 from services.feed.request import Undecodable
-from services.feed.servicer import _abort, _database_errors
+from services.feed.servicer import abort_call, database_errors
 from services.feed.settings import FeedSettings
 from services.feed.watch.hub import PAGE, Hub, RefusedError, pending
 from services.feed.watch.request import Watch, from_watch
@@ -94,7 +94,7 @@ class WatchService:
         self, request: feed_pb2.WatchDropsRequest | Undecodable, context: Context
     ) -> None:
         try:
-            with _database_errors():
+            with database_errors():
                 watch = from_watch(
                     request, self.codec, self.settings.watch_default_heartbeat_seconds
                 )
@@ -107,7 +107,7 @@ class WatchService:
             raise  # unreachable: abort raises
         except DropwatchError as exc:
             self.metrics.ended.labels("refused").inc()
-            await _abort(context, exc)
+            await abort_call(context, exc)
             raise  # unreachable: abort raises
         try:
             sub = self.hub.subscribe(watch.query, watch.key, watch.cursor)
@@ -131,7 +131,7 @@ class WatchService:
     async def _serve(self, stream: Stream) -> Ending:
         sub = stream.sub
         try:
-            with _database_errors():
+            with database_errors():
                 return await stream.run()
         except asyncio.CancelledError:
             if sub.ending is None:  # the consumer went away (or the server stops at once)

@@ -22,7 +22,6 @@ from sqlalchemy import text
 
 from bench import harness
 from bench.detection_parts import (
-    FIXED_COOLDOWN,
     LIFETIMES,
     Adaptive,
     Emulation,
@@ -67,7 +66,15 @@ class Setup:
         self.anchors, self.sizes = default("anchors"), default("party_sizes")
         self.days, self.cost = default("window_days"), len(self.sizes)
         self.buckets = live_buckets(today, self.days, self.anchors, default("search_window_hours"))
-        self.settings = policy.PolicySettings(budget=args.budget, zone=self.zone)
+        self.settings = policy.PolicySettings(  # as services/poller/adaptive.py builds them
+            min_interval=default("min_interval_seconds"),
+            max_interval=default("max_interval_seconds"),
+            budget=args.budget,
+            half_life=default("change_rate_half_life_seconds"),
+            window_before=default("release_window_before_seconds"),
+            window_after=default("release_window_after_seconds"),
+            zone=self.zone,
+        )
         # What helper D's learner finds when it saw every release: each (lead, nominal
         # minute) releasing into a live bucket; the model's day-to-day jitter is not known.
         pairs = {(s.lead_days, s.minute) for s in world.release_schedule()}
@@ -105,7 +112,7 @@ class Setup:
         self, name: str, t0: float, t1: float, truth: list[Scored], profile: dict[int, float]
     ) -> Run:
         emulation, s = Emulation(self.world, self.buckets, self.sizes), self
-        pol: Policy = Fixed(s.buckets, t0, FIXED_COOLDOWN)
+        pol: Policy = Fixed(s.buckets, t0, default("cooldown_seconds"))  # DROPWATCH_SCHEDULE=fixed
         if name == "adaptive":
             pol = Adaptive(
                 s.buckets, emulation, s.settings, s.cost, s.args.tick, profile, s.windows

@@ -20,7 +20,6 @@ from shared.shares import Share, bucket_share
 from tools.simulator.dropworld import Drop, DropWorld
 
 BASELINE_POLLS = 3  # services/poller/store.py: a bucket's first 3 non-empty answers baseline
-FIXED_COOLDOWN = 30.0  # today's DROPWATCH_COOLDOWN_SECONDS
 Key = tuple[int, int, str]  # (venue id, slot minute, seating): the slot id within one bucket
 LIFETIMES = ("under 10 s", "10-60 s", "over 60 s")
 
@@ -169,11 +168,9 @@ class Policy(Protocol):
 class Fixed:
     """Today's behaviour: every bucket `cooldown` seconds after its last poll."""
 
-    name = "fixed 30 s round robin"
-
     def __init__(self, buckets: Sequence[Bucket], t0: float, cooldown: float) -> None:
         self.next = {b.bucket_id: t0 for b in buckets}
-        self.cooldown = cooldown
+        self.cooldown, self.name = cooldown, f"fixed {cooldown:g} s round robin"
 
     def due(self, t: float) -> list[str]:
         return sorted((b for b, n in self.next.items() if n <= t), key=lambda b: (self.next[b], b))

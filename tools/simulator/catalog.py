@@ -110,14 +110,25 @@ class Venue:
 
 @dataclass(frozen=True)
 class ScriptedSlot:
+    """One scripted table. `open_during`: the [start, end) intervals (POSIX seconds of the
+    simulator's clock) it is open in, so a test can script short-lived drops and knows their
+    exact ground truth; empty (the default) = always open."""
+
     time: str
     seating_type: str = "Dining Room"
     party_sizes: tuple[int, ...] = (2, 4)
+    open_during: tuple[tuple[float, float], ...] = ()
 
     def __post_init__(self) -> None:
         parse_hhmm(self.time)
         if not self.party_sizes or any(p < 1 for p in self.party_sizes):
             raise ValueError(f"party_sizes must be positive, got {self.party_sizes!r}")
+        if any(not start < end for start, end in self.open_during):
+            raise ValueError(f"open_during needs start < end, got {self.open_during!r}")
+
+    def is_open_at(self, t: float) -> bool:
+        """Open at POSIX second `t` (always, without `open_during`)."""
+        return not self.open_during or any(s <= t < e for s, e in self.open_during)
 
     @property
     def minute(self) -> int:

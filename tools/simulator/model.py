@@ -284,8 +284,10 @@ def scripted_search(
     window: TimeWindow,
     now: datetime,
 ) -> tuple[VenueAvailability, ...]:
-    """Exactly the scripted slots that fit the party size and window, ordered by venue id."""
+    """Exactly the scripted slots open at `now` that fit the party size and window, ordered by
+    venue id."""
     t = math.floor(simulated_seconds(now, speed))
+    posix = simulated_seconds(now, 1.0)  # the clock itself, in POSIX seconds
     found = []
     for scripted in sorted(venues, key=lambda v: v.venue_id):
         venue = scripted_venue_info(seed, scripted)
@@ -301,7 +303,7 @@ def scripted_search(
                 tpl,
             )
             for s in sorted(scripted.slots, key=lambda s: (s.minute, s.seating_type))
-            if party_size in s.party_sizes and window.contains(s.minute)
+            if party_size in s.party_sizes and window.contains(s.minute) and s.is_open_at(posix)
         )
         if slots:
             found.append(VenueAvailability(venue, slots))

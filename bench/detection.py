@@ -346,9 +346,10 @@ def render(result: dict[str, Any], section: Section) -> list[Point]:
         section.table(
             HEAD,
             rows(real_scores, real_truth),
-            f"The real poller process for {args.real_seconds} s ({where}; drops after a "
-            f"{args.real_warmup} s warm-up scored), beside the virtual policies over the same "
-            "model interval (few drops: recall of a short run is noisy):",
+            f"The real poller process for {args.real_seconds} s ({where}; drops starting "
+            f"from {args.real_warmup} s in to {REAL_TAIL:g} s before the end scored), beside "
+            "the virtual policies over the same model interval (one release burst and a few "
+            "cancellations: the recall of a short run is noisy):",
         )
     section.targets(targets(scores, truth, real_scores[:1]))
     return []

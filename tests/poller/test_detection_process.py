@@ -49,8 +49,8 @@ MAX_INTERVAL = 5.0
 BUDGET = 3.0
 DROPS = 8
 DROP_EVERY = 4.0
-# A poll's request reaches the simulator at most this long after it starts, or its events are
-# written this long after the table closed: lateness allowed when matching an event to a drop.
+# An event's opened_at is taken when its poll's fetch returns, so it may come after the table
+# it saw had closed again: the lateness allowed when matching an event to a drop.
 LATE_S = 3.0
 # How far past the maximum interval a quiet bucket's next request may arrive: the poll itself,
 # the tick and the lease on a machine shared with other test runs.

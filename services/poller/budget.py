@@ -152,5 +152,8 @@ class SharedBudget:
 
 
 def make_budget(settings: PollerSettings, engine: AsyncEngine) -> SharedBudget:
-    """The market's shared budget at `DROPWATCH_REQUESTS_PER_SECOND` (for all replicas)."""
-    return SharedBudget(engine, settings.market, settings.requests_per_second)
+    """The market's shared budget at `DROPWATCH_REQUESTS_PER_SECOND` (for all replicas), with
+    bursts up to `DROPWATCH_REQUEST_BURST`."""
+    return SharedBudget(
+        engine, settings.market, settings.requests_per_second, burst=settings.request_burst
+    )

@@ -32,6 +32,11 @@ class PollerSettings(Settings):
     requests_per_second: float = Field(
         default=5.0, gt=0, le=1000, description="For the market: all replicas together."
     )
+    # A provider counts requests per second in a window, not on average: with a burst of 1 the
+    # market's requests are paced 1/rate apart, so no 1 s window holds more than the rate.
+    request_burst: float = Field(
+        default=1.0, ge=1, le=1000, description="Requests the market may send at once."
+    )
     max_attempts: int = Field(default=4, ge=1, le=10, description="Tries per request.")
     backoff_base_seconds: float = Field(default=0.5, gt=0, le=30)
     # Bounds on what one answer may hold; any excess makes the whole fetch unhealthy.

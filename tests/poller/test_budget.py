@@ -217,6 +217,29 @@ async def test_factory_uses_the_market_and_its_rate(db_url: str) -> None:
         assert await budget.acquire(time.monotonic() + 1)
 
 
+async def test_the_shipped_budget_paces_replicas_so_no_second_holds_more_than_the_rate(
+    db_url: str,
+) -> None:
+    """A provider counts requests per second in a window: with the default burst of 1 the
+    market's grants are paced 1/rate apart, so two replicas asking non-stop never put more
+    than the rate (plus one for a window that starts exactly on a grant) in any second; with
+    a burst of one second's worth it would be up to twice the rate."""
+    # The test helper's settings lift the rate out of the way; the shipped default is 5.
+    settings = poller_settings(db_url, "http://127.0.0.1:1").model_copy(
+        update={"requests_per_second": 5.0}
+    )
+    assert settings.request_burst == 1
+    rate = settings.requests_per_second
+    stamps: list[float] = []
+    async with replicas(db_url, 2) as engines:
+        budgets = [make_budget(settings, eng) for eng in engines]
+        await asyncio.gather(*(hammer(b, 3.0, 3, stamps) for b in budgets))
+    stamps.sort()
+    assert len(stamps) >= 0.7 * rate * 3.0
+    busiest = max(sum(1 for s in stamps[i:] if s < t + 1.0) for i, t in enumerate(stamps))
+    assert busiest <= rate + 1
+
+
 async def test_a_row_written_by_hand_never_grants_a_negative_or_a_huge_number(
     db_url: str, engine: Engine
 ) -> None:

@@ -51,6 +51,7 @@ DAY = dt.date(2026, 12, 7)  # the simulated day (market-local); the model is see
 TARGET_RECALL_10S, TARGET_VS_FIXED, TARGET_CHURN_P50, TARGET_RELEASE_P50 = 0.9, 2.0, 3.0, 5.0
 REAL_START = dt.time(8, 59)  # the real run's model time starts a minute before 09:00 releases
 TAIL, REAL_TAIL = 60.0, 10.0  # seconds polled after the last scored drop's start
+REAL_LAG = 2.0  # a real NEW_DROP's opened_at is taken after the fetch: up to this much later
 
 
 def default(name: str) -> Any:
@@ -168,6 +169,7 @@ def real(server: PgServer, args: argparse.Namespace) -> tuple[list[Score], str, 
     )
     sim = Simulator(args.venues, args.seed, model="drops", start_at=now + shift)
     assert sim.drops is not None
+    offset = (sim.virtual_now() - dt.datetime.now(dt.UTC)).total_seconds()  # model - clock
     setup = Setup(args, sim.drops, local.date())
     with server.migrated("dw_bench_detection") as name, sim, tempfile.TemporaryDirectory() as tmp:
         engine = harness.engine_for(server.url_for(name))
@@ -203,7 +205,6 @@ def real(server: PgServer, args: argparse.Namespace) -> tuple[list[Score], str, 
         with engine.connect() as conn:
             events = conn.execute(text(NEW_DROPS)).all()
         engine.dispose()
-    offset = shift.total_seconds()
     v0, v1 = started + offset, ended + offset
     spelling = {normalise_seating(s): s for v in sim.drops.venues for s in v.seating_types}
     found = []
@@ -220,7 +221,12 @@ def real(server: PgServer, args: argparse.Namespace) -> tuple[list[Score], str, 
     scores, truth = virtual(setup, v0, v1 - REAL_TAIL, args.real_warmup, REAL_TAIL, False)
     classes = scores[0].by_class
     where = f"model time {at(v0).astimezone(zone):%Y-%m-%d %H:%M:%S} + {v1 - v0:.0f} s"
-    return [score(polled, truth, classes, args.budget), *scores], where, truth
+    ours = score(polled, truth, classes, args.budget, REAL_LAG)
+    for new in ours.unmatched:  # say what a false drop was, for whoever has to look into it
+        same = [s.drop for s in truth if (s.bucket_id, s.key) == (new.bucket_id, new.key)]
+        spans = ", ".join(f"[{d.start - new.t:+.2f}, {d.end - new.t:+.2f}]" for d in same)
+        harness.log(f"real run: false drop {new.bucket_id} {new.key}; true drops: {spans}")
+    return [ours, *scores], where, truth
 
 
 INSERT_WINDOW = """INSERT INTO release_windows (market, venue_id, lead_days, release_minute,

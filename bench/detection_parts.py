@@ -355,6 +355,7 @@ class Score:
     false: int  # NEW_DROPs matching no true open interval, or a second one for the same drop
     by_class: dict[str, list[int]]  # "under 10 s", ..., "churning", "release" -> truth indexes
     budget: float
+    unmatched: list[NewDrop] = field(default_factory=list)  # the false drops
 
     def recall(self, what: str = "all") -> tuple[int, int]:
         members = self.by_class[what]
@@ -374,20 +375,25 @@ class Score:
         return window_max(sorted(self.run.requests), 60.0)
 
 
-def score(run: Run, truth: Sequence[Scored], classes: dict[str, list[int]], rate: float) -> Score:
-    """Match each NEW_DROP to a true drop of the same slot open at its detection time."""
+def score(
+    run: Run, truth: Sequence[Scored], classes: dict[str, list[int]], rate: float, lag: float = 0
+) -> Score:
+    """Match each NEW_DROP to a true drop of the same slot open at its detection time (or
+    `lag` seconds before it: a real poll stamps its events after the whole fetch)."""
     index: dict[tuple[str, Key], list[int]] = defaultdict(list)
     for i, s in enumerate(truth):
         index[(s.bucket_id, s.key)].append(i)
-    scored, found, matched, false = set(classes["all"]), {}, set(), 0
-    for bid, key, t in run.new_drops:
+    scored, found, matched, false = set(classes["all"]), {}, set(), []
+    for new in run.new_drops:
         hit = [
-            i for i in index.get((bid, key), ()) if truth[i].drop.start <= t <= truth[i].drop.end
+            i
+            for i in index.get((new.bucket_id, new.key), ())
+            if truth[i].drop.start <= new.t <= truth[i].drop.end + lag
         ]
         if not hit or hit[0] in matched:
-            false += 1  # no true drop open then, or a second NEW_DROP for one true drop
+            false.append(new)  # no true drop open then, or a second NEW_DROP for one true drop
             continue
         matched.add(hit[0])
         if hit[0] in scored:
-            found[hit[0]] = t
-    return Score(run, found, false, classes, rate)
+            found[hit[0]] = new.t
+    return Score(run, found, len(false), classes, rate, false)

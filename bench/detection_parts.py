@@ -19,7 +19,7 @@ from services.poller import policy
 from shared.shares import Share, bucket_share
 from tools.simulator.dropworld import Drop, DropWorld
 
-BASELINE_POLLS = 3  # services/poller/store.py: a bucket's first 3 non-empty answers baseline
+BASELINE_POLLS = 3  # services/poller/store/lease.py: a bucket's first 3 non-empty answers baseline
 Key = tuple[int, int, str]  # (venue id, slot minute, seating): the slot id within one bucket
 LIFETIMES = ("under 10 s", "10-60 s", "over 60 s")
 

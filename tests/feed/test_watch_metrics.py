@@ -37,6 +37,10 @@ def sent(stream: Recorder, kind: str) -> int:
     return sum(1 for m in stream.messages if m.WhichOneof("message") == kind)
 
 
+def counted_as_sent(server: FeedServer, stream: Recorder, kind: str) -> Callable[[], bool]:
+    return lambda: sample(server, MESSAGES, type=kind) == sent(stream, kind)
+
+
 def seen_ago(seconds: float = 0.0) -> dt.datetime:
     """A poll's time of seeing a change, `seconds` before now (real time: the lag is real)."""
     return dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds)
@@ -82,7 +86,7 @@ async def test_a_sent_change_records_its_lag_and_the_messages_by_type(
 
         await stream.until(lambda r: sent(r, "progress") >= 3)  # heartbeats after the changes
         for kind in ("opened", "closed", "progress"):
-            await eventually(lambda k=kind: sample(server, MESSAGES, type=k) == sent(stream, k))
+            await eventually(counted_as_sent(server, stream, kind))
         assert sample(server, MESSAGES, type="opened") == 2
         assert sample(server, MESSAGES, type="closed") == 1
         assert sample(server, MESSAGES, type="initial") == 0

@@ -8,13 +8,20 @@ moment in a bucket polled every `I` seconds waits `I / 2` on average, so the exp
 delay over all buckets is `sum(lambda_b * I_b / 2)` for change rates `lambda_b`. Minimising it
 under the request budget `sum(c_b / I_b) <= R` (a poll of bucket `b` costs `c_b` requests) gives
 poll frequencies proportional to `sqrt(lambda_b / c_b)` (the square-root rule of refresh
-policies and age-of-information scheduling). The budget is split in order:
+policies and age-of-information scheduling). But a drop that lives `L < I` is seen only with
+probability `L / I`: for the short drops the missed count `lambda_b * (1 - L f_b)` falls
+linearly in `f_b` at a slope proportional to `lambda_b`, which favours the busiest buckets more
+than the square root does. Minimising `sum(lambda_b * I_b ** p)` (missed or late drops growing
+like `I ** p`, `0 < p <= 1`) gives `f_b ~ (lambda_b / c_b) ** ALPHA` with `ALPHA = 1 / (1 + p)`;
+the policy uses `ALPHA` = 2/3 (`p` = 1/2), between the mean-delay optimum (1/2) and the
+missed-short-drop limit (1, as `p -> 0`), as measured in bench/detection.py. The budget is
+split in order:
 
 1. the floor: every bucket at least every `max_interval` (no bucket starves);
 2. fresh buckets (no baseline yet) and buckets inside a learned release window, at
    `min_interval`;
-3. the rest by the square-root rule, clamped to [min_interval, max_interval], its scale found
-   by bisection so the total fits what is left.
+3. the rest by `(lambda_b / c_b) ** ALPHA`, clamped to [min_interval, max_interval], its
+   scale found by bisection so the total fits what is left.
 
 When the floor alone exceeds the budget, the budget wins (it is the provider's limit): every
 interval stretches to the same `sum(c_b) / R` and `Plan.floor_kept` is False.
@@ -23,6 +30,7 @@ interval stretches to the same `sum(c_b) / R` and `Plan.floor_kept` is False.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,7 +50,14 @@ PRIOR_WEIGHT = 0.25
 # Prior rate (changes per second per bucket) when no history is known at all: small, but
 # positive, so an unknown market spends its budget evenly instead of leaving it unused.
 DEFAULT_PRIOR_PER_SECOND = 0.1 / 60
-_BISECTION_STEPS = 100
+# The bisection for the frequency rule's scale stops at this relative precision (a
+# frequency off by one part in a million is nothing), or after this many halvings.
+_BISECTION_TOLERANCE = 1e-6
+_BISECTION_STEPS = 60
+# The exponent of the frequency rule `f ~ (lambda / c) ** ALPHA` (docs/architecture.md,
+# Scheduling and replicas): 0.5 minimises the mean delay of all drops; towards 1 it minimises
+# the drops that live shorter than their bucket's interval, missed.
+ALPHA = 2 / 3
 
 
 class WindowLike(Protocol):
@@ -157,20 +172,33 @@ def hour_prior(profile: Mapping[int, float], now: dt.datetime, zone: dt.tzinfo) 
     return max(0.0, rate)
 
 
+_WindowKey = tuple[tuple[int, int, tuple[str, ...]], ...]
+
+
 def release_moments(
     bucket: BucketState, windows: Iterable[WindowLike], zone: dt.tzinfo
 ) -> list[dt.datetime]:
     """When the learned windows release into this bucket (aware datetimes, sorted)."""
+    key = tuple((w.lead_days, w.release_minute, tuple(w.time_slots)) for w in windows)
+    return list(_moments(bucket.bucket_date, bucket.anchor, key, zone))
+
+
+@functools.lru_cache(maxsize=4096)
+def _moments(
+    bucket_date: dt.date, anchor: str, windows: _WindowKey, zone: dt.tzinfo
+) -> tuple[dt.datetime, ...]:
+    """`release_moments`, cached: a plan asks it for every bucket, and the windows change once
+    a minute at most, the live buckets once a day."""
     moments = set()
-    for w in windows:
-        if w.time_slots and bucket.anchor not in w.time_slots:
+    for lead_days, minute, time_slots in windows:
+        if time_slots and anchor not in time_slots:
             continue
-        if not 0 <= w.release_minute < 24 * 60:
+        if not 0 <= minute < 24 * 60:
             continue  # not a time of day: nothing to poll for
-        day = bucket.bucket_date - dt.timedelta(days=w.lead_days)
-        local = dt.datetime.combine(day, dt.time(w.release_minute // 60, w.release_minute % 60))
+        day = bucket_date - dt.timedelta(days=lead_days)
+        local = dt.datetime.combine(day, dt.time(minute // 60, minute % 60))
         moments.add(local.replace(tzinfo=zone))
-    return sorted(moments)
+    return tuple(sorted(moments))
 
 
 def _release_state(
@@ -205,6 +233,8 @@ def _fit(
     else:
         low_k, high_k = 0.0, top
         for _ in range(_BISECTION_STEPS):
+            if high_k - low_k <= _BISECTION_TOLERANCE * high_k:
+                break
             mid = (low_k + high_k) / 2
             low_k, high_k = (mid, high_k) if cost_at(mid) <= spend else (low_k, mid)
         k = low_k
@@ -225,8 +255,10 @@ def plan(
     rates = {
         b.bucket_id: estimate_rate(b.decayed_events, b.observed_seconds, prior, s) for b in buckets
     }
+    key = tuple((w.lead_days, w.release_minute, tuple(w.time_slots)) for w in windows)
     release: dict[str, tuple[dt.datetime | None, dt.datetime | None]] = {
-        b.bucket_id: _release_state(release_moments(b, windows, s.zone), now, s) for b in buckets
+        b.bucket_id: _release_state(_moments(b.bucket_date, b.anchor, key, s.zone), now, s)
+        for b in buckets
     }
     classes: dict[str, str] = {}
     for b in buckets:
@@ -251,7 +283,7 @@ def plan(
         for bid in first:
             freqs[bid] = lo + share * (hi - lo)
         left -= min(extra, left)
-        rest = {bid: math.sqrt(rates[bid] / costs[bid]) for bid in costs if bid not in freqs}
+        rest = {bid: (rates[bid] / costs[bid]) ** ALPHA for bid in costs if bid not in freqs}
         rest_floor = sum(costs[bid] for bid in rest) * lo
         freqs.update(_fit(rest, costs, lo, hi, left + rest_floor))
 

@@ -54,13 +54,35 @@ def spent(p: policy.Plan) -> float:
 
 
 def test_a_churning_buckets_interval_shrinks_below_the_quiet_ones() -> None:
-    p = policy.plan(market(), NOW, S, profile={})
+    p = policy.plan(market(events=4.0), NOW, S, profile={})
     churn, quiet = p.intervals["b000"], p.intervals["b001"]
     assert churn < quiet / 3
     assert p.classes["b000"] == policy.CHURNING and p.classes["b001"] == policy.QUIET
     # More events: shorter still (monotone in the rate).
-    hotter = policy.plan(market(events=400.0), NOW, S, profile={})
+    hotter = policy.plan(market(events=40.0), NOW, S, profile={})
     assert hotter.intervals["b000"] < churn
+
+
+def test_four_times_the_change_rate_buys_more_than_twice_the_frequency() -> None:
+    """The rule is `f ~ (lambda / c) ** ALPHA` with ALPHA above the square root's 0.5: the
+    busiest buckets get more than the mean-delay optimum would give them, within the floor
+    and the budget."""
+    assert 0.5 < policy.ALPHA <= 1.0
+    buckets = [bucket(0, events=40.0)] + [bucket(i, events=10.0) for i in range(1, 28)]
+    p = policy.plan(buckets, NOW, S, profile={})
+    ratio = p.rates["b000"] / p.rates["b001"]
+    assert ratio == pytest.approx(4.0, rel=0.1)
+    speedup = p.intervals["b001"] / p.intervals["b000"]
+    assert speedup > 2.0
+    assert speedup == pytest.approx(ratio**policy.ALPHA)
+    assert S.min_interval < p.intervals["b000"]  # not clamped: the rule itself decided
+    assert max(p.intervals.values()) <= S.max_interval + 1e-9  # the floor holds
+    assert spent(p) == pytest.approx(S.budget)  # the budget caps, and is spent
+    # A request costs the same wherever it goes: twice the cost, (1/2) ** ALPHA the frequency.
+    dear = policy.plan([replace(buckets[0], cost=4), *buckets[1:]], NOW, S, profile={})
+    assert dear.intervals["b000"] / dear.intervals["b001"] == pytest.approx(
+        (2.0 / ratio) ** policy.ALPHA
+    )
 
 
 def test_a_quiet_bucket_grows_to_the_max_interval_and_no_further() -> None:
@@ -211,7 +233,7 @@ def test_the_expected_delay_follows_the_rates() -> None:
     p = policy.plan(market(), NOW, S, profile={})
     weighted = sum(p.rates[b] * p.intervals[b] / 2 for b in p.rates) / sum(p.rates.values())
     assert p.expected_delay == pytest.approx(weighted)
-    # The square-root rule beats spending the same budget evenly.
+    # The rule beats spending the same budget evenly.
     even = sum(p.costs.values()) / S.budget
     assert p.expected_delay < even / 2
 

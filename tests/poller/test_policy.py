@@ -180,6 +180,15 @@ def test_a_learned_release_window_polls_densely_around_the_moment_only() -> None
     assert p.intervals[hot.bucket_id] > 30
     assert p.next_due[hot.bucket_id] == start
     assert p.wake_at is not None and p.wake_at <= p.next_due[hot.bucket_id]
+    # The moments are cached per bucket and windows: a window moved or gone is seen at once.
+    now = moment
+    moved = [replace(windows[0], release_minute=10 * 60)]
+    assert policy.plan(polled(now, 5.0), now, S, {}, moved).classes[hot.bucket_id] != policy.RELEASE
+    assert policy.plan(polled(now, 5.0), now, S, {}, []).classes[hot.bucket_id] != policy.RELEASE
+    assert (
+        policy.plan(polled(now, 5.0), now, S, {}, windows).classes[hot.bucket_id] == policy.RELEASE
+    )
+    assert policy.release_moments(hot, windows, NY) == [moment]
 
 
 def test_a_release_window_is_paid_from_the_budget() -> None:

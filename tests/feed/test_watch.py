@@ -19,6 +19,7 @@ from tests.feed.watch_support import (
     Recorder,
     sample,
     serving,
+    subscribed,
     venue_of,
 )
 from tests.seeding import Seeder, SeedSlot
@@ -44,7 +45,7 @@ async def test_opens_and_closes_arrive_live_in_commit_order_with_cursors(
     a, b = SeedSlot(1, TODAY, "19:00"), SeedSlot(2, TODAY, "15:00")
     async with serving(db_url) as (server, stub):
         stream = Recorder.start(stub, Request())
-        await stream.until(lambda r: True)  # opened (no message yet is fine)
+        await subscribed(server, 1)
         await seeder.open([a], at=at(1))
         await seeder.open([b], at=at(2))
         await seeder.close([a], at=at(3))
@@ -158,6 +159,7 @@ async def test_the_caller_check_applies_to_streams(db_url: str) -> None:
 async def test_idle_streams_hold_no_database_connection(db_url: str, seeder: Seeder) -> None:
     async with serving(db_url, watch_check_seconds=0.1) as (server, stub):
         streams = [Recorder.start(stub, Request(heartbeat_seconds=1)) for _ in range(20)]
+        await subscribed(server, 20)
         await seeder.open([SeedSlot(1, TODAY, "19:00")], at=NOW)
         for stream in streams:
             await stream.until(lambda r: len(r.live()) == 1)

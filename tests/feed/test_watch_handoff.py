@@ -10,7 +10,15 @@ from sqlalchemy import text
 
 from shared.gen.dropwatch.feed.v1 import feed_pb2
 from tests.feed.conftest import NOW, TODAY
-from tests.feed.watch_support import GatedEngine, Recorder, change_id, sample, serving, venue_of
+from tests.feed.watch_support import (
+    GatedEngine,
+    Recorder,
+    change_id,
+    sample,
+    serving,
+    subscribed,
+    venue_of,
+)
 from tests.seeding import Seeder, SeedSlot
 
 Request = feed_pb2.WatchDropsRequest
@@ -62,7 +70,7 @@ async def test_a_missed_notify_is_caught_by_the_periodic_check(db_url: str, seed
         listener.cancel()  # no NOTIFY reaches this replica any more
         await asyncio.gather(listener, return_exceptions=True)
         stream = Recorder.start(stub, Request(heartbeat_seconds=60))
-        await asyncio.sleep(0.1)
+        await subscribed(server, 1)
         notified = sample(server, READS, trigger="notify")
         await seeder.open([slot(1)], at=NOW)
         await stream.until(lambda r: len(r.live()) == 1, timeout=3)
@@ -84,7 +92,7 @@ async def test_one_read_per_commit_whatever_the_number_of_streams(
     # No periodic reads in this test: only the poller's NOTIFYs wake the reader.
     async with serving(db_url, watch_check_seconds=60) as (server, stub):
         streams = [Recorder.start(stub, Request(filter=filters[i % 5])) for i in range(50)]
-        await asyncio.sleep(0.5)
+        await subscribed(server, 50)
         assert sample(server, "dropwatch_feed_watch_streams") == 50
         reads = sample(server, READS, trigger="notify")
         commits = sample(server, "dropwatch_feed_watch_commits_total")

@@ -13,7 +13,7 @@ from sqlalchemy import text
 from services.feed.server import start_feed
 from shared.gen.dropwatch.feed.v1 import feed_pb2, feed_pb2_grpc
 from tests.feed.conftest import NOW, TODAY, feed_settings
-from tests.feed.watch_support import Recorder, change_id, end_cursor, sample, serving
+from tests.feed.watch_support import Recorder, change_id, end_cursor, sample, serving, subscribed
 from tests.seeding import Seeder, SeedSlot
 
 Request = feed_pb2.WatchDropsRequest
@@ -35,7 +35,7 @@ async def test_a_consumer_that_never_reads_is_ended_alone_with_its_cursor(
         async with grpc.aio.insecure_channel(address, options=SMALL_WINDOW) as channel:
             stalled = feed_pb2_grpc.FeedServiceStub(channel).WatchDrops(Request())
             healthy = Recorder.start(stub, Request())
-            await asyncio.sleep(0.3)
+            await subscribed(server, 2)
             for first in (1, 401):  # two releases of 400 drops, each in one commit
                 await seeder.open(slots(first, 400), at=NOW)
                 await healthy.until(lambda r, n=first + 399: len(r.live()) == n)

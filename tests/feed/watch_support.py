@@ -119,6 +119,16 @@ def sample(server: FeedServer, name: str, **labels: str) -> float:
     return server.registry.get_sample_value(name, labels) or 0.0
 
 
+async def subscribed(server: FeedServer, count: int, timeout: float = 10.0) -> None:
+    """Wait until `count` streams hold their place at the hub. A stream without a cursor starts
+    at the moment it subscribes, so a test that commits before that would race its own stream
+    (seen under CI load: a commit right after `Recorder.start` reached no stream)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while sample(server, "dropwatch_feed_watch_streams") < count:
+        assert asyncio.get_running_loop().time() < deadline, f"{count} streams never subscribed"
+        await asyncio.sleep(0.01)
+
+
 class GatedEngine:
     """An engine whose poll writes (every second transaction of a Seeder poll: lease, write)
     wait for `gate` before committing: a writer that commits late, out of id order."""

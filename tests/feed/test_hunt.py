@@ -386,5 +386,10 @@ async def test_the_feed_keeps_every_promise_of_its_contract(
         deadline=None,
         report_multiple_bugs=False,
         suppress_health_check=[HealthCheck.too_slow],
+        # The bounded run of `make test` is the same examples every time (a CI verdict must not
+        # depend on a random draw); `make hunt` draws new ones. Known open finding of a random
+        # draw, session 5: --hypothesis-seed=286828309063013623034300855217566874591 (a
+        # StillOpen walk across a resize poll misses an item on its second page).
+        derandomize=not HUNTING,
     )
     await asyncio.to_thread(run_state_machine_as_test, FeedMachine, settings=hunt)

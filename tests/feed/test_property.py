@@ -73,6 +73,7 @@ class OpenDrop:
     opened_at: dt.datetime
     seq: int
     added: tuple[tuple[int, dt.datetime], ...] = ()  # sizes bookable since later, and when
+    writes: int = 0  # party-size changes since it opened: each one rewrites its row
 
     def size_opened(self, size: int) -> dt.datetime:
         """When parties of `size` could first book it (a size added later opened then)."""

@@ -163,7 +163,9 @@ class JustOpenedRequest(_message.Message):
     added, so walking every page returns each item of the first call's
     answer once. A
     slot that closes during the walk is left out of later pages, and then
-    an older open slot of the same venue and date may take its place. A
+    an older open slot of the same venue and date may take its place. So is
+    a slot whose party sizes change during the walk (even when a later
+    change restores them): a new first page shows it with its new sizes. A
     token that was not issued by the server, or that was issued for another
     query, is INVALID_ARGUMENT.
     """
@@ -288,7 +290,9 @@ class StillOpenRequest(_message.Message):
     added, so walking every page returns each item of the first call's
     answer once. A
     slot that closes during the walk is left out of later pages, and then
-    an older open slot of the same venue and date may take its place. A
+    an older open slot of the same venue and date may take its place. So is
+    a slot whose party sizes change during the walk (even when a later
+    change restores them): a new first page shows it with its new sizes. A
     token that was not issued by the server, or that was issued for another
     query, is INVALID_ARGUMENT.
     """

@@ -49,7 +49,8 @@ def issue(key: bytes, client: str, expires: int) -> str:
 def verify(keys: Sequence[bytes], token: str, now: float) -> str:
     """The client a token names; ValueError if it is malformed, forged or expired."""
     parts = token.split(".") if len(token) <= _MAX_TOKEN else []
-    if len(parts) != 4 or parts[0] != VERSION or not parts[2].isdigit():
+    # ASCII digits only: int() also reads other scripts' digits, a second spelling of a token.
+    if len(parts) != 4 or parts[0] != VERSION or not (parts[2].isascii() and parts[2].isdigit()):
         raise ValueError("malformed token")
     _, client, expires, sig = parts
     if not any(hmac.compare_digest(sig, _sign(k, client, int(expires))) for k in keys):

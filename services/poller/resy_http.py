@@ -141,7 +141,12 @@ class SearchClient:
         timeout = min(remaining, self._settings.request_timeout_seconds)
         async with self._client.stream("POST", SEARCH_PATH, json=payload, timeout=timeout) as resp:
             declared = resp.headers.get("Content-Length", "")
-            if resp.status_code == 200 and declared.isdigit() and int(declared) > cap:
+            if (
+                resp.status_code == 200
+                and declared.isascii()
+                and declared.isdigit()
+                and int(declared) > cap
+            ):
                 self._observe("2xx")
                 raise BodyTooLargeError(f"declared body of {declared} bytes exceeds {cap}")
             body = _CappedBody(resp.headers.get("Content-Encoding", ""), cap)

@@ -4,6 +4,7 @@ ones, callers without a token, and what an error tells them."""
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -143,6 +144,18 @@ async def test_a_caller_without_a_valid_token_is_refused(guarded: FeedServer) ->
         # Probes need no token.
         probe = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
         assert probe.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_a_token_with_non_ascii_digits_is_malformed() -> None:
+    """Python's int() reads Arabic-Indic digits: the same signed expiry must have one spelling."""
+    expires = int(time.time()) + 3600
+    good = auth.issue(KEY, "alerts", expires)
+    arabic = str(expires).translate(str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩"))
+    respelled = good.replace(f".{expires}.", f".{arabic}.")
+    assert auth.verify([KEY], good, time.time()) == "alerts"
+    for token in (respelled, good.replace(f".{expires}.", f".{expires}\n."), "dwf1.a.²³.x"):
+        with pytest.raises(ValueError, match="malformed"):
+            auth.verify([KEY], token, time.time())
 
 
 async def test_reflection_can_be_switched_off(db_url: str) -> None:

@@ -74,6 +74,26 @@ async def test_a_large_plain_body_is_refused(resy: HostileResy) -> None:
     assert isinstance(error, BodyTooLargeError)
 
 
+@pytest.mark.parametrize("declared", ["\u00b2", "12\n", "-1", "1e9"])
+async def test_a_malformed_content_length_is_a_failed_fetch(
+    resy: HostileResy, declared: str
+) -> None:
+    """A header that is not ASCII digits (a superscript, a trailing newline, a sign) is a failed
+    fetch, never a crash of the poll or an empty answer."""
+
+    def answer(h: Any) -> None:
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", declared)
+        h.end_headers()
+        h.wfile.write(json.dumps(page([hit(1)])).encode())
+
+    resy.answer = answer
+    error = await fetch(resy)
+    # The HTTP parser refuses the header (transport), or reads "12\n" as 12 and the body is cut.
+    assert isinstance(error, FetchError) and error.reason in ("transport", "malformed"), error
+
+
 async def test_a_trickling_provider_is_cut_at_the_poll_deadline(resy: HostileResy) -> None:
     def trickle(h: Any) -> None:
         h.send_response(200)

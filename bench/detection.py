@@ -49,7 +49,9 @@ from tools.simulator.server import Simulator
 
 DAY = dt.date(2026, 12, 7)  # the simulated day (market-local); the model is seeded, not dated
 TARGET_RECALL_10S, TARGET_VS_FIXED, TARGET_CHURN_P50, TARGET_RELEASE_P50 = 0.9, 2.0, 3.0, 5.0
-REAL_START = dt.time(8, 59)  # the real run's model time starts a minute before 09:00 releases
+# The real run's model time starts at 08:58 and some seconds (whole-minute shift): the 09:00
+# releases come 61-120 s in, after the warm-up (40 s) and before the end (150 s less 10 s).
+REAL_START = dt.time(8, 58)
 TAIL, REAL_TAIL = 60.0, 10.0  # seconds polled after the last scored drop's start
 REAL_LAG = 2.0  # a real NEW_DROP's opened_at is taken after the fetch: up to this much later
 

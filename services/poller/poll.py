@@ -88,6 +88,7 @@ async def _poll(
     ctx: PollContext, leased: LeasedBucket, deadline: float, wait: dt.timedelta
 ) -> PollOutcome:
     settings, spec = ctx.settings, ctx.spec_for(leased)
+    fetch_started = time.monotonic()
     try:
         fetch = await ctx.provider.fetch_bucket(spec, deadline)
     except FetchError as exc:
@@ -132,6 +133,7 @@ async def _poll(
                 next_poll_at=now + wait,
                 judgement=verdict,
                 share=spec.share,
+                fetch_seconds=time.monotonic() - fetch_started,
             )
     except LeaseLostError as exc:
         ctx.metrics.lease_conflicts.inc()

@@ -8,14 +8,24 @@ tests/poller/test_adaptive_scheduler.py.
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 
 import pytest
 from sqlalchemy import Engine
 
+from services.poller.provider import BucketSpec
 from services.poller.scheduler import Scheduler
+from services.poller.slots import BucketFetch
 from tests.poller.scripted import ScriptedResy, reset_buckets
-from tests.poller.test_adaptive_scheduler import CHURNING, adaptive, gaps, replica, run_for
+from tests.poller.test_adaptive_scheduler import (
+    CHURNING,
+    Recording,
+    adaptive,
+    gaps,
+    replica,
+    run_for,
+)
 
 pytestmark = pytest.mark.db
 
@@ -45,3 +55,45 @@ async def test_polls_start_at_sub_second_spacing_though_the_tick_is_five_seconds
     assert max(spacing) < TICK, spacing
     # ... and never sooner than its interval (a little slack for the two clocks).
     assert min(spacing) >= MIN_INTERVAL * 0.8, spacing
+
+
+class Slow:
+    """The recording provider, each fetch taking `seconds` longer (a slow provider, or
+    requests queued behind the budget)."""
+
+    def __init__(self, inner: Recording, seconds: float) -> None:
+        self.inner, self.name, self.seconds = inner, inner.name, seconds
+
+    async def fetch_bucket(self, spec: BucketSpec, deadline: float) -> BucketFetch:
+        fetched = await self.inner.fetch_bucket(spec, deadline)
+        await asyncio.sleep(self.seconds)
+        return fetched
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@pytest.mark.slow
+async def test_an_interval_runs_from_poll_start_to_poll_start_however_long_the_fetch(
+    db_url: str, engine: Engine, resy: ScriptedResy
+) -> None:
+    """A churning bucket planned every 1 s whose fetches take 0.8 s starts a poll about every
+    second, not every 1.8 s: the plan's intervals (and the budget it spends) assume a poll's
+    time is its start, so `last_polled_at` is when the fetch began (sql.WRITE_POLL)."""
+    reset_buckets(engine)
+    settings = adaptive(
+        db_url,
+        tick_seconds=TICK,
+        min_interval_seconds=1.0,
+        max_interval_seconds=10.0,
+        requests_per_second=20.0,
+    )
+    async with replica(settings, db_url, resy, "slow", shared=False) as (ctx, rec):
+        ctx.provider = Slow(rec, 0.8)
+        await run_for(10.0, Scheduler(ctx, clock=ctx.clock), resy=resy)
+        planned = ctx.metrics.poll_interval.labels(CHURNING)._value.get()
+    assert planned == pytest.approx(1.0), planned  # the minimum: it churns, the budget is ample
+    spacing = gaps(rec.polls[CHURNING])[2:]  # after its first polls (fresh, baselining)
+    assert len(spacing) >= 4, spacing
+    assert statistics.median(spacing) < 1.4, spacing  # from the poll's end: 1.8 s and more
+    assert min(spacing) >= 0.8, spacing  # never two polls of one bucket at once

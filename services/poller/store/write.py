@@ -80,6 +80,7 @@ async def write_healthy_poll(
     next_poll_at: dt.datetime,
     judgement: Judgement | None = None,
     share: Share | None = None,
+    fetch_seconds: float = 0.0,
 ) -> WriteResult:
     """Apply a fetch the judge let through: events, open state and snapshot version in one
     statement. Held kinds' sizes are taken out of the fetch: the statement keeps their
@@ -93,6 +94,9 @@ async def write_healthy_poll(
     `next_poll_at - now` is the wait the caller planned: the bucket stores it from the
     database clock's `now()`, like its `last_polled_at` (see sql.WRITE_POLL), while events
     carry `now`.
+
+    `fetch_seconds` is how long the fetch took: the bucket's `last_polled_at` is when it
+    began, so the adaptive schedule's intervals run from poll start to poll start.
 
     `share` is the bucket's share of the day (shared/shares.py; None: the whole day). The
     fetch holds only slots within it; open slots stored outside it (from before a slot had one
@@ -150,6 +154,7 @@ async def write_healthy_poll(
                 "outcome": outcome if ready else "baselining",
                 "slot_count": len(fetch.slots),
                 "next_poll_at": next_poll_at,
+                "fetch_seconds": max(0.0, fetch_seconds),
                 "channel": FEED_CHANNEL,
             },
         )

@@ -92,8 +92,9 @@ async def test_an_interval_runs_from_poll_start_to_poll_start_however_long_the_f
         ctx.provider = Slow(rec, 0.8)
         await run_for(10.0, Scheduler(ctx, clock=ctx.clock), resy=resy)
         planned = ctx.metrics.poll_interval.labels(CHURNING)._value.get()
-    assert planned == pytest.approx(1.0), planned  # the minimum: it churns, the budget is ample
+    assert planned < 1.2, planned  # about the minimum: it churns, the budget is ample
     spacing = gaps(rec.polls[CHURNING])[2:]  # after its first polls (fresh, baselining)
     assert len(spacing) >= 4, spacing
-    assert statistics.median(spacing) < 1.4, spacing  # from the poll's end: 1.8 s and more
+    # From the poll's end it would be the interval plus 0.8 s and more (1.8 s measured).
+    assert statistics.median(spacing) < planned + 0.4, (planned, spacing)
     assert min(spacing) >= 0.8, spacing  # never two polls of one bucket at once

@@ -26,9 +26,9 @@ from services.poller.resy import ResyProvider
 from services.poller.scheduler import Scheduler
 from services.poller.settings import PollerSettings
 from shared.db.engine import make_async_engine
+from tests.poller.adaptive_support import Moving, Recording, adaptive, run_for
 from tests.poller.helpers import TODAY
 from tests.poller.scripted import ScriptedResy, reset_buckets
-from tests.poller.test_adaptive_scheduler import Moving, Recording, adaptive, run_for
 
 pytestmark = pytest.mark.db
 

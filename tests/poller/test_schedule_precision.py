@@ -3,7 +3,7 @@
 every tick (or only when a poll finished) would start them about 5 s apart.
 
 Real poll code and PostgreSQL, the scripted provider through the real ResyProvider, as in
-tests/poller/test_adaptive_scheduler.py.
+tests/poller/adaptive_support.py.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from sqlalchemy import Engine
 from services.poller.provider import BucketSpec
 from services.poller.scheduler import Scheduler
 from services.poller.slots import BucketFetch
-from tests.poller.scripted import ScriptedResy, reset_buckets
-from tests.poller.test_adaptive_scheduler import (
+from tests.poller.adaptive_support import (
     CHURNING,
     Recording,
     adaptive,
@@ -26,6 +25,7 @@ from tests.poller.test_adaptive_scheduler import (
     replica,
     run_for,
 )
+from tests.poller.scripted import ScriptedResy, reset_buckets
 
 pytestmark = pytest.mark.db
 

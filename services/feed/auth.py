@@ -46,11 +46,16 @@ def issue(key: bytes, client: str, expires: int) -> str:
     return f"{VERSION}.{client}.{expires}.{_sign(key, client, expires)}"
 
 
+def _canonical_number(text: str) -> bool:
+    return text.isascii() and text.isdigit() and text == str(int(text))
+
+
 def verify(keys: Sequence[bytes], token: str, now: float) -> str:
     """The client a token names; ValueError if it is malformed, forged or expired."""
     parts = token.split(".") if len(token) <= _MAX_TOKEN else []
-    # ASCII digits only: int() also reads other scripts' digits, a second spelling of a token.
-    if len(parts) != 4 or parts[0] != VERSION or not (parts[2].isascii() and parts[2].isdigit()):
+    # One spelling per token: ASCII digits without leading zeros (int() also reads other
+    # scripts' digits and "007", and the signature covers the number, not its spelling).
+    if len(parts) != 4 or parts[0] != VERSION or not _canonical_number(parts[2]):
         raise ValueError("malformed token")
     _, client, expires, sig = parts
     if not any(hmac.compare_digest(sig, _sign(k, client, int(expires))) for k in keys):

@@ -181,10 +181,24 @@ class Scheduler:
                 if leased is None:
                     return []
                 return [await poll_bucket(self.ctx, leased)]
+            # Each bucket once: one whose fetch outlasted its cooldown is due again at once.
             outcomes: list[PollOutcome] = []
+            polled: set[str] = set()
             while batch := await self.lease_due(self.ctx.settings.concurrency):
+                await self._release([b.bucket_id for b in batch if b.bucket_id in polled])
+                batch = [b for b in batch if b.bucket_id not in polled]
+                if not batch:
+                    break
                 outcomes += await asyncio.gather(*(poll_bucket(self.ctx, b) for b in batch))
+                polled.update(b.bucket_id for b in batch)
             return outcomes
+
+    async def _release(self, bucket_ids: list[str]) -> None:
+        """Give up this replica's leases of `bucket_ids` (others may poll them at once)."""
+        if bucket_ids:
+            async with self.ctx.engine.begin() as conn:
+                for bucket_id in bucket_ids:
+                    await store.release_lease(conn, bucket_id, self.ctx.owner)
 
     # --- the loop -------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -259,9 +273,6 @@ class Scheduler:
             await asyncio.wait(still, timeout=5)
             # Their leases would expire anyway; release them now so others start sooner.
             try:
-                async with self.ctx.engine.begin() as conn:
-                    for task in still:
-                        bucket_id = task.get_name().removeprefix("poll-")
-                        await store.release_lease(conn, bucket_id, self.ctx.owner)
+                await self._release([task.get_name().removeprefix("poll-") for task in still])
             except Exception:  # best effort on the way out: the lease expires by itself
                 log.warning("could not release leases on shutdown", exc_info=True)

@@ -146,14 +146,16 @@ async def test_a_caller_without_a_valid_token_is_refused(guarded: FeedServer) ->
         assert probe.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_a_token_with_non_ascii_digits_is_malformed() -> None:
-    """Python's int() reads Arabic-Indic digits: the same signed expiry must have one spelling."""
+def test_a_token_respelled_with_other_digits_or_leading_zeros_is_malformed() -> None:
+    """Python's int() reads Arabic-Indic digits and leading zeros: the same signed expiry must
+    have one spelling."""
     expires = int(time.time()) + 3600
     good = auth.issue(KEY, "alerts", expires)
     arabic = str(expires).translate(str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩"))
     respelled = good.replace(f".{expires}.", f".{arabic}.")
     assert auth.verify([KEY], good, time.time()) == "alerts"
-    for token in (respelled, good.replace(f".{expires}.", f".{expires}\n."), "dwf1.a.²³.x"):
+    padded = good.replace(f".{expires}.", f".00{expires}.")
+    for token in (respelled, padded, good.replace(f".{expires}.", f".{expires}\n."), "dwf1.a.²³.x"):
         with pytest.raises(ValueError, match="malformed"):
             auth.verify([KEY], token, time.time())
 

@@ -161,3 +161,19 @@ async def schedule_rows(ctx: PollContext, live: LiveRange) -> list[store.Schedul
             cutoff_bucket_id=live.cutoff,
             now=ctx.clock(),
         )
+
+
+class Slow:
+    """The recording provider, each fetch taking `seconds` longer (a slow provider, or
+    requests queued behind the budget)."""
+
+    def __init__(self, inner: Recording, seconds: float) -> None:
+        self.inner, self.name, self.seconds = inner, inner.name, seconds
+
+    async def fetch_bucket(self, spec: BucketSpec, deadline: float) -> BucketFetch:
+        fetched = await self.inner.fetch_bucket(spec, deadline)
+        await asyncio.sleep(self.seconds)
+        return fetched
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

@@ -8,18 +8,15 @@ tests/poller/adaptive_support.py.
 
 from __future__ import annotations
 
-import asyncio
 import statistics
 
 import pytest
 from sqlalchemy import Engine
 
-from services.poller.provider import BucketSpec
 from services.poller.scheduler import Scheduler
-from services.poller.slots import BucketFetch
 from tests.poller.adaptive_support import (
     CHURNING,
-    Recording,
+    Slow,
     adaptive,
     gaps,
     replica,
@@ -55,22 +52,6 @@ async def test_polls_start_at_sub_second_spacing_though_the_tick_is_five_seconds
     assert max(spacing) < TICK, spacing
     # ... and never sooner than its interval (a little slack for the two clocks).
     assert min(spacing) >= MIN_INTERVAL * 0.8, spacing
-
-
-class Slow:
-    """The recording provider, each fetch taking `seconds` longer (a slow provider, or
-    requests queued behind the budget)."""
-
-    def __init__(self, inner: Recording, seconds: float) -> None:
-        self.inner, self.name, self.seconds = inner, inner.name, seconds
-
-    async def fetch_bucket(self, spec: BucketSpec, deadline: float) -> BucketFetch:
-        fetched = await self.inner.fetch_bucket(spec, deadline)
-        await asyncio.sleep(self.seconds)
-        return fetched
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import Engine, event, text
@@ -31,17 +32,21 @@ def _fetch(n: int, offset: int = 0) -> BucketFetch:
 
 
 @pytest.fixture
-async def aengine(db_url: str, engine: Engine) -> AsyncEngine:
+async def aengine(db_url: str, engine: Engine) -> AsyncIterator[AsyncEngine]:
     with engine.begin() as conn:
         ensure_live_buckets(
             conn, market="nyc", today=TODAY, window_days=1, anchors=("15:00", "19:00")
         )
         # Skip baselining: these tests are about the diff.
         conn.execute(text("UPDATE discovery_buckets SET baseline_polls = 3"))
-    return make_async_engine(poller_settings(db_url), name="t", url=db_url)
+    aengine = make_async_engine(poller_settings(db_url), name="t", url=db_url)
+    yield aengine
+    await aengine.dispose()  # not left to the garbage collector: its warning fails a test
 
 
-async def _poll(aengine: AsyncEngine, fetch: BucketFetch, now: dt.datetime) -> store.WriteResult:
+async def _poll(
+    aengine: AsyncEngine, fetch: BucketFetch, now: dt.datetime, fetch_seconds: float = 0.0
+) -> store.WriteResult:
     async with aengine.begin() as conn:
         leased = await store.lease_one(conn, owner=OWNER, bucket_id=BUCKET, lease_seconds=30)
     assert leased is not None
@@ -58,6 +63,7 @@ async def _poll(aengine: AsyncEngine, fetch: BucketFetch, now: dt.datetime) -> s
             outcome="healthy",
             now=now,
             next_poll_at=now + dt.timedelta(seconds=30),
+            fetch_seconds=fetch_seconds,
         )
 
 
@@ -144,3 +150,25 @@ async def test_unchanged_venues_are_not_locked(aengine: AsyncEngine) -> None:
         await second.commit()
         await first.commit()
     await aengine.dispose()
+
+
+@pytest.mark.parametrize("fetch_seconds", [2.0, 45.0, 1e9])
+async def test_a_poll_is_dated_from_its_fetch_start_and_never_comes_due_overdue(
+    aengine: AsyncEngine, engine: Engine, fetch_seconds: float
+) -> None:
+    """The bucket's last poll is when its fetch began (intervals run start to start); a fetch
+    that took longer than the 30 s wait (retries, a 429's Retry-After) is dated at most one wait
+    back, so its bucket is due at once at the most, never overdue ahead of the others."""
+    with engine.connect() as conn:
+        before = conn.execute(text("SELECT clock_timestamp()")).scalar_one()
+    await _poll(aengine, _fetch(2), dt.datetime.now(dt.UTC), fetch_seconds)
+    with engine.connect() as conn:
+        after = conn.execute(text("SELECT clock_timestamp()")).scalar_one()
+        row = conn.execute(
+            text("SELECT last_polled_at, next_poll_at FROM discovery_buckets WHERE bucket_id = :b"),
+            {"b": BUCKET},
+        ).one()
+    back = dt.timedelta(seconds=min(fetch_seconds, 30.0))
+    assert before - back <= row.last_polled_at <= after - back
+    assert row.next_poll_at - row.last_polled_at == dt.timedelta(seconds=30)
+    assert row.next_poll_at >= before

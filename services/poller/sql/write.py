@@ -59,11 +59,13 @@ UPSERT_VENUES = text(
 # a bucket whose open state is newer than the last ANALYZE is estimated at one row, and a
 # constant bucket filter then lets the planner scan the whole bucket against the diff (quadratic,
 # 0.7 s at 2000 slots); this way each changed slot is a primary-key lookup (test_write_plan.py).
-# The bucket's `last_polled_at` is when its fetch began, on the database clock (`now()` less
-# :fetch_seconds, the fetch's duration on the poller's monotonic clock), and `next_poll_at` that
-# plus the wait the caller planned (:next_poll_at - :now): an interval (the adaptive plan's, the
-# fixed cooldown) runs from poll start to poll start whatever the fetch took, as the policy
-# assumes when it spends the budget. Which bucket is due is decided on one clock, whatever the
+# The bucket's `last_polled_at` is when its fetch began, on the database clock (this statement's
+# start, `statement_timestamp()`, less :fetch_seconds, the fetch's duration on the poller's
+# monotonic clock, measured just before it), and `next_poll_at` that plus the wait the caller
+# planned (:next_poll_at - :now): an interval (the adaptive plan's, the fixed cooldown) runs from
+# poll start to poll start, as the policy assumes when it spends the budget. The caller caps
+# :fetch_seconds at the wait, so a fetch slowed by retries (a 429's Retry-After) makes its bucket
+# due at once at the most, never overdue. Which bucket is due is decided on one clock, whatever the
 # replicas' clocks say (sql/schedule.py, SCHEDULE_STATE; sql/lease.py, LEASE_DUE compares
 # next_poll_at with now()). Events keep the poll's own time (:now).
 WRITE_POLL = text(
@@ -201,14 +203,16 @@ WRITE_POLL = text(
         UPDATE discovery_buckets
         SET snapshot_version = :new_version,
             baseline_polls = :baseline_polls,
-            last_polled_at = now() - make_interval(secs => CAST(:fetch_seconds AS float8)),
+            last_polled_at = statement_timestamp()
+                - make_interval(secs => CAST(:fetch_seconds AS float8)),
             last_healthy_poll_at = :now,
             last_outcome = :outcome,
             last_slot_count = :slot_count,
             suspect_polls = :suspect_polls,
             held = CAST(:held AS jsonb),
             kind_baseline = CAST(:kind_baseline AS jsonb),
-            next_poll_at = now() - make_interval(secs => CAST(:fetch_seconds AS float8))
+            next_poll_at = statement_timestamp()
+                - make_interval(secs => CAST(:fetch_seconds AS float8))
                 + (CAST(:next_poll_at AS timestamptz) - CAST(:now AS timestamptz)),
             lease_owner = NULL,
             lease_expires_at = NULL

@@ -96,7 +96,9 @@ async def write_healthy_poll(
     carry `now`.
 
     `fetch_seconds` is how long the fetch took: the bucket's `last_polled_at` is when it
-    began, so the adaptive schedule's intervals run from poll start to poll start.
+    began, so the schedule's intervals run from poll start to poll start. It is capped at the
+    wait (`next_poll_at - now`): a fetch that retried for longer (a 429's Retry-After) leaves
+    its bucket due at once at the most, never overdue and ahead of the others.
 
     `share` is the bucket's share of the day (shared/shares.py; None: the whole day). The
     fetch holds only slots within it; open slots stored outside it (from before a slot had one
@@ -154,7 +156,7 @@ async def write_healthy_poll(
                 "outcome": outcome if ready else "baselining",
                 "slot_count": len(fetch.slots),
                 "next_poll_at": next_poll_at,
-                "fetch_seconds": max(0.0, fetch_seconds),
+                "fetch_seconds": max(0.0, min(fetch_seconds, (next_poll_at - now).total_seconds())),
                 "channel": FEED_CHANNEL,
             },
         )

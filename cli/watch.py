@@ -3,8 +3,10 @@
 `watch` holds a WatchDrops stream open and prints one line per change (a drop opened, closed,
 or changed its party sizes) until Ctrl-C. A stream the server ends on purpose (UNAVAILABLE:
 shutting down, ABORTED: maximum stream age, RESOURCE_EXHAUSTED: too many streams or this
-reader too slow) is resumed from the last cursor, so nothing is missed: the cursor of the last
-message, or the one the server put in the trailing metadata, which is never older. Waits
+reader too slow) is resumed from the last cursor, so nothing is missed: the one the server put
+in the trailing metadata, else the cursor of the last message. The trailing one can be older
+than the last message (the server moves a stream's cursor once it sees a write finish), so a
+resumed stream may repeat changes; they carry the same ids and are shown once (`Recent`). Waits
 between attempts grow and are jittered, so readers that lost one replica do not all reconnect
 at the same moment. A cursor older than the retained history (OUT_OF_RANGE) cannot be resumed:
 the command says so and exits, or with `--initial` lists what is open now and goes on from there.
@@ -20,6 +22,7 @@ import json
 import random
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -134,6 +137,29 @@ class Printer:
             print(f"-- {items} drops open now; changes follow --", flush=True)
 
 
+class Recent:
+    """The ids of the last `size` changes shown. A resume may repeat changes the reader already
+    has (at-least-once: the end of a stream can carry a cursor older than its last message,
+    whose write the server could not see finish), always with the same ids: shown once."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self.size, self._order, self._ids = size, deque[int](), set[int]()
+
+    def first_time(self, message: feed_pb2.WatchDropsResponse) -> bool:
+        kind = message.WhichOneof("message")
+        if kind not in KINDS or message.initial:  # an initial state is shown whole, again
+            return True
+        change = getattr(message, str(kind))
+        key = int(change.event_id if kind == "opened" else change.change_id)
+        if key in self._ids:
+            return False
+        self._ids.add(key)
+        self._order.append(key)
+        if len(self._order) > self.size:
+            self._ids.discard(self._order.popleft())
+        return True
+
+
 def _trailing_cursor(exc: grpc.RpcError) -> str:
     trailing: Any = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
     return next((str(value) for key, value in trailing or () if key == CURSOR_KEY), "")
@@ -154,7 +180,7 @@ def watch(args: argparse.Namespace) -> int:
 
 def _watch(args: argparse.Namespace, printer: Printer, state: dict[str, str]) -> int:
     """Resume after every end the server means to be resumed; `state` keeps the cursor."""
-    backoff, cursor, failing_since = Backoff(), state["cursor"], 0.0
+    backoff, cursor, failing_since, recent = Backoff(), state["cursor"], 0.0, Recent()
     with grpc.insecure_channel(args.addr) as channel:
         stub = feed_pb2_grpc.FeedServiceStub(channel)
         while True:
@@ -167,7 +193,8 @@ def _watch(args: argparse.Namespace, printer: Printer, state: dict[str, str]) ->
             call: Any = stub.WatchDrops(request, metadata=call_metadata(args))
             try:
                 for message in call:
-                    printer.show(message)
+                    if recent.first_time(message):
+                        printer.show(message)
                     cursor = state["cursor"] = message.cursor or cursor
                     backoff.failures, failing_since = 0, 0.0
                 code, details = grpc.StatusCode.ABORTED, "the stream ended"

@@ -161,6 +161,27 @@ async def test_resumes_from_the_servers_cursor_and_stops_on_an_expired_one() -> 
     assert err.count("UNAVAILABLE: shutting down; resuming from the last cursor") == 1
 
 
+async def test_changes_repeated_after_a_resume_are_shown_once() -> None:
+    """The end of a stream may carry a cursor older than its last message (the server could not
+    see that write finish): the resumed stream repeats changes, with the same ids."""
+    older = grpc.StatusCode.UNAVAILABLE, "shutting down", "c1"
+    script = Scripted(
+        [
+            Call([_opened("c1"), _closed("c2")], older),
+            Call([_closed("c2"), _sizes("c4")], (grpc.StatusCode.OUT_OF_RANGE, "gone", "")),
+        ]
+    )
+    server, addr = await _serve(script)
+    try:
+        code, out, err = await _finish(await _start("watch", "--addr", addr, "--json"))
+    finally:
+        await server.stop(0)
+    assert code == 2, err
+    assert [r.cursor for r in script.requests] == ["", "c1"]
+    kinds = [next(iter(set(json.loads(line)) - {"cursor", "initial"})) for line in out.splitlines()]
+    assert kinds == ["opened", "closed", "sizes_changed"], out
+
+
 async def test_initial_lists_again_after_an_expired_cursor_and_ctrl_c_is_quiet() -> None:
     expired = grpc.StatusCode.OUT_OF_RANGE, "oldest resumable point: y", ""
     script = Scripted(

@@ -6,10 +6,11 @@ shutting down, ABORTED: maximum stream age, RESOURCE_EXHAUSTED: too many streams
 reader too slow) is resumed from the last cursor, so nothing is missed: the one the server put
 in the trailing metadata, else the cursor of the last message. The trailing one can be older
 than the last message (the server moves a stream's cursor once it sees a write finish), so a
-resumed stream may repeat changes; they carry the same ids and are shown once (`Recent`). Waits
-between attempts grow and are jittered, so readers that lost one replica do not all reconnect
-at the same moment. A cursor older than the retained history (OUT_OF_RANGE) cannot be resumed:
-the command says so and exits, or with `--initial` lists what is open now and goes on from there.
+resumed stream may repeat changes; they carry the same ids and are shown once
+(`tools.repeats.Recent`). Waits between attempts grow and are jittered, so readers that lost
+one replica do not all reconnect at the same moment. A cursor older than the retained history
+(OUT_OF_RANGE) cannot be resumed: the command says so and exits, or with `--initial` lists what
+is open now and goes on from there.
 Times are market time, like the slot dates and times beside them; `--json` prints each message
 as it came (UTC timestamps and the cursor), one per line.
 """
@@ -22,7 +23,6 @@ import json
 import random
 import sys
 import time
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -40,6 +40,7 @@ from cli.feed import (
 )
 from shared.errors import DropwatchError
 from shared.gen.dropwatch.feed.v1 import feed_pb2, feed_pb2_grpc
+from tools.repeats import Recent
 
 CURSOR_KEY = "dropwatch-cursor"  # the trailing metadata key of a stream's end
 RESUMABLE = frozenset(
@@ -135,29 +136,6 @@ class Printer:
         elif kind == "initial_state_end":
             items = message.initial_state_end.items
             print(f"-- {items} drops open now; changes follow --", flush=True)
-
-
-class Recent:
-    """The ids of the last `size` changes shown. A resume may repeat changes the reader already
-    has (at-least-once: the end of a stream can carry a cursor older than its last message,
-    whose write the server could not see finish), always with the same ids: shown once."""
-
-    def __init__(self, size: int = 10_000) -> None:
-        self.size, self._order, self._ids = size, deque[int](), set[int]()
-
-    def first_time(self, message: feed_pb2.WatchDropsResponse) -> bool:
-        kind = message.WhichOneof("message")
-        if kind not in KINDS or message.initial:  # an initial state is shown whole, again
-            return True
-        change = getattr(message, str(kind))
-        key = int(change.event_id if kind == "opened" else change.change_id)
-        if key in self._ids:
-            return False
-        self._ids.add(key)
-        self._order.append(key)
-        if len(self._order) > self.size:
-            self._ids.discard(self._order.popleft())
-        return True
 
 
 def _trailing_cursor(exc: grpc.RpcError) -> str:

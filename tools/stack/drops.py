@@ -21,6 +21,7 @@ import grpc
 
 from services.feed import auth
 from shared.gen.dropwatch.feed.v1 import feed_pb2, feed_pb2_grpc
+from tools.repeats import Recent
 
 CURSOR_KEY = "dropwatch-cursor"
 RETRY_SECONDS = 1.0
@@ -76,7 +77,7 @@ class LiveDrops:
         return (("authorization", f"Bearer {token}"),)
 
     def _run(self) -> None:
-        cursor = ""
+        cursor, recent = "", Recent()
         with grpc.insecure_channel(self.address) as channel:
             stub = feed_pb2_grpc.FeedServiceStub(channel)
             while not self._stop.is_set():
@@ -86,7 +87,8 @@ class LiveDrops:
                 try:
                     for message in self._call:
                         cursor = message.cursor or cursor
-                        self._take(message, initial)
+                        if recent.first_time(message):  # a resume may repeat changes
+                            self._take(message, initial)
                 except grpc.RpcError as exc:
                     trailing: Any = (
                         exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else ()

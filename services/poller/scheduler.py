@@ -14,7 +14,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 
 from sqlalchemy import exc as sa_exc
 
@@ -134,8 +134,9 @@ class Scheduler:
             cutoff=bucket_id_for(today, self.ctx.settings.cutoff_time),
         )
 
-    async def lease_due(self, limit: int) -> list[store.LeasedBucket]:
-        """Fixed schedule: up to `limit` buckets whose `next_poll_at` has passed."""
+    async def lease_due(self, limit: int, skip: Collection[str] = ()) -> list[store.LeasedBucket]:
+        """Fixed schedule: up to `limit` buckets whose `next_poll_at` has passed, none of
+        `skip`."""
         if limit <= 0:
             return []
         live = self.live_range()
@@ -148,6 +149,7 @@ class Scheduler:
                 first_day=live.first,
                 last_day=live.last,
                 cutoff_bucket_id=live.cutoff,
+                skip=skip,
             )
 
     async def start_planned(self, planner: AdaptivePlanner, free: int) -> float:
@@ -184,11 +186,7 @@ class Scheduler:
             # Each bucket once: one whose fetch outlasted its cooldown is due again at once.
             outcomes: list[PollOutcome] = []
             polled: set[str] = set()
-            while batch := await self.lease_due(self.ctx.settings.concurrency):
-                await self._release([b.bucket_id for b in batch if b.bucket_id in polled])
-                batch = [b for b in batch if b.bucket_id not in polled]
-                if not batch:
-                    break
+            while batch := await self.lease_due(self.ctx.settings.concurrency, skip=polled):
                 outcomes += await asyncio.gather(*(poll_bucket(self.ctx, b) for b in batch))
                 polled.update(b.bucket_id for b in batch)
             return outcomes

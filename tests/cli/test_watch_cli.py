@@ -47,8 +47,8 @@ def _item(event_id: int = 7) -> feed_pb2.FeedItem:
     return item
 
 
-def _opened(cursor: str, initial: bool = False) -> feed_pb2.WatchDropsResponse:
-    return feed_pb2.WatchDropsResponse(opened=_item(), cursor=cursor, initial=initial)
+def _opened(cursor: str, initial: bool = False, event_id: int = 7) -> feed_pb2.WatchDropsResponse:
+    return feed_pb2.WatchDropsResponse(opened=_item(event_id), cursor=cursor, initial=initial)
 
 
 def _closed(cursor: str) -> feed_pb2.WatchDropsResponse:
@@ -251,7 +251,7 @@ async def test_a_refusal_is_one_line_and_not_retried(code: grpc.StatusCode) -> N
 
 
 async def test_a_reader_that_goes_away_is_not_a_bug() -> None:
-    script = Scripted([Call([_opened(f"c{i}") for i in range(50)], None)])
+    script = Scripted([Call([_opened(f"c{i}", event_id=100 + i) for i in range(50)], None)])
     server, addr = await _serve(script)
     read, write = os.pipe()
     os.close(read)

@@ -36,6 +36,7 @@ LEASE_DUE = text(
           AND bucket_date BETWEEN :first AND :last
           AND bucket_id >= :cutoff
           AND (lease_expires_at IS NULL OR lease_expires_at < now())
+          AND bucket_id <> ALL(CAST(:skip AS text[]))
         ORDER BY next_poll_at
         LIMIT :limit
         FOR UPDATE SKIP LOCKED

@@ -6,7 +6,7 @@ Runs `sql/lease.py`; never commits (the scheduler and `poll.py` own the transact
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,8 +74,10 @@ async def lease_due(
     first_day: dt.date,
     last_day: dt.date,
     cutoff_bucket_id: str = "",
+    skip: Collection[str] = (),
 ) -> list[LeasedBucket]:
-    """Lease up to `limit` due live buckets nobody else holds (oldest due first)."""
+    """Lease up to `limit` due live buckets nobody else holds (oldest due first), none of
+    `skip` (`poll --once`: the buckets this pass has polled)."""
     rows = await conn.execute(
         sql.LEASE_DUE,
         {
@@ -85,6 +87,7 @@ async def lease_due(
             "last": last_day,
             "limit": limit,
             "cutoff": cutoff_bucket_id,
+            "skip": sorted(skip),
         },
     )
     return [LeasedBucket.from_row(row) for row in rows.all()]

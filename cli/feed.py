@@ -161,7 +161,8 @@ def _table(
         console.width = needed
     console.print(table)
     if response.truncated:
-        token = Text("more: --page-token ") + plain(response.next_page_token)
+        # `=`: a token may start with "-", which argparse would take for an option.
+        token = Text("more: --page-token=") + plain(response.next_page_token)
         console.print(token, soft_wrap=True)
     if kind == "still-open" and not response.items and default_age:
         console.print(

@@ -152,7 +152,7 @@ def watch(args: argparse.Namespace) -> int:
         return _watch(args, Printer(args.json, zone), state)
     except KeyboardInterrupt:
         if state["cursor"] and sys.stderr.isatty():
-            _say(f"stopped; resume with --from-cursor {state['cursor']}")
+            _say(f"stopped; resume with --from-cursor={state['cursor']}")  # may start with "-"
         raise
 
 
@@ -226,5 +226,5 @@ def changes(args: argparse.Namespace) -> int:
         print(change_line(kind, getattr(change, kind), zone))
     more = "; more follow" if response.truncated else ""
     print(f"{len(response.changes)} changes (times in market time, {zone.key}){more}")
-    print(f"next: --cursor {response.next_cursor}")
+    print(f"next: --cursor={response.next_cursor}")  # `=`: a cursor may start with "-"
     return 0

@@ -101,10 +101,10 @@ async def test_a_narrow_terminal_cuts_no_value_a_user_copies(
     assert code == 0, err
     assert "\u2026" not in out  # no ellipsis
     assert TODAY.isoformat() in out and "Venue " in out
-    (line,) = [x for x in out.splitlines() if x.startswith("more: --page-token ")]
-    token = line.removeprefix("more: --page-token ").strip()
+    (line,) = [x for x in out.splitlines() if x.startswith("more: --page-token=")]
+    argument = line.removeprefix("more: ").strip()  # one argument: a token may start with "-"
     code, out, err = await _cli(
-        "feed", "just-opened", "--addr", addr, "--limit", "1", "--page-token", token, columns=50
+        "feed", "just-opened", "--addr", addr, "--limit", "1", argument, columns=50
     )
     assert code == 0, err  # the token, copied from its line, is whole
     assert "1 items" in out and "\u2026" not in out
